@@ -1,0 +1,252 @@
+"""The Socket.IO side of the server: connections, dispatch, rooms and presence."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any
+
+import socketio
+from marshmallow import ValidationError
+
+from .auth import Identity, TokenVerifier, token_from_handshake
+from .config import Settings
+from .errors import CollabError, ErrorCode, InvalidInput, RateLimited, Unauthorized
+from .handlers import EVENTS
+from .metrics import Metrics, TimedStore
+from .packet import MALFORMED_EVENT, CollabPacket
+from .ratelimit import TokenBucket
+from .registry.base import Registry
+from .store.base import Store
+
+log = logging.getLogger("collab")
+
+
+@dataclasses.dataclass(eq=False)
+class Connection:
+    """What the server keeps for one live Socket.IO connection."""
+
+    sid: str
+    identity: Identity
+    bucket: TokenBucket | None
+    expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.identity.user_id
+
+
+def room_subject(room: str) -> dict[str, str]:
+    """``document_x`` -> ``{"document_id": "x"}``, for presence events."""
+    kind, _, rid = room.partition("_")
+    return {f"{kind}_id": rid}
+
+
+class CollabApp:
+    """Owns the Socket.IO server and everything a connection touches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: Registry,
+        client_manager: socketio.AsyncManager | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store: Store = TimedStore(store, self.metrics)  # type: ignore[assignment]
+        self.raw_store = store
+        self.registry = registry
+        self.verifier = TokenVerifier(settings)
+        self.connections: dict[str, Connection] = {}
+        self.sio = socketio.AsyncServer(
+            async_mode="tornado",
+            client_manager=client_manager,
+            serializer=CollabPacket,
+            # one connection's events run in order; connections run concurrently
+            async_handlers=False,
+            cors_allowed_origins=self.origin_allowed,
+            max_http_buffer_size=settings.max_packet_bytes,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("*", self._on_unknown)
+        for event, (schema, handler) in EVENTS.items():
+            self.sio.on(event, self._dispatcher(event, schema, handler))
+
+    # -- origins -----------------------------------------------------------
+
+    def origin_allowed(self, origin: str | None, environ: dict[str, Any] | None = None) -> bool:
+        """The server's own origin, or one of the configured ones."""
+        if not origin:
+            return True
+        if origin in self.settings.cors_origins or "*" in self.settings.cors_origins:
+            return True
+        if environ is None:
+            return False
+        host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST", "")
+        scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
+        own = f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}"
+        return origin == own
+
+    # -- connection lifecycle ---------------------------------------------
+
+    async def _on_connect(self, sid: str, environ: Any = None, auth: Any = None) -> Any:
+        if sid in self.connections:  # a client emitting "connect" as an event
+            return await self._fail(sid, "connect", InvalidInput("Unknown event 'connect'"))
+        try:
+            identity = self.verifier.verify(token_from_handshake(environ or {}, auth))
+            await self.registry.add_connection(sid, identity.user_id)
+        except CollabError as exc:
+            self.metrics.connects_refused.labels(exc.code.value).inc()
+            log.debug("refused %s: %s", sid, exc.message)
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
+        rate = self.settings.rate_limit_per_second
+        bucket = TokenBucket(rate, self.settings.rate_limit_burst) if rate > 0 else None
+        conn = Connection(sid, identity, bucket)
+        self.connections[sid] = conn
+        self._schedule_expiry(conn)
+        await self.sio.save_session(sid, identity.to_session())
+        self.metrics.connections.inc()
+        log.debug("connected %s as %s", sid, identity.user_id)
+        return True
+
+    async def _on_disconnect(self, sid: str, reason: Any = None, *_: Any) -> Any:
+        if self.sio.manager.is_connected(sid, "/"):  # a client emitting "disconnect"
+            return await self._fail(sid, "disconnect", InvalidInput("Unknown event 'disconnect'"))
+        conn = self.connections.pop(sid, None)
+        if conn is None:
+            return None
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        self.metrics.connections.dec()
+        try:
+            gone = await self.registry.remove_connection(sid)
+        except CollabError:
+            log.warning("registry unavailable while removing %s", sid)
+            return None
+        for room, user_id in gone:
+            await self.sio.emit("user:left", {"user_id": user_id, **room_subject(room)}, room=room)
+        log.debug("disconnected %s (%s)", sid, reason)
+        return None
+
+    def renew(self, conn: Connection, identity: Identity) -> None:
+        """Swap in a refreshed token's identity and move the expiry timer."""
+        conn.identity = identity
+        self._schedule_expiry(conn)
+
+    def _schedule_expiry(self, conn: Connection) -> None:
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        delay = conn.identity.expires_at + self.settings.jwt_leeway - time.time()
+        loop = asyncio.get_running_loop()
+        conn.expiry = loop.call_later(
+            max(0.0, delay), lambda: asyncio.ensure_future(self._expire(conn))
+        )
+
+    async def _expire(self, conn: Connection) -> None:
+        if self.connections.get(conn.sid) is not conn:
+            return
+        if conn.identity.expires_at + self.settings.jwt_leeway > time.time():
+            return  # refreshed in the meantime
+        err = Unauthorized("Token has expired; reconnect with a fresh token")
+        await self.sio.emit("error", err.to_dict(), to=conn.sid)
+        await self.sio.disconnect(conn.sid)
+
+    # -- rooms and presence ------------------------------------------------
+
+    async def join_room(self, conn: Connection, room: str, subject: dict[str, str]) -> list[str]:
+        """Enter a room; announce the user if this is their first connection there."""
+        await self.sio.enter_room(conn.sid, room)
+        try:
+            first = await self.registry.join(conn.sid, room)
+        except CollabError:
+            await self.sio.leave_room(conn.sid, room)
+            raise
+        if first:
+            await self.sio.emit(
+                "user:joined", {"user_id": conn.user_id, **subject}, room=room, skip_sid=conn.sid
+            )
+        return await self.registry.room_users(room)
+
+    async def leave_room(self, conn: Connection, room: str, subject: dict[str, str]) -> None:
+        gone = await self.registry.leave(conn.sid, room)
+        await self.sio.leave_room(conn.sid, room)
+        if gone:
+            await self.sio.emit("user:left", {"user_id": conn.user_id, **subject}, room=room)
+
+    # -- dispatch ----------------------------------------------------------
+
+    def _dispatcher(self, event: str, schema: Any, handler: Any) -> Any:
+        events = self.metrics.events
+        ok_counter = events.labels(event, "ok")
+        latency = self.metrics.handler_latency.labels(event)
+
+        async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
+            start = time.perf_counter()
+            conn = self.connections.get(sid)
+            try:
+                if conn is None:
+                    raise Unauthorized("Not connected")
+                if conn.bucket is not None:
+                    wait_ms = conn.bucket.take()
+                    if wait_ms:
+                        raise RateLimited(wait_ms)
+                if conn.identity.expires_at + self.settings.jwt_leeway <= time.time():
+                    asyncio.ensure_future(self._expire(conn))
+                    raise Unauthorized("Token has expired")
+                try:
+                    data = schema.load(args[0] if args else {})
+                except ValidationError as exc:
+                    raise InvalidInput("Invalid payload", exc.messages) from None
+                except RecursionError:
+                    raise InvalidInput("Payload is nested too deeply") from None
+                result = await handler(self, conn, data)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an ack
+                return await self._fail(sid, event, exc, start)
+            ok_counter.inc()
+            latency.observe(time.perf_counter() - start)
+            return {"ok": True, **result}
+
+        return dispatch
+
+    async def _on_unknown(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
+        if event == MALFORMED_EVENT:
+            reason = args[0] if args else "malformed payload"
+            return await self._fail(sid, "malformed", InvalidInput(f"Invalid packet: {reason}"))
+        return await self._fail(sid, "unknown", InvalidInput(f"Unknown event {event!r:.140}"))
+
+    async def _fail(
+        self, sid: str, event: str, exc: BaseException, start: float | None = None
+    ) -> dict[str, Any]:
+        """Answer a failure: the ack body, plus an ``error`` event to the sender."""
+        if not isinstance(exc, CollabError):
+            error_id = uuid.uuid4().hex[:16]
+            log.error("internal error %s handling %s from %s", error_id, event, sid,
+                      exc_info=exc)
+            exc = CollabError(
+                ErrorCode.INTERNAL_ERROR, "Internal server error", {"error_id": error_id}
+            )
+        body = exc.to_dict()
+        self.metrics.events.labels(event, exc.code.value).inc()
+        if start is not None:
+            self.metrics.handler_latency.labels(event).observe(time.perf_counter() - start)
+        await self.sio.emit("error", body, to=sid)
+        return {"ok": False, "error": body}
+
+    # -- shutdown ----------------------------------------------------------
+
+    async def disconnect_all(self) -> None:
+        for sid in list(self.connections):
+            try:
+                await self.sio.disconnect(sid)
+            except Exception:  # noqa: BLE001 - keep closing the others
+                log.exception("error disconnecting %s", sid)

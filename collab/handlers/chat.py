@@ -1,0 +1,96 @@
+"""``chat:*`` events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import schemas
+from ..errors import NotFound, PayloadTooLarge
+from ..permissions import require_chat_role
+from ..store.base import new_id
+
+if TYPE_CHECKING:
+    from ..app import CollabApp, Connection
+
+
+def room(chat_id: str) -> str:
+    return f"chat_{chat_id}"
+
+
+async def create(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    chat = await app.store.create_chat(
+        data.get("chat_id") or new_id(), data["title"], conn.user_id, data["members"]
+    )
+    return {"chat": chat}
+
+
+async def invite(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    await require_chat_role(app.store, conn.identity, data["chat_id"], "owner")
+    chat = await app.store.add_chat_member(data["chat_id"], data["user_id"])
+    return {"chat": chat}
+
+
+async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    chat_id = data["chat_id"]
+    await require_chat_role(app.store, conn.identity, chat_id, "member")
+    # enter the room before reading, so no message falls between the two
+    users = await app.join_room(conn, room(chat_id), {"chat_id": chat_id})
+    chat = await app.store.get_chat(chat_id)
+    if chat is None:
+        raise NotFound(f"Chat {chat_id!r} not found")
+    since = data.get("since_seq")
+    if since is None:
+        messages, _ = await app.store.messages_before(chat_id, None, app.settings.history_limit)
+    else:
+        messages = await app.store.messages_after(chat_id, since, app.settings.history_max)
+    return {"chat": chat, "users": users, "messages": messages}
+
+
+async def leave(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    await app.leave_room(conn, room(data["chat_id"]), {"chat_id": data["chat_id"]})
+    return {}
+
+
+async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    chat_id = data["chat_id"]
+    limit = app.settings.max_message_chars
+    if len(data["content"]) > limit:
+        raise PayloadTooLarge("Message content", limit)
+    await require_chat_role(app.store, conn.identity, chat_id, "member")
+    stored, created = await app.store.add_message(
+        chat_id, conn.user_id, data["content"], data.get("client_id")
+    )
+    if created:
+        await app.sio.emit("chat:message", {"message": stored}, room=room(chat_id))
+    return {"message": stored}
+
+
+async def history(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    chat_id = data["chat_id"]
+    await require_chat_role(app.store, conn.identity, chat_id, "member")
+    limit = min(data.get("limit") or app.settings.history_limit, app.settings.history_max)
+    messages, has_more = await app.store.messages_before(chat_id, data.get("before_seq"), limit)
+    return {"messages": messages, "has_more": has_more}
+
+
+async def typing(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    chat_id = data["chat_id"]
+    await require_chat_role(app.store, conn.identity, chat_id, "member")
+    await app.sio.emit(
+        "chat:typing",
+        {"chat_id": chat_id, "user_id": conn.user_id, "typing": data["typing"]},
+        room=room(chat_id),
+        skip_sid=conn.sid,
+    )
+    return {}
+
+
+EVENTS = {
+    "chat:create": (schemas.ChatCreate(), create),
+    "chat:invite": (schemas.ChatInvite(), invite),
+    "chat:join": (schemas.ChatJoin(), join),
+    "chat:leave": (schemas.ChatRef(), leave),
+    "chat:message": (schemas.ChatMessage(), message),
+    "chat:history": (schemas.ChatHistory(), history),
+    "chat:typing": (schemas.ChatTyping(), typing),
+}

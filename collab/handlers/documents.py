@@ -1,0 +1,82 @@
+"""``documents:*`` events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import schemas
+from ..errors import InvalidInput, NotFound, PayloadTooLarge
+from ..permissions import require_document_role
+from ..store.base import new_id
+
+if TYPE_CHECKING:
+    from ..app import CollabApp, Connection
+
+
+def room(document_id: str) -> str:
+    return f"document_{document_id}"
+
+
+def _check_size(app: CollabApp, content: str) -> None:
+    limit = app.settings.max_document_bytes
+    # cheap bound first: a UTF-8 character takes at most 4 bytes
+    if len(content) * 4 > limit and len(content.encode("utf-8")) > limit:
+        raise PayloadTooLarge("Document content", limit)
+
+
+async def create(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    _check_size(app, data["content"])
+    document = await app.store.create_document(
+        data.get("document_id") or new_id(), data["title"], data["content"], conn.user_id
+    )
+    return {"document": document}
+
+
+async def share(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    await require_document_role(app.store, conn.identity, document_id, "owner")
+    if await app.store.get_document_role(document_id, data["user_id"]) == "owner":
+        raise InvalidInput("The owner's role cannot be changed", {"user_id": ["Is the owner."]})
+    acl = await app.store.set_document_role(document_id, data["user_id"], data["role"])
+    return {"document_id": document_id, "acl": acl}
+
+
+async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    await require_document_role(app.store, conn.identity, document_id, "viewer")
+    # enter the room before reading, so no update falls between the two
+    users = await app.join_room(conn, room(document_id), {"document_id": document_id})
+    document = await app.store.get_document(document_id)
+    if document is None:  # deleted underneath us
+        raise NotFound(f"Document {document_id!r} not found")
+    return {"document": document, "users": users}
+
+
+async def leave(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    await app.leave_room(conn, room(data["document_id"]), {"document_id": data["document_id"]})
+    return {}
+
+
+async def update(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    _check_size(app, data["content"])
+    await require_document_role(app.store, conn.identity, document_id, "editor")
+    document = await app.store.update_document(
+        document_id, data["content"], data["version"], conn.user_id
+    )
+    await app.sio.emit(
+        "documents:updated",
+        {"document": document, "user_id": conn.user_id},
+        room=room(document_id),
+        skip_sid=conn.sid,
+    )
+    return {"document": document}
+
+
+EVENTS = {
+    "documents:create": (schemas.DocumentCreate(), create),
+    "documents:share": (schemas.DocumentShare(), share),
+    "documents:join": (schemas.DocumentRef(), join),
+    "documents:leave": (schemas.DocumentRef(), leave),
+    "documents:update": (schemas.DocumentUpdate(), update),
+}

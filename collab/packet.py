@@ -1,0 +1,64 @@
+"""The Socket.IO packet class the server uses, with a JSON decoder that cannot crash it.
+
+A payload nested beyond what Python's decoder can take (or otherwise not
+JSON) is turned into the event :data:`MALFORMED_EVENT`, which the dispatcher
+answers with ``INVALID_INPUT`` on the packet's own ack id. A CONNECT packet
+with such a payload ends up with no usable token and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from socketio import packet
+
+MALFORMED_EVENT = "\x00malformed"
+#: deeper than any payload of the protocol needs, far below Python's recursion limit
+MAX_DEPTH = 64
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON ``text``, without recursing."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return 0  # cannot be too deep: skip the scan on the common path
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+class SafeJSON:
+    """The ``json`` module's interface, as python-socketio calls it."""
+
+    JSONDecodeError = json.JSONDecodeError
+
+    @staticmethod
+    def dumps(*args: Any, **kwargs: Any) -> str:
+        return json.dumps(*args, **kwargs)
+
+    @staticmethod
+    def loads(text: str | bytes, **kwargs: Any) -> Any:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        if nesting_depth(text) > MAX_DEPTH:
+            return [MALFORMED_EVENT, "payload is nested too deeply"]
+        try:
+            return json.loads(text, **kwargs)
+        except RecursionError:
+            return [MALFORMED_EVENT, "payload is nested too deeply"]
+        except ValueError:
+            return [MALFORMED_EVENT, "payload is not valid JSON"]
+
+
+class CollabPacket(packet.Packet):
+    json = SafeJSON

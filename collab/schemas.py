@@ -1,0 +1,118 @@
+"""One marshmallow schema per client-to-server payload.
+
+Validation failures become ``INVALID_INPUT`` with marshmallow's per-field
+messages as ``details``. Unknown fields are refused, so a typo in a field
+name is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+ID_MESSAGE = "Must be 1 to 128 characters from A-Z a-z 0-9 _ . : -"
+
+
+def Id(**kwargs) -> fields.String:  # noqa: N802 - reads like a field class
+    """A resource id as the protocol defines it."""
+    return fields.String(validate=validate.Regexp(ID_PATTERN, error=ID_MESSAGE), **kwargs)
+
+
+def UserId(**kwargs) -> fields.String:  # noqa: N802
+    """A user id: whatever a token's ``sub`` may hold, within reason."""
+    return fields.String(validate=validate.Length(min=1, max=256), **kwargs)
+
+
+def Title() -> fields.String:  # noqa: N802
+    return fields.String(load_default="", validate=validate.Length(max=1000))
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON ``true`` and ``false``; no ``"yes"`` or ``1``."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer; ``true``, ``1.5`` and ``"1"`` are refused."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class Payload(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class DocumentCreate(Payload):
+    document_id = Id()
+    title = Title()
+    content = fields.String(load_default="")
+
+
+class DocumentShare(Payload):
+    document_id = Id(required=True)
+    user_id = UserId(required=True)
+    role = fields.String(
+        required=True, allow_none=True, validate=validate.OneOf(["editor", "viewer"])
+    )
+
+
+class DocumentRef(Payload):
+    document_id = Id(required=True)
+
+
+class DocumentUpdate(Payload):
+    document_id = Id(required=True)
+    content = fields.String(required=True)
+    version = StrictInteger(required=True, validate=validate.Range(min=1))
+
+
+class ChatCreate(Payload):
+    chat_id = Id()
+    title = Title()
+    members = fields.List(UserId(), load_default=list, validate=validate.Length(max=1000))
+
+
+class ChatInvite(Payload):
+    chat_id = Id(required=True)
+    user_id = UserId(required=True)
+
+
+class ChatJoin(Payload):
+    chat_id = Id(required=True)
+    since_seq = StrictInteger(validate=validate.Range(min=0))
+
+
+class ChatRef(Payload):
+    chat_id = Id(required=True)
+
+
+class ChatMessage(Payload):
+    chat_id = Id(required=True)
+    content = fields.String(required=True, validate=validate.Length(min=1))
+    client_id = Id()
+
+
+class ChatHistory(Payload):
+    chat_id = Id(required=True)
+    before_seq = StrictInteger(validate=validate.Range(min=1))
+    limit = StrictInteger(validate=validate.Range(min=1))
+
+
+class ChatTyping(Payload):
+    chat_id = Id(required=True)
+    typing = StrictBoolean(required=True)
+
+
+class AuthRefresh(Payload):
+    token = fields.String(required=True, validate=validate.Length(min=1))

@@ -1,0 +1,355 @@
+"""The embedded store: one SQLite file (or memory), for single-node deployments.
+
+All database work runs on one dedicated thread that owns the connection, so
+the event loop never blocks on disk I/O and statements never interleave. Each
+write is one ``BEGIN IMMEDIATE`` transaction with ``synchronous=FULL``: durable
+before the call returns, and serialized against other processes using the same
+file (WAL mode lets their readers carry on meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from collab.errors import AlreadyExists, NotFound, Unavailable, VersionConflict
+from collab.store.base import Chat, Document, Message, Store, new_id, now_iso
+
+T = TypeVar("T")
+Conn = sqlite3.Connection
+MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, content TEXT NOT NULL, version INTEGER NOT NULL,
+    created_by TEXT NOT NULL, created_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS document_roles (
+    document_id TEXT NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+    user_id TEXT NOT NULL, role TEXT NOT NULL CHECK (role IN ('owner', 'editor', 'viewer')),
+    PRIMARY KEY (document_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chats (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chat_members (
+    chat_id TEXT NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    user_id TEXT NOT NULL, role TEXT NOT NULL CHECK (role IN ('owner', 'member')),
+    position INTEGER NOT NULL,  -- the order members were added in; the owner's is 0
+    PRIMARY KEY (chat_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY, chat_id TEXT NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL, user_id TEXT NOT NULL, content TEXT NOT NULL,
+    created_at TEXT NOT NULL, client_id TEXT,
+    UNIQUE (chat_id, seq));
+CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id
+    ON messages (chat_id, user_id, client_id) WHERE client_id IS NOT NULL;
+"""
+
+# OperationalErrors after which nothing was changed and a retry can succeed.
+_TRANSIENT = ("database is locked", "database table is locked", "disk i/o error", "unable to open")
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db``, ``sqlite:////abs.db`` -> ``/abs.db``,
+    ``sqlite://:memory:`` (or ``sqlite://``) -> ``:memory:``, as in SQLAlchemy."""
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not sep:
+        raise ValueError(f"not a sqlite:// URL: {url!r}")
+    if rest in ("", MEMORY, "/" + MEMORY):
+        return MEMORY
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(f"expected sqlite:///<path> or sqlite://:memory:, got {url!r}")
+    return rest[1:]
+
+
+def _message(row: sqlite3.Row) -> Message:
+    message = dict(row)
+    if message["client_id"] is None:
+        del message["client_id"]
+    return message
+
+
+class SqliteStore(Store):
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = sqlite_path(url)
+        self.display_url = url
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: Conn | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on the database thread."""
+        if self._executor is None:
+            raise Unavailable("The store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._call, fn, args)
+        except sqlite3.OperationalError as e:
+            if any(text in str(e).lower() for text in _TRANSIENT):
+                raise Unavailable("The database is unavailable; retry") from e
+            raise
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        assert self._conn is not None
+        return fn(self._conn, *args)
+
+    async def _tx(self, fn: Callable[..., T]) -> T:
+        """Run ``fn(conn)`` in one write transaction; an exception rolls it back."""
+        return await self._run(_in_transaction, fn)
+
+    async def _rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        return await self._run(lambda conn: conn.execute(sql, params).fetchall())
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collab-sqlite")
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    def _connect(self) -> Conn:
+        if self.path != MEMORY and os.path.dirname(self.path):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # isolation_level=None: no implicit transactions, we issue BEGIN/COMMIT ourselves.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            if self.path != MEMORY:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # Queued behind any work already submitted, so that finishes first.
+        await asyncio.get_running_loop().run_in_executor(executor, self._close_conn)
+        executor.shutdown(wait=True)
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def ping(self) -> None:
+        try:
+            await self._rows("SELECT 1")
+        except sqlite3.Error as e:
+            raise Unavailable("The database does not answer") from e
+
+    # -- documents ---------------------------------------------------------
+
+    async def create_document(
+        self, document_id: str, title: str, content: str, user_id: str
+    ) -> Document:
+        now = now_iso()
+        doc = {"id": document_id, "title": title, "content": content, "version": 0,
+               "created_by": user_id, "created_at": now, "updated_by": user_id, "updated_at": now}
+
+        def insert(conn: Conn) -> None:
+            try:
+                conn.execute("INSERT INTO documents VALUES (:id, :title, :content, :version,"
+                             " :created_by, :created_at, :updated_by, :updated_at)", doc)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"Document {document_id!r} already exists") from None
+            conn.execute("INSERT INTO document_roles VALUES (?, ?, 'owner')",
+                         (document_id, user_id))
+
+        await self._tx(insert)
+        return doc
+
+    async def get_document(self, document_id: str) -> Document | None:
+        return await self._run(_get_document, document_id)
+
+    async def update_document(
+        self, document_id: str, content: str, version: int, user_id: str
+    ) -> Document:
+        def update(conn: Conn) -> Document:
+            cur = conn.execute(
+                "UPDATE documents SET content = ?, version = ?, updated_by = ?, updated_at = ?"
+                " WHERE id = ? AND version = ? - 1",
+                (content, version, user_id, now_iso(), document_id, version))
+            current = _get_document(conn, document_id)
+            if current is None:
+                raise NotFound(f"Document {document_id!r} not found")
+            if cur.rowcount == 0:
+                raise VersionConflict(current)
+            return current
+
+        return await self._tx(update)
+
+    async def get_document_role(self, document_id: str, user_id: str) -> str | None:
+        rows = await self._rows("SELECT role FROM document_roles"
+                                " WHERE document_id = ? AND user_id = ?", document_id, user_id)
+        return rows[0]["role"] if rows else None
+
+    async def set_document_role(
+        self, document_id: str, user_id: str, role: str | None
+    ) -> dict[str, str]:
+        def set_role(conn: Conn) -> dict[str, str]:
+            if _get_document(conn, document_id) is None:
+                raise NotFound(f"Document {document_id!r} not found")
+            if role is None:
+                conn.execute("DELETE FROM document_roles WHERE document_id = ? AND user_id = ?",
+                             (document_id, user_id))
+            else:
+                conn.execute("INSERT INTO document_roles VALUES (?, ?, ?) ON CONFLICT"
+                             " (document_id, user_id) DO UPDATE SET role = excluded.role",
+                             (document_id, user_id, role))
+            return _get_acl(conn, document_id)
+
+        return await self._tx(set_role)
+
+    async def get_document_acl(self, document_id: str) -> dict[str, str]:
+        return await self._run(_get_acl, document_id)
+
+    # -- chats -------------------------------------------------------------
+
+    async def create_chat(
+        self, chat_id: str, title: str, user_id: str, members: list[str]
+    ) -> Chat:
+        others = list(dict.fromkeys(m for m in members if m != user_id))
+        chat = {"id": chat_id, "title": title, "created_by": user_id, "created_at": now_iso()}
+
+        def insert(conn: Conn) -> None:
+            try:
+                conn.execute("INSERT INTO chats VALUES (:id, :title, :created_by, :created_at)",
+                             chat)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"Chat {chat_id!r} already exists") from None
+            conn.executemany("INSERT INTO chat_members VALUES (?, ?, ?, ?)",
+                             [(chat_id, user_id, "owner", 0)]
+                             + [(chat_id, m, "member", i) for i, m in enumerate(others, 1)])
+
+        await self._tx(insert)
+        return {**chat, "members": [user_id, *others]}
+
+    async def get_chat(self, chat_id: str) -> Chat | None:
+        return await self._run(_get_chat, chat_id)
+
+    async def add_chat_member(self, chat_id: str, user_id: str) -> Chat:
+        def add(conn: Conn) -> Chat:
+            if not _chat_exists(conn, chat_id):
+                raise NotFound(f"Chat {chat_id!r} not found")
+            conn.execute("INSERT OR IGNORE INTO chat_members"
+                         " SELECT ?, ?, 'member', COALESCE(MAX(position), 0) + 1"
+                         " FROM chat_members WHERE chat_id = ?", (chat_id, user_id, chat_id))
+            return _get_chat(conn, chat_id)  # type: ignore[return-value]
+
+        return await self._tx(add)
+
+    async def get_chat_role(self, chat_id: str, user_id: str) -> str | None:
+        rows = await self._rows("SELECT role FROM chat_members WHERE chat_id = ? AND user_id = ?",
+                                chat_id, user_id)
+        return rows[0]["role"] if rows else None
+
+    # -- messages ----------------------------------------------------------
+
+    async def add_message(
+        self, chat_id: str, user_id: str, content: str, client_id: str | None = None
+    ) -> tuple[Message, bool]:
+        def insert(conn: Conn) -> tuple[Message, bool]:
+            if client_id is not None:
+                stored = _find_by_client_id(conn, chat_id, user_id, client_id)
+                if stored is not None:
+                    return stored, False
+            if not _chat_exists(conn, chat_id):
+                raise NotFound(f"Chat {chat_id!r} not found")
+            (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages"
+                                  " WHERE chat_id = ?", (chat_id,)).fetchone()
+            message = {"id": new_id(), "chat_id": chat_id, "seq": seq, "user_id": user_id,
+                       "content": content, "created_at": now_iso(), "client_id": client_id}
+            conn.execute("INSERT INTO messages VALUES (:id, :chat_id, :seq, :user_id, :content,"
+                         " :created_at, :client_id)", message)
+            if client_id is None:
+                del message["client_id"]
+            return message, True
+
+        def insert_or_find(conn: Conn) -> tuple[Message, bool]:
+            try:
+                return _in_transaction(conn, insert)
+            except sqlite3.IntegrityError:
+                # Another writer of this file stored the same client_id first.
+                stored = None
+                if client_id is not None:
+                    stored = _find_by_client_id(conn, chat_id, user_id, client_id)
+                if stored is None:
+                    raise
+                return stored, False
+
+        return await self._run(insert_or_find)
+
+    async def messages_after(self, chat_id: str, after_seq: int, limit: int) -> list[Message]:
+        rows = await self._rows("SELECT * FROM messages WHERE chat_id = ? AND seq > ?"
+                                " ORDER BY seq LIMIT ?", chat_id, after_seq, limit)
+        return [_message(row) for row in rows]
+
+    async def messages_before(
+        self, chat_id: str, before_seq: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        # Newest first with one row extra, which tells whether older messages exist.
+        rows = await self._rows("SELECT * FROM messages WHERE chat_id = ?"
+                                " AND (? IS NULL OR seq < ?) ORDER BY seq DESC LIMIT ?",
+                                chat_id, before_seq, before_seq, limit + 1)
+        return [_message(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+
+# -- run on the database thread ----------------------------------------------
+
+
+def _in_transaction(conn: Conn, fn: Callable[[Conn], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _get_document(conn: Conn, document_id: str) -> Document | None:
+    row = conn.execute("SELECT * FROM documents WHERE id = ?", (document_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def _get_acl(conn: Conn, document_id: str) -> dict[str, str]:
+    rows = conn.execute("SELECT user_id, role FROM document_roles WHERE document_id = ?",
+                        (document_id,))
+    return {row["user_id"]: row["role"] for row in rows}
+
+
+def _chat_exists(conn: Conn, chat_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM chats WHERE id = ?", (chat_id,)).fetchone() is not None
+
+
+def _get_chat(conn: Conn, chat_id: str) -> Chat | None:
+    row = conn.execute("SELECT * FROM chats WHERE id = ?", (chat_id,)).fetchone()
+    if row is None:
+        return None
+    members = conn.execute("SELECT user_id FROM chat_members WHERE chat_id = ? ORDER BY position",
+                           (chat_id,))
+    return {**dict(row), "members": [m["user_id"] for m in members]}
+
+
+def _find_by_client_id(conn: Conn, chat_id: str, user_id: str, client_id: str) -> Message | None:
+    row = conn.execute("SELECT * FROM messages WHERE chat_id = ? AND user_id = ? AND client_id = ?",
+                       (chat_id, user_id, client_id)).fetchone()
+    return _message(row) if row else None

@@ -1,0 +1,62 @@
+"""Fixtures: a real collab server per test, real clients, real services."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from harness import Harness, make_settings
+
+from collab.server import Server
+
+
+@pytest.fixture
+def settings():
+    """Settings for the ``server`` fixture; tests may change fields before using it."""
+    return make_settings()
+
+
+@pytest.fixture
+def server(io_loop, settings):
+    srv = io_loop.run_sync(lambda: Server.start(settings))
+    harness = Harness(srv)
+    yield harness
+    io_loop.run_sync(harness.close_clients)
+    io_loop.run_sync(srv.stop)
+    io_loop.run_sync(cancel_leftover_tasks)
+
+
+async def cancel_leftover_tasks():
+    """Engine.IO leaves a ping task asleep per closed socket; end them before the loop closes."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- real backing services (tests/services.py) --------------------------------
+# One of each per test session; tests isolate themselves by database name (Mongo)
+# or by key prefix / database number (Redis). Tests that stop a server to
+# simulate an outage start their own MongoServer / RedisServer instead.
+
+from services import start_mongo, start_redis  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "mongo: runs against a MongoDB wire server")
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(tmp_path_factory: pytest.TempPathFactory):
+    """``mongodb://127.0.0.1:PORT`` without a database (or COLLAB_TEST_MONGODB_URL)."""
+    url, stop = start_mongo(tmp_path_factory.mktemp("mongo"))
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """``redis://127.0.0.1:PORT/0`` of a private redis-server (or COLLAB_TEST_REDIS_URL)."""
+    url, stop = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop()

@@ -1,0 +1,134 @@
+"""A real server on a free port and real python-socketio clients, for protocol tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+import jwt
+import socketio
+
+from collab.config import Settings, load_settings
+from collab.server import Server
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+WAIT = 5.0
+
+
+def make_settings(**overrides: Any) -> Settings:
+    settings = load_settings(env={}, overrides=None)
+    settings.host = "127.0.0.1"
+    settings.port = 0
+    settings.jwt_secret = SECRET
+    settings.storage_url = "sqlite://:memory:"
+    settings.registry_url = "memory://"
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    settings.validate()
+    return settings
+
+
+def make_token(user_id: str | None = "alice", ttl: float = 3600, key: str = SECRET,
+               algorithm: str = "HS256", **claims: Any) -> str:
+    body: dict[str, Any] = {"exp": int(time.time() + ttl)}
+    if user_id is not None:
+        body["sub"] = user_id
+    body.update(claims)
+    return jwt.encode(body, key, algorithm=algorithm)
+
+
+class Client:
+    """An AsyncClient that records every server event for the test to await."""
+
+    def __init__(self, sio: socketio.AsyncClient) -> None:
+        self.sio = sio
+        self.queues: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
+        sio.on("*", self._record)
+
+    async def _record(self, event: str, *args: Any) -> None:
+        self.queues[event].put_nowait(args[0] if len(args) == 1 else list(args))
+
+    @property
+    def sid(self) -> str:
+        return self.sio.get_sid()
+
+    async def call(self, event: str, data: Any = None, timeout: float = WAIT) -> dict[str, Any]:
+        if data is None:
+            return await self.sio.call(event, timeout=timeout)
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def ok(self, event: str, data: Any = None) -> dict[str, Any]:
+        """Call and assert success; returns the ack."""
+        ack = await self.call(event, data)
+        assert ack.get("ok") is True, ack
+        return ack
+
+    async def fails(self, event: str, data: Any, code: str) -> dict[str, Any]:
+        """Call, assert a failure ack with ``code`` and the matching ``error`` event."""
+        ack = await self.call(event, data)
+        assert ack["ok"] is False, ack
+        assert ack["error"]["code"] == code, ack
+        assert isinstance(ack["error"]["message"], str) and ack["error"]["message"]
+        error = await self.next("error")
+        assert error == ack["error"]
+        return ack["error"]
+
+    async def next(self, event: str, timeout: float = WAIT) -> Any:
+        return await asyncio.wait_for(self.queues[event].get(), timeout)
+
+    def pending(self, event: str) -> list[Any]:
+        """Events already received and not consumed (does not wait)."""
+        queue = self.queues[event]
+        items = []
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        return items
+
+    async def disconnect(self) -> None:
+        await self.sio.disconnect()
+
+
+class Harness:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.url = f"http://127.0.0.1:{server.port}"
+        self.clients: list[Client] = []
+
+    @property
+    def app(self):
+        return self.server.app
+
+    async def connect(self, user_id: str = "alice", *, token: str | None = None,
+                      transports: list[str] | None = None, headers: dict | None = None,
+                      auth: Any = ..., **claims: Any) -> Client:
+        sio = socketio.AsyncClient(reconnection=False)
+        client = Client(sio)
+        if auth is ...:
+            auth = {"token": token or make_token(user_id, **claims)}
+        await sio.connect(self.url, auth=auth, headers=headers or {},
+                          transports=transports or ["websocket"], wait_timeout=WAIT)
+        self.clients.append(client)
+        return client
+
+    async def refused(self, **kwargs: Any) -> Any:
+        """Connect expecting refusal; returns the ``connect_error`` data."""
+        sio = socketio.AsyncClient(reconnection=False)
+        errors: asyncio.Queue = asyncio.Queue()
+        sio.on("connect_error", lambda data: errors.put_nowait(data))
+        auth = kwargs.pop("auth", None)
+        try:
+            await sio.connect(self.url, auth=auth, wait_timeout=WAIT,
+                              transports=kwargs.pop("transports", ["websocket"]), **kwargs)
+        except socketio.exceptions.ConnectionError:
+            pass
+        else:
+            await sio.disconnect()
+            raise AssertionError("connection was accepted")
+        return errors.get_nowait() if not errors.empty() else None
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            if client.sio.connected:
+                await client.sio.disconnect()

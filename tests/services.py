@@ -1,0 +1,282 @@
+"""Real backing services for tests: a Mongo wire server and Redis on free ports.
+
+Tests talk to real servers, never mocks. Each server runs as a child process
+bound to 127.0.0.1 on a free port with its data in a temporary directory, and
+can be stopped and started again on the same port and data, which is how
+outage tests take a backend away and bring it back.
+
+Mongo: ``COLLAB_TEST_MONGODB_URL`` (e.g. ``mongodb://127.0.0.1:27017``) points
+the tests at an existing MongoDB instead; tests then isolate themselves by
+database name (see :func:`with_database`), and the server cannot be stopped.
+Without it the ``nx-27017`` server from PyPI (a Mongo wire protocol server over
+SQLite) is started. Redis: ``COLLAB_TEST_REDIS_URL`` likewise, else a private
+``redis-server`` (``apt-get install redis-server``).
+
+Usage::
+
+    with MongoServer(tmp_path) as mongo:       # started on enter, stopped on exit
+        url = with_database(mongo.url, "t1")   # mongodb://127.0.0.1:PORT/t1
+        mongo.stop()                            # outage ...
+        mongo.start()                           # ... and back, same port and data
+
+    url, stop = start_mongo(tmp_path)           # the same without a with-block
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` with its path set to ``/name``, keeping credentials and options."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+class ServiceProcess:
+    """One server child process that can be stopped and started again.
+
+    Subclasses say how to launch it (:meth:`argv`) and how to tell that it
+    answers (:meth:`ping`). When ``external_url`` is given nothing is launched
+    and :meth:`stop`/:meth:`start` are no-ops; ``external`` tells tests that
+    need an outage to skip.
+    """
+
+    name = "service"
+
+    def __init__(
+        self,
+        tmpdir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        external_url: str | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        self.external = bool(external_url)
+        self.port = port or free_port()
+        self.dir = Path(tmpdir) / f"{self.name}-{self.port}"
+        self.startup_timeout = startup_timeout
+        self.url = external_url or self.local_url()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Path = self.dir / "server.log"
+
+    # -- to override -------------------------------------------------------
+
+    def local_url(self) -> str:
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """Return when the server answers; raise any exception otherwise."""
+        raise NotImplementedError
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.external or (self._proc is not None and self._proc.poll() is None)
+
+    def start(self) -> str:
+        """Start (or restart) the server and wait until it answers; return the URL."""
+        if self.external or self.running:
+            return self.url
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self._log, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv(),
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self._proc.returncode} on port {self.port}:\n"
+                    + self.log_tail()
+                )
+            try:
+                self.ping()
+                return self.url
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"{self.name} did not answer on port {self.port} within "
+                        f"{self.startup_timeout}s ({exc!r}):\n" + self.log_tail()
+                    ) from exc
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); its data stays for a restart."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _executable(name: str, hint: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found; {hint}")
+    return found
+
+
+class MongoServer(ServiceProcess):
+    """``nx-27017`` (Mongo wire protocol over SQLite), one SQLite file per database."""
+
+    name = "mongo"
+
+    def __init__(
+        self,
+        tmpdir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        external_url: str | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        if external_url is None:
+            external_url = os.environ.get("COLLAB_TEST_MONGODB_URL") or None
+        super().__init__(tmpdir, port, external_url=external_url, startup_timeout=startup_timeout)
+
+    def local_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        exe = _executable("nx-27017", "pip install nx-27017 (into the test venv)")
+        return [
+            exe,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            # per-database files, created on demand: tests isolate by db name
+            "--data-dir",
+            str(self.dir / "data"),
+            # its defaults are shared paths in /tmp that would clash
+            "--pid-file",
+            str(self.dir / "nx.pid"),
+            "--log-file",
+            str(self.dir / "nx.log"),
+        ]
+
+    def start(self) -> str:
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        return super().start()
+
+    def ping(self) -> None:
+        import pymongo
+
+        client: pymongo.MongoClient = pymongo.MongoClient(
+            self.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500
+        )
+        try:
+            client.admin.command("ping")
+        finally:
+            client.close()
+
+
+class RedisServer(ServiceProcess):
+    """A private ``redis-server`` without persistence: a restart comes back empty."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        tmpdir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        external_url: str | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        if external_url is None:
+            external_url = os.environ.get("COLLAB_TEST_REDIS_URL") or None
+        super().__init__(tmpdir, port, external_url=external_url, startup_timeout=startup_timeout)
+
+    def local_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        exe = _executable("redis-server", "install it with: apt-get install -y redis-server")
+        return [
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+        ]
+
+    def ping(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+
+def start_mongo(tmpdir: str | os.PathLike[str]) -> tuple[str, Callable[[], None]]:
+    """Start a Mongo wire server (or use ``COLLAB_TEST_MONGODB_URL``): ``(url, stop)``."""
+    server = MongoServer(tmpdir)
+    return server.start(), server.stop
+
+
+def start_redis(tmpdir: str | os.PathLike[str]) -> tuple[str, Callable[[], None]]:
+    """Start a private redis-server (or use ``COLLAB_TEST_REDIS_URL``): ``(url, stop)``."""
+    server = RedisServer(tmpdir)
+    return server.start(), server.stop

@@ -1,0 +1,282 @@
+"""Authentication (PROTOCOL.md, "Authentication"): the handshake, the session, origins,
+token expiry and ``auth:refresh``, with real clients against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from harness import SECRET, WAIT, make_settings, make_token
+
+OTHER_SECRET = "not-the-server-secret-0123456789-abcdef"
+ISSUER = "https://issuer.example"
+AUDIENCE = "collab"
+ALLOWED_ORIGIN = "https://app.example"
+FOREIGN_ORIGIN = "https://evil.example"
+TRANSPORTS = ["websocket", "polling"]
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def public_pem(private_key: Any) -> str:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+# settings overrides, applied through the local ``settings`` fixture (indirect parametrization)
+ISS_AUD = {"jwt_issuer": ISSUER, "jwt_audience": AUDIENCE}
+LEEWAY = {"jwt_leeway": 30}
+RS256_ONLY = {"jwt_algorithms": ["RS256"], "jwt_public_key": public_pem(RSA_KEY)}
+HS256_AND_RS256 = {"jwt_algorithms": ["HS256", "RS256"], "jwt_public_key": public_pem(RSA_KEY)}
+ES256_ONLY = {"jwt_algorithms": ["ES256"], "jwt_public_key": public_pem(EC_KEY)}
+# python-engineio leaves a long-poll GET pending after the client's CLOSE until
+# ping_interval + ping_timeout, and python-socketio's client waits for it on disconnect (30 s
+# with the defaults); short pings keep the polling tests fast.
+QUICK_POLL = {"ping_interval": 0.5, "ping_timeout": 1}
+ORIGINS = {"cors_origins": [ALLOWED_ORIGIN], **QUICK_POLL}
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest):
+    """Test settings plus the overrides a test parametrizes ``settings`` with."""
+    return make_settings(**getattr(request, "param", {}))
+
+
+# -- tokens a well-behaved library refuses to make -------------------------------------
+
+
+def _b64url(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _claims() -> dict[str, Any]:
+    return {"sub": "alice", "exp": int(time.time() + 3600)}
+
+
+def unsigned_token() -> str:
+    """``alg: none`` with an empty signature."""
+    return f"{_b64url({'alg': 'none', 'typ': 'JWT'})}.{_b64url(_claims())}."
+
+
+def hs256_keyed_with_public_key() -> str:
+    """The classic algorithm-confusion token: HMAC'd with the server's RSA *public* key."""
+    signing_input = f"{_b64url({'alg': 'HS256', 'typ': 'JWT'})}.{_b64url(_claims())}"
+    digest = hmac.new(public_pem(RSA_KEY).encode(), signing_input.encode(), hashlib.sha256)
+    signature = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    return f"{signing_input}.{signature}"
+
+
+# -- handshakes (kwargs of Harness.connect / Harness.refused) ----------------------------
+
+
+def with_token(token: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"auth": {"token": token}, **kwargs}
+
+
+def with_bearer(token: str) -> dict[str, Any]:
+    return {"auth": None, "headers": {"Authorization": f"Bearer {token}"}}
+
+
+Handshake = Callable[[], dict[str, Any]]
+
+
+# -- server-side checks ---------------------------------------------------------------
+
+
+def refused_count(server) -> float:
+    return server.app.metrics.registry.get_sample_value(
+        "collab_connects_refused_total", {"code": "UNAUTHORIZED"}) or 0.0
+
+
+def assert_nothing_registered(server) -> None:
+    assert server.app.connections == {}
+    assert server.app.registry.connection_count() == 0
+    assert server.app.metrics.registry.get_sample_value("collab_connections") == 0
+
+
+def assert_connected_as(server, client, user_id: str = "alice") -> None:
+    assert client.sio.connected
+    assert list(server.app.connections) == [client.sid]
+    assert server.app.connections[client.sid].user_id == user_id
+    assert server.app.registry.connection_count() == 1
+
+
+def on_disconnect(client) -> asyncio.Event:
+    """Set when the server drops ``client``."""
+    gone = asyncio.Event()
+    client.sio.on("disconnect", lambda *_: gone.set())
+    return gone
+
+
+def parse_iso(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# -- the handshake ---------------------------------------------------------------------
+
+ACCEPTED = [
+    pytest.param({}, lambda: with_token(make_token()), id="auth-token"),
+    pytest.param({}, lambda: with_bearer(make_token()), id="bearer-header"),
+    pytest.param(QUICK_POLL, lambda: with_token(make_token(), transports=["polling"]),
+                 id="polling"),
+    pytest.param(ISS_AUD, lambda: with_token(make_token(iss=ISSUER, aud=AUDIENCE)),
+                 id="right-issuer-and-audience"),
+    pytest.param(LEEWAY, lambda: with_token(make_token(ttl=-2)), id="expired-within-leeway"),
+    pytest.param(RS256_ONLY, lambda: with_token(make_token(key=RSA_KEY, algorithm="RS256")),
+                 id="rs256"),
+    pytest.param(ES256_ONLY, lambda: with_token(make_token(key=EC_KEY, algorithm="ES256")),
+                 id="es256"),
+]
+
+# (settings, handshake, a word the human-readable reason must contain)
+REFUSED = [
+    pytest.param({}, lambda: {"auth": None}, "required", id="no-auth"),
+    pytest.param({}, lambda: {"auth": {}}, "required", id="auth-without-token"),
+    pytest.param({}, lambda: with_token(42), "required", id="token-not-a-string"),
+    pytest.param({}, lambda: with_token("abc"), "Malformed", id="malformed"),
+    pytest.param({}, lambda: with_token(make_token(ttl=-60)), "expired", id="expired"),
+    pytest.param({}, lambda: with_token(make_token(key=OTHER_SECRET)), "signature", id="forged"),
+    pytest.param({}, lambda: with_bearer(make_token(key=OTHER_SECRET)), "signature",
+                 id="forged-bearer-header"),
+    pytest.param({}, lambda: with_token(unsigned_token()), "algorithm", id="alg-none"),
+    pytest.param({}, lambda: with_token(make_token(None)), "sub", id="no-sub"),
+    pytest.param({}, lambda: with_token(make_token("")), "sub", id="empty-sub"),
+    pytest.param({}, lambda: with_token(jwt.encode({"sub": "alice"}, SECRET)), "exp",
+                 id="no-exp"),
+    pytest.param(QUICK_POLL, lambda: with_token(make_token(ttl=-60), transports=["polling"]),
+                 "expired", id="expired-over-polling"),
+    pytest.param(ISS_AUD, lambda: with_token(make_token(iss=ISSUER, aud="other")), "audience",
+                 id="wrong-audience"),
+    pytest.param(ISS_AUD, lambda: with_token(make_token(iss=ISSUER)), "aud", id="no-audience"),
+    pytest.param(ISS_AUD, lambda: with_token(make_token(iss="https://other", aud=AUDIENCE)),
+                 "issuer", id="wrong-issuer"),
+    pytest.param(ISS_AUD, lambda: with_token(make_token(aud=AUDIENCE)), "iss", id="no-issuer"),
+    pytest.param(LEEWAY, lambda: with_token(make_token(ttl=-60)), "expired",
+                 id="expired-beyond-leeway"),
+    pytest.param(RS256_ONLY, lambda: with_token(make_token()), "algorithm",
+                 id="hs256-when-only-rs256"),
+    pytest.param(RS256_ONLY, lambda: with_token(hs256_keyed_with_public_key()), "algorithm",
+                 id="hs256-keyed-with-public-key-when-only-rs256"),
+    pytest.param(HS256_AND_RS256, lambda: with_token(hs256_keyed_with_public_key()),
+                 "signature", id="hs256-keyed-with-public-key-when-both-allowed"),
+    pytest.param(RS256_ONLY, lambda: with_token(make_token(key=OTHER_RSA_KEY, algorithm="RS256")),
+                 "signature", id="rs256-other-key"),
+    pytest.param(ES256_ONLY, lambda: with_token(make_token(key=OTHER_EC_KEY, algorithm="ES256")),
+                 "signature", id="es256-other-key"),
+]
+
+
+@pytest.mark.parametrize("settings, handshake", ACCEPTED, indirect=["settings"])
+async def test_valid_token_is_accepted(server, handshake: Handshake):
+    client = await server.connect(**handshake())
+    assert_connected_as(server, client, "alice")
+
+
+@pytest.mark.parametrize("settings, handshake, reason", REFUSED, indirect=["settings"])
+async def test_bad_token_is_refused_with_unauthorized(server, handshake: Handshake, reason: str):
+    before = refused_count(server)
+    error = await server.refused(**handshake())
+    assert error is not None, "no connect_error reached the client"
+    # python-socketio hands connect_error {message, data}: socket.io-client's err.message, err.data
+    assert error["data"] == {"code": "UNAUTHORIZED", "message": error["message"]}
+    assert reason in error["message"]
+    assert_nothing_registered(server)
+    assert refused_count(server) == before + 1
+
+
+# -- the session -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("claims, expected", [
+    pytest.param({}, {"user_id": "alice", "name": "alice", "roles": []}, id="defaults"),
+    pytest.param({"name": "Alice Liddell"},
+                 {"user_id": "alice", "name": "Alice Liddell", "roles": []}, id="name-claim"),
+    pytest.param({"roles": ["admin"]}, {"user_id": "alice", "name": "alice", "roles": ["admin"]},
+                 id="admin-role"),
+])
+async def test_session_holds_the_identity(server, claims: dict, expected: dict):
+    client = await server.connect("alice", **claims)
+    session = await server.app.sio.get_session(client.sid)
+    assert {key: session[key] for key in expected} == expected
+
+
+# -- origins ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [pytest.param(ORIGINS, id="cors-origins")], indirect=True)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+class TestOrigin:
+    @pytest.mark.parametrize("origin", ["own", ALLOWED_ORIGIN], ids=["own", "configured"])
+    async def test_allowed_origin_is_accepted(self, server, transport: str, origin: str):
+        origin = server.url if origin == "own" else origin
+        client = await server.connect(headers={"Origin": origin}, transports=[transport])
+        assert_connected_as(server, client)
+
+    async def test_foreign_origin_is_refused(self, server, transport: str):
+        # Engine.IO refuses the HTTP request itself, before any Socket.IO CONNECT, so the
+        # client may see a plain ConnectionError without connect_error data.
+        await server.refused(auth={"token": make_token()}, headers={"Origin": FOREIGN_ORIGIN},
+                             transports=[transport])
+        assert_nothing_registered(server)
+
+
+# -- expiry and auth:refresh -----------------------------------------------------------
+
+
+async def test_expiring_token_gets_unauthorized_then_disconnect(server):
+    client = await server.connect("alice", ttl=2)
+    gone = on_disconnect(client)
+    error = await client.next("error")
+    assert error["code"] == "UNAUTHORIZED" and error["message"]
+    await asyncio.wait_for(gone.wait(), WAIT)
+    assert_nothing_registered(server)
+
+
+async def test_refresh_keeps_the_connection_past_the_first_expiry(server):
+    first = make_token("alice", ttl=2)
+    first_exp = jwt.decode(first, options={"verify_signature": False})["exp"]
+    client = await server.connect(token=first)
+    # A second connection with the same token and no refresh is the clock: its disconnect
+    # says the first token's expiry has passed, without a sleep.
+    clock = await server.connect(token=first)
+    clock_gone = on_disconnect(clock)
+
+    fresh = make_token("alice", ttl=3600)
+    ack = await client.ok("auth:refresh", {"token": fresh})
+    fresh_exp = jwt.decode(fresh, options={"verify_signature": False})["exp"]
+    assert parse_iso(ack["expires_at"]).timestamp() == fresh_exp
+
+    await asyncio.wait_for(clock_gone.wait(), WAIT)
+    assert time.time() >= first_exp
+    await client.ok("chat:create", {})
+    assert client.pending("error") == []
+    assert_connected_as(server, client)
+
+
+@pytest.mark.parametrize("token, code", [
+    pytest.param(lambda: make_token("bob"), "PERMISSION_DENIED", id="another-user"),
+    pytest.param(lambda: "garbage", "UNAUTHORIZED", id="garbage"),
+    pytest.param(lambda: make_token("alice", ttl=-60), "UNAUTHORIZED", id="expired"),
+])
+async def test_failed_refresh_keeps_the_connection_and_user(
+        server, token: Callable[[], str], code: str):
+    client = await server.connect("alice")
+    await client.fails("auth:refresh", {"token": token()}, code)
+    ack = await client.ok("chat:create", {})
+    assert ack["chat"]["created_by"] == "alice"
+    assert_connected_as(server, client, "alice")
