@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -156,26 +158,41 @@ class CollabApp:
         if self.connections.get(conn.sid) is not conn:
             return
         if conn.identity.expires_at + self.settings.jwt_leeway > time.time():
-            return  # refreshed in the meantime
+            self._schedule_expiry(conn)  # refreshed, or the timer ran early
+            return
         err = Unauthorized("Token has expired; reconnect with a fresh token")
         await self.sio.emit("error", err.to_dict(), to=conn.sid)
         await self.sio.disconnect(conn.sid)
 
     # -- rooms and presence ------------------------------------------------
 
-    async def join_room(self, conn: Connection, room: str, subject: dict[str, str]) -> list[str]:
-        """Enter a room; announce the user if this is their first connection there."""
+    async def join_room(
+        self, conn: Connection, room: str, subject: dict[str, str],
+        load: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Enter a room, then ``load`` what the join returns; undo the entry if that fails.
+
+        Entering before loading means no broadcast can fall between the two.
+        The user is announced only once the join has succeeded, and only if
+        this is their first connection in the room.
+        """
+        rejoin = room in self.sio.rooms(conn.sid)
         await self.sio.enter_room(conn.sid, room)
         try:
             first = await self.registry.join(conn.sid, room)
-        except CollabError:
-            await self.sio.leave_room(conn.sid, room)
+            result = await load()
+            users = await self.registry.room_users(room)
+        except BaseException:
+            if not rejoin:
+                await self.sio.leave_room(conn.sid, room)
+                with contextlib.suppress(CollabError):
+                    await self.registry.leave(conn.sid, room)
             raise
         if first:
             await self.sio.emit(
                 "user:joined", {"user_id": conn.user_id, **subject}, room=room, skip_sid=conn.sid
             )
-        return await self.registry.room_users(room)
+        return {**result, "users": users}
 
     async def leave_room(self, conn: Connection, room: str, subject: dict[str, str]) -> None:
         gone = await self.registry.leave(conn.sid, room)

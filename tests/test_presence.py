@@ -212,3 +212,29 @@ async def test_websocket_and_polling_clients_share_a_room(server):
 
     await alice.disconnect()
     assert await bob.next("user:left") == DOCUMENT.presence("alice")
+
+
+async def test_a_join_that_fails_after_entering_leaves_no_trace(server, kind, monkeypatch):
+    """The room is entered before the resource is read; if the read fails, nothing stays."""
+    from collab.errors import Unavailable
+
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    await kind.create(alice, "bob")
+    await kind.join(alice)
+
+    async def store_gone(*args, **kwargs):
+        raise Unavailable()
+
+    getter = "get_chat" if kind is CHAT else "get_document"
+    monkeypatch.setattr(server.app.store, getter, store_gone)
+    monkeypatch.setattr(server.app.store, "get_document_role",
+                        lambda *a: asyncio.sleep(0, "viewer"))
+    monkeypatch.setattr(server.app.store, "get_chat_role", lambda *a: asyncio.sleep(0, "member"))
+    await bob.fails(f"{kind.prefix}:join", {kind.key: RID}, "UNAVAILABLE")
+    monkeypatch.undo()
+
+    await round_trip(alice)
+    assert alice.pending("user:joined") == []
+    assert (await kind.join(alice))["users"] == ["alice"]
+    assert alice.pending("user:left") == []

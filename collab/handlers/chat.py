@@ -33,17 +33,20 @@ async def invite(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict
 async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
     await require_chat_role(app.store, conn.identity, chat_id, "member")
-    # enter the room before reading, so no message falls between the two
-    users = await app.join_room(conn, room(chat_id), {"chat_id": chat_id})
-    chat = await app.store.get_chat(chat_id)
-    if chat is None:
-        raise NotFound(f"Chat {chat_id!r} not found")
     since = data.get("since_seq")
-    if since is None:
-        messages, _ = await app.store.messages_before(chat_id, None, app.settings.history_limit)
-    else:
-        messages = await app.store.messages_after(chat_id, since, app.settings.history_max)
-    return {"chat": chat, "users": users, "messages": messages}
+
+    async def load() -> dict[str, Any]:
+        chat = await app.store.get_chat(chat_id)
+        if chat is None:
+            raise NotFound(f"Chat {chat_id!r} not found")
+        if since is None:
+            messages, _ = await app.store.messages_before(
+                chat_id, None, app.settings.history_limit)
+        else:
+            messages = await app.store.messages_after(chat_id, since, app.settings.history_max)
+        return {"chat": chat, "messages": messages}
+
+    return await app.join_room(conn, room(chat_id), {"chat_id": chat_id}, load)
 
 
 async def leave(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:

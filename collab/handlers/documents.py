@@ -44,12 +44,14 @@ async def share(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[
 async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
     await require_document_role(app.store, conn.identity, document_id, "viewer")
-    # enter the room before reading, so no update falls between the two
-    users = await app.join_room(conn, room(document_id), {"document_id": document_id})
-    document = await app.store.get_document(document_id)
-    if document is None:  # deleted underneath us
-        raise NotFound(f"Document {document_id!r} not found")
-    return {"document": document, "users": users}
+
+    async def load() -> dict[str, Any]:
+        document = await app.store.get_document(document_id)
+        if document is None:  # deleted underneath us
+            raise NotFound(f"Document {document_id!r} not found")
+        return {"document": document}
+
+    return await app.join_room(conn, room(document_id), {"document_id": document_id}, load)
 
 
 async def leave(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
