@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_level != "DEBUG":
+        # one line per HTTP request would be one per long-poll and per probe
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
     try:
         asyncio.run(_serve(settings))
     except OSError as exc:
