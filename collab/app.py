@@ -18,6 +18,7 @@ from .auth import Identity, TokenVerifier, token_from_handshake
 from .config import Settings
 from .errors import CollabError, ErrorCode, InvalidInput, RateLimited, Unauthorized
 from .handlers import EVENTS
+from .locks import KeyedLocks
 from .metrics import Metrics, TimedStore
 from .packet import MALFORMED_EVENT, CollabPacket
 from .ratelimit import TokenBucket
@@ -65,6 +66,8 @@ class CollabApp:
         self.registry = registry
         self.verifier = TokenVerifier(settings)
         self.connections: dict[str, Connection] = {}
+        #: held from a message's insert to its broadcast, so a chat's broadcasts leave in seq order
+        self.chat_locks = KeyedLocks()
         self.sio = socketio.AsyncServer(
             async_mode="tornado",
             client_manager=client_manager,

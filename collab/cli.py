@@ -10,6 +10,7 @@ import sys
 from . import __version__
 from .auth import mint_token
 from .config import ConfigError, Settings, ensure_secret, load_settings
+from .errors import CollabError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("tornado.access").setLevel(logging.WARNING)
     try:
         asyncio.run(_serve(settings))
-    except OSError as exc:
+    except (OSError, CollabError) as exc:
+        # a taken port, an unreachable store or registry: one clear line, no traceback
         logging.getLogger("collab").error("cannot start: %s", exc)
         return 1
     return 0

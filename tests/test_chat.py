@@ -688,3 +688,25 @@ async def test_non_object_payload_is_invalid_input(server, payload):
     assert ack["ok"] is False
     assert ack["error"]["code"] == "INVALID_INPUT"
     assert await alice.next("error") == ack["error"]
+
+
+async def test_broadcasts_leave_in_seq_order_when_the_store_completes_out_of_order(
+        server, monkeypatch):
+    """MongoDB may finish two concurrent inserts in either order; clients still see 1, 2."""
+    alice = await joined_owner(server)
+    bob = await joined(server, "bob")
+    store_add = server.app.store.add_message
+
+    async def first_insert_is_slow(*args, **kwargs):
+        message, created = await store_add(*args, **kwargs)
+        if message["seq"] == 1:
+            await asyncio.sleep(0.2)  # injected latency: the reply to seq 1 arrives late
+        return message, created
+
+    monkeypatch.setattr(server.app.store, "add_message", first_insert_is_slow)
+    await asyncio.gather(
+        alice.ok("chat:message", {"chat_id": "c1", "content": "one"}),
+        bob.ok("chat:message", {"chat_id": "c1", "content": "two"}),
+    )
+    seen = [(await bob.next("chat:message"))["message"]["seq"] for _ in range(2)]
+    assert seen == [1, 2]

@@ -147,3 +147,13 @@ def test_example_config_documents_every_setting_with_its_default():
     for field in dataclasses.fields(Settings):
         if field.name != "node_id":  # derived from the host and pid when empty
             assert getattr(from_file, field.name) == getattr(defaults, field.name), field.name
+
+
+def test_unreachable_store_at_start_is_one_clear_line(tmp_path):
+    from services import free_port
+
+    env = {"COLLAB_STORAGE_URL": f"mongodb://127.0.0.1:{free_port()}/collab",
+           "COLLAB_MONGODB_SERVER_SELECTION_TIMEOUT_MS": "300"}
+    result = collab("serve", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr

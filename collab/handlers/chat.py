@@ -60,11 +60,14 @@ async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
     if len(data["content"]) > limit:
         raise PayloadTooLarge("Message content", limit)
     await require_chat_role(app.store, conn.identity, chat_id, "member")
-    stored, created = await app.store.add_message(
-        chat_id, conn.user_id, data["content"], data.get("client_id")
-    )
-    if created:
-        await app.sio.emit("chat:message", {"message": stored}, room=room(chat_id))
+    # Stores may complete concurrent inserts out of seq order (MongoDB does);
+    # holding the chat's lock until the broadcast keeps broadcasts in seq order.
+    async with app.chat_locks[chat_id]:
+        stored, created = await app.store.add_message(
+            chat_id, conn.user_id, data["content"], data.get("client_id")
+        )
+        if created:
+            await app.sio.emit("chat:message", {"message": stored}, room=room(chat_id))
     return {"message": stored}
 
 
