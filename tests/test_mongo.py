@@ -1,0 +1,467 @@
+"""The protocol end to end with the MongoDB store selected, over a real wire connection.
+
+The store contract (test_store_contract.py) proves the Mongo backend behaves
+like SQLite through the Store interface; these tests prove the whole server
+does, plus what only a networked store has: outages and recovery, durability
+across a collab restart, and the real CLI pointed at a ``mongodb://`` URL.
+
+Every test gets a fresh database on the session's Mongo server (nx-27017, or
+``COLLAB_TEST_MONGODB_URL``); the outage test starts a server of its own,
+since stopping the shared one would break every other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymongo
+import pytest
+import socketio
+import tornado.httpclient
+from conftest import cancel_leftover_tasks
+from harness import SECRET, Client, Harness, make_settings
+from services import MongoServer, free_port, with_database
+
+from collab.config import Settings
+from collab.server import Server
+
+pytestmark = pytest.mark.mongo
+
+#: an outage must be answered this fast (server selection times out after 1 s)
+QUICKLY = 5.0
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+@pytest.fixture
+def mongo_db(mongodb_url: str) -> Iterator[str]:
+    """A database of its own on the session's Mongo server, dropped afterwards."""
+    name = "e2e_" + uuid.uuid4().hex[:12]
+    url = with_database(mongodb_url, name)
+    yield url
+    with pymongo.MongoClient(url, serverSelectionTimeoutMS=2000) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def settings(mongo_db: str) -> Settings:
+    """Overrides conftest's ``settings``, so its ``server`` fixture runs on Mongo."""
+    return make_settings(storage_url=mongo_db, mongodb_server_selection_timeout_ms=1000)
+
+
+class Servers:
+    """Collab servers started and stopped inside a test; whatever still runs stops at the end."""
+
+    def __init__(self) -> None:
+        self.running: list[Harness] = []
+
+    async def start(self, settings: Settings) -> Harness:
+        harness = Harness(await Server.start(settings))
+        self.running.append(harness)
+        return harness
+
+    async def stop(self, harness: Harness) -> None:
+        self.running.remove(harness)
+        await harness.close_clients()
+        await harness.server.stop()
+
+    async def stop_all(self) -> None:
+        for harness in list(self.running):
+            await self.stop(harness)
+        await cancel_leftover_tasks()
+
+
+@pytest.fixture
+def servers(io_loop) -> Iterator[Servers]:
+    servers = Servers()
+    yield servers
+    io_loop.run_sync(servers.stop_all)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+async def new_chat(owner: Client, chat_id: str = "c1", members: list[str] | None = None) -> dict:
+    ack = await owner.ok("chat:create", {"chat_id": chat_id, "members": members or []})
+    return ack["chat"]
+
+
+async def post(client: Client, content: str, chat_id: str = "c1", **extra) -> dict:
+    ack = await client.ok("chat:message", {"chat_id": chat_id, "content": content, **extra})
+    return ack["message"]
+
+
+def seqs(messages: list[dict]) -> list[int]:
+    return [m["seq"] for m in messages]
+
+
+async def readyz(harness: Harness) -> tuple[int, dict, float]:
+    """``(status, body, seconds taken)`` of GET /readyz."""
+    start = time.monotonic()
+    response = await tornado.httpclient.AsyncHTTPClient().fetch(
+        harness.url + "/readyz", raise_error=False, request_timeout=30
+    )
+    return response.code, json.loads(response.body), time.monotonic() - start
+
+
+async def unavailable(client: Client, event: str, data: dict) -> None:
+    """``event`` fails with UNAVAILABLE (ack and ``error`` event), and quickly."""
+    start = time.monotonic()
+    ack = await client.call(event, data, timeout=30)
+    elapsed = time.monotonic() - start
+    assert ack["ok"] is False, (event, ack)
+    assert ack["error"]["code"] == "UNAVAILABLE", (event, ack)
+    assert await client.next("error") == ack["error"]
+    assert elapsed < QUICKLY, f"{event} took {elapsed:.1f}s to answer UNAVAILABLE"
+
+
+async def in_thread(fn: Callable[[], object]) -> None:
+    """Run a blocking call (starting or stopping a service) off the event loop."""
+    await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+# -- documents -------------------------------------------------------------------
+
+
+async def test_document_create_join_update(server):
+    alice = await server.connect("alice")
+    created = (await alice.ok("documents:create", {"document_id": "d1", "content": "v0"}))
+    assert created["document"]["version"] == 0
+    await alice.ok("documents:share", {"document_id": "d1", "user_id": "bob", "role": "editor"})
+    bob = await server.connect("bob")
+    joined = await bob.ok("documents:join", {"document_id": "d1"})
+    assert joined["document"] == created["document"]
+    assert joined["users"] == ["bob"]
+
+    await alice.ok("documents:join", {"document_id": "d1"})
+    assert await bob.next("user:joined") == {"user_id": "alice", "document_id": "d1"}
+    ack = await alice.ok("documents:update", {"document_id": "d1", "content": "v1", "version": 1})
+    document = ack["document"]
+    assert (document["content"], document["version"], document["updated_by"]) == (
+        "v1", 1, "alice"
+    )
+    assert await bob.next("documents:updated") == {"document": document, "user_id": "alice"}
+    assert (await bob.ok("documents:join", {"document_id": "d1"}))["document"] == document
+
+
+async def test_document_create_with_a_taken_id(server):
+    alice = await server.connect("alice")
+    await alice.ok("documents:create", {"document_id": "d1"})
+    await alice.fails("documents:create", {"document_id": "d1"}, "ALREADY_EXISTS")
+
+
+async def test_stale_update_is_a_version_conflict(server):
+    alice = await server.connect("alice")
+    await alice.ok("documents:create", {"document_id": "d1", "content": "v0"})
+    ack = await alice.ok("documents:update", {"document_id": "d1", "content": "v1", "version": 1})
+    error = await alice.fails(
+        "documents:update", {"document_id": "d1", "content": "stale", "version": 1},
+        "VERSION_CONFLICT",
+    )
+    assert error["details"] == {"current_version": 1, "document": ack["document"]}
+
+
+async def test_concurrent_updates_of_one_version_exactly_one_wins(server):
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    await alice.ok("documents:create", {"document_id": "d1", "content": "v0"})
+    await alice.ok("documents:share", {"document_id": "d1", "user_id": "bob", "role": "editor"})
+
+    acks = await asyncio.gather(
+        alice.call("documents:update", {"document_id": "d1", "content": "A", "version": 1}),
+        bob.call("documents:update", {"document_id": "d1", "content": "B", "version": 1}),
+    )
+    winners = [ack for ack in acks if ack["ok"]]
+    losers = [ack for ack in acks if not ack["ok"]]
+    assert len(winners) == len(losers) == 1, acks
+    winner = winners[0]["document"]
+    assert winner["version"] == 1
+    assert losers[0]["error"]["code"] == "VERSION_CONFLICT"
+    assert losers[0]["error"]["details"] == {"current_version": 1, "document": winner}
+    assert (await alice.ok("documents:join", {"document_id": "d1"}))["document"] == winner
+
+
+# -- chat ------------------------------------------------------------------------
+
+
+async def test_chat_create_join_message_history(server):
+    alice = await server.connect("alice")
+    chat = await new_chat(alice, members=["bob"])
+    assert chat["members"] == ["alice", "bob"]
+    await alice.ok("chat:join", {"chat_id": "c1"})
+    bob = await server.connect("bob")
+    joined = await bob.ok("chat:join", {"chat_id": "c1"})
+    assert joined["chat"] == chat
+    assert sorted(joined["users"]) == ["alice", "bob"]
+    assert joined["messages"] == []
+
+    sent = [await post(alice, f"m{i}") for i in range(1, 6)]
+    assert seqs(sent) == [1, 2, 3, 4, 5]
+    assert [(await bob.next("chat:message"))["message"] for _ in sent] == sent
+
+    page = await bob.ok("chat:history", {"chat_id": "c1", "limit": 2})
+    assert (page["messages"], page["has_more"]) == (sent[3:], True)
+    page = await bob.ok("chat:history", {"chat_id": "c1", "before_seq": 4, "limit": 10})
+    assert (page["messages"], page["has_more"]) == (sent[:3], False)
+    rejoined = await bob.ok("chat:join", {"chat_id": "c1", "since_seq": 2})
+    assert rejoined["messages"] == sent[2:]
+    latest = await bob.ok("chat:join", {"chat_id": "c1"})
+    assert latest["messages"] == sent
+
+
+async def test_non_member_cannot_join_or_post(server):
+    alice = await server.connect("alice")
+    await new_chat(alice)
+    eve = await server.connect("eve")
+    await eve.fails("chat:join", {"chat_id": "c1"}, "NOT_FOUND")
+    await eve.fails("chat:message", {"chat_id": "c1", "content": "hi"}, "NOT_FOUND")
+
+
+async def test_client_id_retry_returns_the_stored_message(server):
+    alice = await server.connect("alice")
+    await new_chat(alice)
+    await alice.ok("chat:join", {"chat_id": "c1"})
+    first = await post(alice, "hello", client_id="k1")
+    assert first["client_id"] == "k1"
+    assert alice.pending("chat:message") == [{"message": first}]
+
+    again = await post(alice, "hello (resent)", client_id="k1")
+    assert again == first
+    assert alice.pending("chat:message") == []  # not broadcast again
+    other_tab = await server.connect("alice")
+    assert await post(other_tab, "hello", client_id="k1") == first
+    assert seqs([await post(alice, "next")]) == [2]  # the retries took no seq
+
+
+async def test_50_messages_from_10_connections_get_seqs_1_to_50_in_order(server):
+    users = [f"user{i}" for i in range(5)]
+    owner = await server.connect("user0")
+    await new_chat(owner, members=users)
+
+    async def joined(user_id: str) -> Client:
+        client = await server.connect(user_id)
+        await client.ok("chat:join", {"chat_id": "c1"})
+        return client
+
+    clients = await asyncio.gather(*(joined(u) for u in users * 2))
+
+    async def send_five(client: Client) -> list[dict]:
+        return await asyncio.gather(*(
+            client.call("chat:message", {"chat_id": "c1", "content": f"{client.sid}/{i}"})
+            for i in range(5)
+        ))
+
+    acks = [ack for batch in await asyncio.gather(*map(send_five, clients)) for ack in batch]
+    assert all(ack["ok"] for ack in acks), [ack for ack in acks if not ack["ok"]]
+    stored = sorted((ack["message"] for ack in acks), key=lambda m: m["seq"])
+    assert seqs(stored) == list(range(1, 51))
+
+    for client in clients:
+        received = [(await client.next("chat:message"))["message"] for _ in range(50)]
+        assert received == stored
+    history = await owner.ok("chat:history", {"chat_id": "c1", "limit": 50})
+    assert (history["messages"], history["has_more"]) == (stored, False)
+
+
+# -- durability across a collab restart ------------------------------------------
+
+
+async def test_acknowledged_writes_survive_a_collab_restart(settings, servers):
+    first = await servers.start(settings)
+    alice = await first.connect("alice")
+    await alice.ok("documents:create", {"document_id": "d1", "content": "v0"})
+    await alice.ok("documents:share", {"document_id": "d1", "user_id": "bob", "role": "viewer"})
+    document = (await alice.ok(
+        "documents:update", {"document_id": "d1", "content": "v1", "version": 1}
+    ))["document"]
+    chat = await new_chat(alice, members=["bob"])
+    sent = [await post(alice, f"m{i}", client_id=f"k{i}") for i in range(1, 4)]
+    await servers.stop(first)
+
+    second = await servers.start(settings)
+    bob = await second.connect("bob")
+    assert (await bob.ok("documents:join", {"document_id": "d1"}))["document"] == document
+    await bob.fails(  # the viewer role survived too
+        "documents:update", {"document_id": "d1", "content": "x", "version": 2},
+        "PERMISSION_DENIED",
+    )
+    joined = await bob.ok("chat:join", {"chat_id": "c1"})
+    assert (joined["chat"], joined["messages"]) == (chat, sent)
+    alice = await second.connect("alice")
+    assert await post(alice, "m1 again", client_id="k1") == sent[0]
+    assert seqs([await post(alice, "m4")]) == [4]
+
+
+# -- settings --------------------------------------------------------------------
+
+
+async def test_production_write_concern_and_read_preference_settings(mongo_db, servers):
+    harness = await servers.start(make_settings(
+        storage_url=mongo_db,
+        mongodb_write_concern="majority",
+        mongodb_read_preference="secondaryPreferred",
+    ))
+    alice = await harness.connect("alice")
+    await alice.ok("documents:create", {"document_id": "d1"})
+    ack = await alice.ok("documents:update", {"document_id": "d1", "content": "x", "version": 1})
+    assert (await alice.ok("documents:join", {"document_id": "d1"}))["document"] == ack["document"]
+    await new_chat(alice)
+    message = await post(alice, "hi", client_id="k1")
+    assert await post(alice, "hi", client_id="k1") == message
+    assert (await alice.ok("chat:history", {"chat_id": "c1"}))["messages"] == [message]
+
+
+# -- outage ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("COLLAB_TEST_MONGODB_URL")),
+    reason="an external MongoDB cannot be stopped by the tests",
+)
+class TestOutage:
+    """A Mongo server of our own, stopped and started again under a running collab."""
+
+    @pytest.fixture
+    def mongo(self, tmp_path: Path) -> Iterator[MongoServer]:
+        with MongoServer(tmp_path) as mongo:
+            yield mongo
+
+    @pytest.fixture
+    def settings(self, mongo: MongoServer) -> Settings:
+        return make_settings(
+            storage_url=with_database(mongo.url, "outage"),
+            mongodb_server_selection_timeout_ms=1000,
+        )
+
+    async def test_events_answer_unavailable_then_recover_without_a_restart(self, server, mongo):
+        alice = await server.connect("alice")
+        await alice.ok("documents:create", {"document_id": "d1", "content": "v0"})
+        await new_chat(alice)
+        await alice.ok("chat:join", {"chat_id": "c1"})
+        before = await post(alice, "before")
+        assert (await readyz(server))[:2] == (200, {"status": "ok", "failed": []})
+
+        await in_thread(mongo.stop)
+        await unavailable(alice, "documents:update",
+                          {"document_id": "d1", "content": "lost", "version": 1})
+        await unavailable(alice, "chat:message",
+                          {"chat_id": "c1", "content": "during", "client_id": "k1"})
+        await unavailable(alice, "documents:create", {"document_id": "d2"})
+        await unavailable(alice, "chat:history", {"chat_id": "c1"})
+        assert alice.pending("chat:message") == [{"message": before}]  # nothing broadcast
+        status, body, elapsed = await readyz(server)
+        assert (status, body) == (503, {"status": "unavailable", "failed": ["store"]})
+        assert elapsed < QUICKLY, f"/readyz took {elapsed:.1f}s while Mongo was down"
+
+        await in_thread(mongo.start)  # same port, same data
+        deadline = time.monotonic() + 15
+        while (await readyz(server))[0] != 200:  # the driver reconnects on its own
+            assert time.monotonic() < deadline, "collab did not recover after Mongo returned"
+            await asyncio.sleep(0.1)
+        # Nothing of the failed events was written: version 1, seq 2 and d2 are all free.
+        updated = await alice.ok(
+            "documents:update", {"document_id": "d1", "content": "after", "version": 1}
+        )
+        assert updated["document"]["content"] == "after"
+        retried = await post(alice, "during", client_id="k1")
+        assert retried["seq"] == 2
+        assert alice.pending("chat:message") == [{"message": retried}]
+        await alice.ok("documents:create", {"document_id": "d2"})
+        history = await alice.ok("chat:history", {"chat_id": "c1"})
+        assert history["messages"] == [before, retried]
+
+
+# -- the real CLI ----------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(mongo_db: str) -> dict[str, str]:
+    """What an operator sets to run collab on MongoDB."""
+    return {
+        **os.environ,
+        "COLLAB_STORAGE_URL": mongo_db,
+        "COLLAB_JWT_SECRET": SECRET,
+        "COLLAB_LOG_LEVEL": "WARNING",
+    }
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def serve(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Process]:
+    """``python -m collab serve`` in a subprocess (killed at the end if still running)."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "collab", "serve", "--port", str(port)],
+            env=cli_env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    yield Process(proc, f"http://127.0.0.1:{port}", log)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+async def until_healthy(serve: Process, within: float = 20) -> None:
+    """Poll /healthz while the process starts, for at most ``within`` seconds."""
+    http = tornado.httpclient.AsyncHTTPClient()
+    deadline = time.monotonic() + within
+    while True:
+        assert serve.proc.poll() is None, serve.output()
+        try:
+            if (await http.fetch(serve.url + "/healthz", raise_error=False)).code == 200:
+                return
+        except OSError:
+            pass  # not listening yet
+        assert time.monotonic() < deadline, "collab serve did not answer /healthz"
+        await asyncio.sleep(0.1)
+
+
+async def test_cli_serves_on_mongo_and_exits_cleanly_on_sigterm(serve, cli_env, mongo_db,
+                                                                 tmp_path):
+    token = subprocess.run(
+        [sys.executable, "-m", "collab", "token", "alice"], env=cli_env, cwd=tmp_path,
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()
+    await until_healthy(serve)
+
+    sio = socketio.AsyncClient(reconnection=False)
+    try:
+        await sio.connect(serve.url, auth={"token": token}, transports=["websocket"],
+                          wait_timeout=5)
+        ack = await sio.call("documents:create", {"document_id": "cli-doc"}, timeout=5)
+        assert ack["ok"] is True, ack
+        assert ack["document"]["created_by"] == "alice"
+        with pymongo.MongoClient(mongo_db, serverSelectionTimeoutMS=2000) as client:
+            assert client.get_default_database().documents.find_one({"_id": "cli-doc"})
+
+        serve.proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        code = await asyncio.get_running_loop().run_in_executor(None, serve.proc.wait, 10)
+        assert code == 0, serve.output()
+        assert time.monotonic() - start < 10
+    finally:
+        if sio.connected:
+            await sio.disconnect()
+        await cancel_leftover_tasks()
