@@ -8,6 +8,9 @@ for what does not exist.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from .auth import Identity
 from .errors import NotFound, PermissionDenied
 from .store.base import Store
@@ -16,31 +19,36 @@ DOCUMENT_RANK = {"viewer": 1, "editor": 2, "owner": 3}
 CHAT_RANK = {"member": 1, "owner": 2}
 
 
+async def _require(
+    what: str,
+    ranks: dict[str, int],
+    exists: Callable[[str], Awaitable[Any]],
+    role_of: Callable[[str, str], Awaitable[str | None]],
+    identity: Identity,
+    rid: str,
+    needed: str,
+) -> str:
+    if identity.is_admin:
+        if await exists(rid) is None:
+            raise NotFound(f"{what.capitalize()} {rid!r} not found")
+        return "admin"
+    role = await role_of(rid, identity.user_id)
+    if role is None:
+        raise NotFound(f"{what.capitalize()} {rid!r} not found")
+    if ranks[role] < ranks[needed]:
+        raise PermissionDenied(f"This needs the {needed} role on the {what}; you are {role}")
+    return role
+
+
 async def require_document_role(
     store: Store, identity: Identity, document_id: str, needed: str
 ) -> str:
-    """Return the user's role (``"admin"`` for admins) or raise."""
-    if identity.is_admin:
-        if await store.get_document(document_id) is None:
-            raise NotFound(f"Document {document_id!r} not found")
-        return "admin"
-    role = await store.get_document_role(document_id, identity.user_id)
-    if role is None:
-        raise NotFound(f"Document {document_id!r} not found")
-    if DOCUMENT_RANK[role] < DOCUMENT_RANK[needed]:
-        raise PermissionDenied(f"This needs the {needed} role on the document; you are {role}")
-    return role
+    """Return the user's role on the document (``"admin"`` for admins) or raise."""
+    return await _require("document", DOCUMENT_RANK, store.get_document,
+                          store.get_document_role, identity, document_id, needed)
 
 
 async def require_chat_role(store: Store, identity: Identity, chat_id: str, needed: str) -> str:
-    """Return the user's role (``"admin"`` for admins) or raise."""
-    if identity.is_admin:
-        if await store.get_chat(chat_id) is None:
-            raise NotFound(f"Chat {chat_id!r} not found")
-        return "admin"
-    role = await store.get_chat_role(chat_id, identity.user_id)
-    if role is None:
-        raise NotFound(f"Chat {chat_id!r} not found")
-    if CHAT_RANK[role] < CHAT_RANK[needed]:
-        raise PermissionDenied(f"This needs the {needed} role in the chat; you are {role}")
-    return role
+    """Return the user's role in the chat (``"admin"`` for admins) or raise."""
+    return await _require("chat", CHAT_RANK, store.get_chat,
+                          store.get_chat_role, identity, chat_id, needed)

@@ -1,4 +1,4 @@
-"""``collab serve`` as a real subprocess, for tests of the command line and restarts."""
+"""``collab serve`` as a real subprocess, for tests of the command line, restarts and clusters."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from services import free_port
+from services import ServiceProcess
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    """Our environment without any COLLAB_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLAB_")}
+    env.update(extra or {})
+    return env
 
 
 def collab(*args: str, cwd: Path, env: dict[str, str] | None = None,
@@ -22,55 +28,56 @@ def collab(*args: str, cwd: Path, env: dict[str, str] | None = None,
     )
 
 
-def _env(extra: dict[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLAB_")}
-    env.update(extra or {})
-    return env
+class CollabProcess(ServiceProcess):
+    """A ``collab serve`` child run in ``cwd`` (so ``./data`` lands there) with ``env``.
 
+    Restartable on the same port and data; settings come from ``COLLAB_*``
+    variables in ``env``, as an operator would give them.
+    """
 
-class CollabProcess:
-    """A ``collab serve`` child on a fixed port; restartable on the same port and data."""
+    name = "collab"
 
     def __init__(self, cwd: Path, env: dict[str, str] | None = None, port: int | None = None):
-        self.cwd = cwd
+        super().__init__(cwd, port)
+        self.cwd = Path(cwd)
         self.env = dict(env or {})
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.log = cwd / f"collab-{self.port}.log"
 
-    def start(self, timeout: float = 20) -> CollabProcess:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "collab", "serve", "--port", str(self.port)],
-                cwd=self.cwd, env=_env(self.env), stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"collab exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)  # polling a starting process: no event to await
-        self.kill()
-        raise RuntimeError(f"collab did not answer /healthz in {timeout}s:\n{self.output()}")
+    @property
+    def workdir(self) -> Path:
+        return self.cwd
+
+    def local_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "collab", "serve", "--port", str(self.port)]
+
+    def environ(self) -> dict[str, str]:
+        return _env(self.env)
+
+    def ping(self) -> None:
+        with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+            assert response.status == 200
+
+    def start(self) -> CollabProcess:  # type: ignore[override]
+        super().start()
+        return self
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        return self.log_tail(lines=10_000)
 
     def terminate(self, timeout: float = 15) -> int:
         """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGTERM)
+        return self._proc.wait(timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL: no graceful shutdown, connections just die."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
     def token(self, user_id: str, *args: str) -> str:
         result = collab("token", user_id, *args, cwd=self.cwd, env=self.env)

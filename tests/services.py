@@ -61,6 +61,8 @@ class ServiceProcess:
     """
 
     name = "service"
+    #: the variable naming an existing server to use instead of launching one
+    external_env: str | None = None
 
     def __init__(
         self,
@@ -70,6 +72,8 @@ class ServiceProcess:
         external_url: str | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
     ) -> None:
+        if external_url is None and self.external_env:
+            external_url = os.environ.get(self.external_env) or None
         self.external = bool(external_url)
         self.port = port or free_port()
         self.dir = Path(tmpdir) / f"{self.name}-{self.port}"
@@ -90,6 +94,14 @@ class ServiceProcess:
         """Return when the server answers; raise any exception otherwise."""
         raise NotImplementedError
 
+    def environ(self) -> dict[str, str] | None:
+        """The child's environment; ``None`` inherits ours."""
+        return None
+
+    @property
+    def workdir(self) -> Path:
+        return self.dir
+
     # -- lifecycle ---------------------------------------------------------
 
     @property
@@ -104,7 +116,8 @@ class ServiceProcess:
         with open(self._log, "ab") as log:
             self._proc = subprocess.Popen(
                 self.argv(),
-                cwd=self.dir,
+                cwd=self.workdir,
+                env=self.environ(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -172,18 +185,7 @@ class MongoServer(ServiceProcess):
     """``nx-27017`` (Mongo wire protocol over SQLite), one SQLite file per database."""
 
     name = "mongo"
-
-    def __init__(
-        self,
-        tmpdir: str | os.PathLike[str],
-        port: int | None = None,
-        *,
-        external_url: str | None = None,
-        startup_timeout: float = STARTUP_TIMEOUT,
-    ) -> None:
-        if external_url is None:
-            external_url = os.environ.get("COLLAB_TEST_MONGODB_URL") or None
-        super().__init__(tmpdir, port, external_url=external_url, startup_timeout=startup_timeout)
+    external_env = "COLLAB_TEST_MONGODB_URL"
 
     def local_url(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}"
@@ -226,18 +228,7 @@ class RedisServer(ServiceProcess):
     """A private ``redis-server`` without persistence: a restart comes back empty."""
 
     name = "redis"
-
-    def __init__(
-        self,
-        tmpdir: str | os.PathLike[str],
-        port: int | None = None,
-        *,
-        external_url: str | None = None,
-        startup_timeout: float = STARTUP_TIMEOUT,
-    ) -> None:
-        if external_url is None:
-            external_url = os.environ.get("COLLAB_TEST_REDIS_URL") or None
-        super().__init__(tmpdir, port, external_url=external_url, startup_timeout=startup_timeout)
+    external_env = "COLLAB_TEST_REDIS_URL"
 
     def local_url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"

@@ -15,13 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pymongo
@@ -30,7 +26,8 @@ import socketio
 import tornado.httpclient
 from conftest import cancel_leftover_tasks
 from harness import SECRET, Client, Harness, make_settings
-from services import MongoServer, free_port, with_database
+from process import CollabProcess
+from services import MongoServer, with_database
 
 from collab.config import Settings
 from collab.server import Server
@@ -386,69 +383,23 @@ class TestOutage:
 
 
 @pytest.fixture
-def cli_env(mongo_db: str) -> dict[str, str]:
-    """What an operator sets to run collab on MongoDB."""
-    return {
-        **os.environ,
+def node(mongo_db: str, tmp_path: Path) -> Iterator[CollabProcess]:
+    """``collab serve`` configured as an operator would to run it on MongoDB."""
+    proc = CollabProcess(tmp_path, {
         "COLLAB_STORAGE_URL": mongo_db,
         "COLLAB_JWT_SECRET": SECRET,
         "COLLAB_LOG_LEVEL": "WARNING",
-    }
+    })
+    yield proc
+    proc.kill()
 
 
-@dataclass
-class Process:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@pytest.fixture
-def serve(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Process]:
-    """``python -m collab serve`` in a subprocess (killed at the end if still running)."""
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "collab", "serve", "--port", str(port)],
-            env=cli_env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    yield Process(proc, f"http://127.0.0.1:{port}", log)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-async def until_healthy(serve: Process, within: float = 20) -> None:
-    """Poll /healthz while the process starts, for at most ``within`` seconds."""
-    http = tornado.httpclient.AsyncHTTPClient()
-    deadline = time.monotonic() + within
-    while True:
-        assert serve.proc.poll() is None, serve.output()
-        try:
-            if (await http.fetch(serve.url + "/healthz", raise_error=False)).code == 200:
-                return
-        except OSError:
-            pass  # not listening yet
-        assert time.monotonic() < deadline, "collab serve did not answer /healthz"
-        await asyncio.sleep(0.1)
-
-
-async def test_cli_serves_on_mongo_and_exits_cleanly_on_sigterm(serve, cli_env, mongo_db,
-                                                                 tmp_path):
-    token = subprocess.run(
-        [sys.executable, "-m", "collab", "token", "alice"], env=cli_env, cwd=tmp_path,
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout.strip()
-    await until_healthy(serve)
-
+async def test_cli_serves_on_mongo_and_exits_cleanly_on_sigterm(node, mongo_db):
+    node.start()
+    token = node.token("alice")
     sio = socketio.AsyncClient(reconnection=False)
     try:
-        await sio.connect(serve.url, auth={"token": token}, transports=["websocket"],
+        await sio.connect(node.url, auth={"token": token}, transports=["websocket"],
                           wait_timeout=5)
         ack = await sio.call("documents:create", {"document_id": "cli-doc"}, timeout=5)
         assert ack["ok"] is True, ack
@@ -456,10 +407,9 @@ async def test_cli_serves_on_mongo_and_exits_cleanly_on_sigterm(serve, cli_env, 
         with pymongo.MongoClient(mongo_db, serverSelectionTimeoutMS=2000) as client:
             assert client.get_default_database().documents.find_one({"_id": "cli-doc"})
 
-        serve.proc.send_signal(signal.SIGTERM)
         start = time.monotonic()
-        code = await asyncio.get_running_loop().run_in_executor(None, serve.proc.wait, 10)
-        assert code == 0, serve.output()
+        code = await asyncio.get_running_loop().run_in_executor(None, node.terminate, 10)
+        assert code == 0, node.output()
         assert time.monotonic() - start < 10
     finally:
         if sio.connected:
