@@ -86,6 +86,11 @@ class CollabApp:
         self.sio.on("*", self._on_unknown)
         for event, (schema, handler) in EVENTS.items():
             self.sio.on(event, self._dispatcher(event, schema, handler))
+        # several nodes: presence changes the registry finds by itself, and where
+        # a room's ordered broadcasts start (see collab/registry/pubsub.py)
+        registry.on_presence = self.announce_presence
+        if hasattr(client_manager, "room_position"):
+            client_manager.room_position = self.room_position
 
     # -- origins -----------------------------------------------------------
 
@@ -196,6 +201,25 @@ class CollabApp:
                 "user:joined", {"user_id": conn.user_id, **subject}, room=room, skip_sid=conn.sid
             )
         return {**result, "users": users}
+
+    async def announce_presence(
+        self, event: str, room: str, user_id: str, skip_sids: list[str] | None = None
+    ) -> None:
+        """Send ``user:joined`` / ``user:left`` for a change no event caused (a node died)."""
+        await self.sio.emit(
+            event, {"user_id": user_id, **room_subject(room)}, room=room, skip_sid=skip_sids or None
+        )
+
+    async def room_position(self, room: str) -> int | None:
+        """A chat's newest seq or a document's version: where its broadcasts stand."""
+        kind, _, rid = room.partition("_")
+        if kind == "chat":
+            latest, _ = await self.store.messages_before(rid, None, 1)
+            return latest[-1]["seq"] if latest else 0
+        if kind == "document":
+            document = await self.store.get_document(rid)
+            return document["version"] if document else None
+        return None
 
     async def leave_room(self, conn: Connection, room: str, subject: dict[str, str]) -> None:
         gone = await self.registry.leave(conn.sid, room)

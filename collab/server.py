@@ -82,6 +82,8 @@ class Server:
             raise
         manager = getattr(registry, "client_manager", lambda: None)()
         app = CollabApp(settings, store, registry, client_manager=manager)
+        if hasattr(manager, "start_listening"):
+            await manager.start_listening()  # hear other nodes before the first client
         http = tornado.httpserver.HTTPServer(
             make_tornado_app(app),
             max_buffer_size=settings.max_packet_bytes + 64 * 1024,

@@ -44,6 +44,9 @@ from services import start_mongo, start_redis  # noqa: E402
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mongo: runs against a MongoDB wire server")
+    config.addinivalue_line(
+        "markers", "cluster: several collab processes sharing redis-server and MongoDB"
+    )
 
 
 @pytest.fixture(scope="session")

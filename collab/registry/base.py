@@ -9,10 +9,17 @@ when presence changes.
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable
+
+#: ``(event, room, user_id, skip_sids)``: announce ``user:joined`` / ``user:left``
+PresenceCallback = Callable[[str, str, str, list[str]], Awaitable[None]]
 
 
 class Registry(abc.ABC):
     display_url: str = ""
+    #: set by the app; a registry awaits it for presence changes it finds on its
+    #: own, outside any call (a dead node purged, state rebuilt after an outage)
+    on_presence: PresenceCallback | None = None
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id

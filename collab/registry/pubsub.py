@@ -1,0 +1,303 @@
+"""Broadcasts across nodes over Redis pub/sub, delivered in order.
+
+:class:`RedisPubSubManager` is python-socketio's pub/sub client manager (the same
+protocol on the wire as ``socketio.AsyncRedisManager``, implemented through
+its ``_publish`` / ``_listen`` hooks) with three differences that matter to
+collab:
+
+- **Order.** A message stored with seq 5 on node A and seq 6 on node B can
+  reach node A's clients as 6 then 5: A delivers its own broadcast after its
+  store write returns, B's arrives through Redis meanwhile. Each node
+  therefore delivers ``chat:message`` (by ``seq``) and ``documents:updated``
+  (by ``version``) to its clients in order, per room: it learns the room's
+  position from the store when the first local client enters the room, and
+  holds back a broadcast until the one before it arrived. A broadcast that
+  never arrives (its node died between storing and publishing, or Redis was
+  down) is given up on: nothing is held longer than :data:`GAP_TIMEOUT`
+  seconds in all. While the node is cut off from the channel it delivers
+  as broadcasts come, since no other node's can fill a gap.
+- **Outages.** Publishing is best effort: a failed publish logs once per
+  outage and never fails the event that stored the data (the message is
+  durable and acked; clients on other nodes catch up with ``since_seq``).
+  The listener reconnects within about 2 s once Redis answers again, where
+  python-socketio's backs off up to a minute.
+- **Fail fast.** Short socket timeouts, like the registry's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from socketio.async_pubsub_manager import AsyncPubSubManager
+
+from .redis import OUTAGES, SOCKET_TIMEOUT, connection_options
+
+log = logging.getLogger("collab.pubsub")
+
+#: seconds a broadcast waits for the one before it before it is delivered anyway
+GAP_TIMEOUT = 2.0
+RECONNECT_MAX = 2.0
+
+#: event -> (resource key, position field) of broadcasts delivered in order
+ORDERED_EVENTS = {
+    "chat:message": ("message", "seq"),
+    "documents:updated": ("document", "version"),
+}
+ORDERED_ROOMS = ("chat_", "document_")
+
+#: ``room -> its newest position`` (a chat's last seq, a document's version)
+PositionLookup = Callable[[str], Awaitable["int | None"]]
+
+
+def _position(message: dict[str, Any]) -> int | None:
+    spec = ORDERED_EVENTS.get(message.get("event", ""))
+    data = message.get("data")
+    if spec is None or message.get("binary") or not isinstance(data, list) or len(data) != 1:
+        return None
+    try:
+        value = data[0][spec[0]][spec[1]]
+    except (KeyError, TypeError, IndexError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class _RoomOrder:
+    """Where one room's ordered broadcasts stand on this node."""
+
+    def __init__(self) -> None:
+        self.next: int | None = None  # the position delivered next; None: take the first
+        self.held: dict[int, tuple[dict[str, Any], float]] = {}  # position -> (msg, since)
+        self.ready = asyncio.Event()  # set once ``next`` was read from the store
+        self.timer: asyncio.TimerHandle | None = None
+        self.tail: asyncio.Future[None] | None = None  # the last delivery scheduled
+
+
+class RedisPubSubManager(AsyncPubSubManager):
+    """Socket.IO client manager: broadcasts reach every node, in order."""
+
+    name = "collab-redis"
+
+    def __init__(self, url: str, channel: str = "collab") -> None:
+        super().__init__(channel=channel)
+        self.url = url
+        #: set by the app: how far a room's ordered broadcasts have gone
+        self.room_position: PositionLookup | None = None
+        self._publisher: aioredis.Redis | None = None
+        self._orders: dict[str, _RoomOrder] = {}
+        self._publish_failing = False
+        self._listen_failing = False
+        self._started = False
+        self._subscribed = asyncio.Event()
+
+    def initialize(self) -> None:
+        # Socket.IO calls this at the first connection; start_listening() may have run it
+        if not self._started:
+            self._started = True
+            super().initialize()
+
+    async def start_listening(self) -> None:
+        """Listen before the first client connects, so no early broadcast is missed."""
+        self.initialize()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), SOCKET_TIMEOUT)
+
+    # -- pub/sub -----------------------------------------------------------
+
+    async def _publish(self, data: Any) -> None:
+        if self._publisher is None:
+            self._publisher = aioredis.from_url(self.url, **connection_options())
+        try:
+            await self._publisher.publish(self.channel, self.json.dumps(data))
+        except OUTAGES as exc:
+            if not self._publish_failing:
+                log.warning("cannot publish to Redis; broadcasts reach this node only: %s", exc)
+                self._publish_failing = True
+            return
+        if self._publish_failing:
+            log.info("publishing to Redis again")
+            self._publish_failing = False
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        delay = 0.1
+        while True:
+            # no read timeout: a quiet channel is not an outage
+            options = {**connection_options(), "socket_timeout": None}
+            client = aioredis.from_url(self.url, **options)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                if self._listen_failing:
+                    log.info("receiving broadcasts from Redis again")
+                    self._listen_failing = False
+                delay = 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        yield message["data"]
+            except OUTAGES as exc:
+                if not self._listen_failing:
+                    log.warning("lost the Redis broadcast channel; retrying: %s", exc)
+                    self._listen_failing = True
+            finally:
+                self._subscribed.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                    await client.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def close(self) -> None:
+        """Stop listening and release the connections."""
+        thread = getattr(self, "thread", None)
+        if isinstance(thread, asyncio.Future):
+            thread.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await thread
+        for order in self._orders.values():
+            if order.timer is not None:
+                order.timer.cancel()
+        self._orders.clear()
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher.aclose()
+            self._publisher = None
+
+    # -- ordered delivery --------------------------------------------------
+
+    async def enter_room(
+        self, sid: str, namespace: str, room: str, eio_sid: str | None = None
+    ) -> Any:
+        if self.room_position is None or not str(room).startswith(ORDERED_ROOMS):
+            return await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        order = self._orders.get(room)
+        if order is None:
+            # the first local client: start after what the store holds now; the
+            # join reads the store after this, so the client misses nothing
+            order = self._orders[room] = _RoomOrder()
+            try:
+                position = await self.room_position(room)
+            except Exception as exc:  # noqa: BLE001 - deliver unordered rather than fail
+                log.debug("no position for %s (%r); delivering as received", room, exc)
+                position = None
+            order.next = None if position is None else position + 1
+            order.ready.set()
+        else:
+            await order.ready.wait()
+        result = await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        batch = self._take_ready(room, order)
+        if batch:
+            self._schedule(room, order, batch)
+        return result
+
+    async def leave_room(self, sid: str, namespace: str, room: str) -> Any:
+        result = await super().leave_room(sid, namespace, room)
+        self._forget_if_unused(room)
+        return result
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        position = _position(message)
+        room = message.get("room")
+        order = self._orders.get(room) if isinstance(room, str) else None
+        if position is None or order is None:
+            # not ordered, or no client of this node in the room
+            await super()._handle_emit(message)
+            return
+        if order.ready.is_set() and (
+            (order.next is not None and position < order.next)
+            # cut off from Redis: nothing from other nodes can fill a gap
+            or (not self._subscribed.is_set() and not order.held)
+        ):
+            batch = [message]  # older than the room's position: late, or a replay
+            if order.next is not None:
+                order.next = max(order.next, position + 1)
+        else:
+            order.held[position] = (message, asyncio.get_running_loop().time())
+            batch = self._take_ready(room, order)
+        if batch:
+            await self._schedule(room, order, batch)
+        self._forget_if_unused(room)
+
+    def _take_ready(self, room: str, order: _RoomOrder) -> list[dict[str, Any]]:
+        """Pop what can be delivered now, in order; time out the rest."""
+        if not order.ready.is_set() or not order.held:
+            return []
+        if order.next is None:
+            order.next = min(order.held)
+        batch = [order.held.pop(p)[0] for p in sorted(p for p in order.held if p < order.next)]
+        while order.next in order.held:
+            batch.append(order.held.pop(order.next)[0])
+            order.next += 1
+        self._arm(room, order)
+        return batch
+
+    def _arm(self, room: str, order: _RoomOrder) -> None:
+        """Wake up when the oldest held broadcast has waited :data:`GAP_TIMEOUT`."""
+        if order.timer is not None:
+            order.timer.cancel()
+            order.timer = None
+        if order.held:
+            loop = asyncio.get_running_loop()
+            oldest = min(arrived for _, arrived in order.held.values())
+            delay = max(0.0, oldest + GAP_TIMEOUT - loop.time())
+            order.timer = loop.call_later(delay, self._give_up_gap, room, order)
+
+    def _give_up_gap(self, room: str, order: _RoomOrder) -> None:
+        """Deliver what waited too long, skipping the broadcasts that never came.
+
+        Each held broadcast waits at most :data:`GAP_TIMEOUT` in all, however
+        many gaps lie before it (after an outage there is one per lost message).
+        """
+        order.timer = None
+        if not order.held:
+            return
+        due = asyncio.get_running_loop().time() - GAP_TIMEOUT + 0.001
+        overdue = [p for p, (_, arrived) in order.held.items() if arrived <= due]
+        if not overdue:
+            self._arm(room, order)
+            return
+        cutoff = max(overdue)
+        log.debug("gave up waiting for %s positions %s..%s", room, order.next, cutoff)
+        batch = [order.held.pop(p)[0] for p in sorted(p for p in order.held if p <= cutoff)]
+        order.next = cutoff + 1
+        self._schedule(room, order, batch + self._take_ready(room, order))
+
+    def _schedule(
+        self, room: str, order: _RoomOrder, batch: list[dict[str, Any]]
+    ) -> asyncio.Future[None]:
+        """Deliver ``batch`` after every delivery scheduled before it, for this room."""
+        previous = order.tail
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        order.tail = done
+        deliver = super()._handle_emit
+
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    await previous
+                for message in batch:
+                    try:
+                        await deliver(message)
+                    except Exception:  # noqa: BLE001 - the next ones still go out
+                        log.exception("delivering %s to %s failed", message.get("event"), room)
+            finally:
+                done.set_result(None)
+
+        return asyncio.ensure_future(run())
+
+    def _forget_if_unused(self, room: str) -> None:
+        """Drop a room's state once no local client is in it and nothing is pending."""
+        order = self._orders.get(room)
+        if order is None or not order.ready.is_set() or order.held:
+            return
+        if order.tail is not None and not order.tail.done():
+            return
+        if self.rooms.get("/", {}).get(room):
+            return
+        if order.timer is not None:
+            order.timer.cancel()
+        del self._orders[room]

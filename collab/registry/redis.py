@@ -1,0 +1,471 @@
+"""The Redis registry: presence shared by every node, and node liveness.
+
+Keys (all under ``collab:``; the variable part always comes last, so a room
+or node id containing ``:`` cannot make two keys collide):
+
+- ``conn:<sid>`` hash ``{user, node}``, ``conn-rooms:<sid>`` set of rooms
+- ``room-sids:<room>`` hash ``sid -> user``: which connections are in the room
+- ``room-users:<room>`` hash ``user -> number of that user's sids in the room``
+- ``node-sids:<node>`` set of the node's sids, ``nodes`` set of node ids
+- ``node:<node>`` the node's heartbeat, a string with a TTL
+
+Every change is one Lua script, so "first connection of this user in the
+room" and "this user is no longer present" are decided atomically even when
+the user's tabs sit on different nodes. A node that stops refreshing its
+heartbeat is purged by whichever survivor sweeps first (the sweep is a
+script too, so two survivors cannot both report the same departure).
+
+Each node also keeps its own connections and rooms in memory. That is what
+it writes back when Redis comes back empty (or after it was purged while
+alive but unreachable), and where it remembers removals that failed during
+an outage so they still happen, and still announce ``user:left``, later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, TryAgainError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import Unavailable
+from .base import Registry
+
+log = logging.getLogger("collab.registry")
+
+PREFIX = "collab:"
+#: an outage answers UNAVAILABLE after about this long, not after minutes
+SOCKET_TIMEOUT = 2.0
+HEARTBEAT_TTL = 10.0
+HEARTBEAT_INTERVAL = 3.0
+
+#: errors that mean "Redis cannot be reached right now", never a bug of ours
+OUTAGES: tuple[type[BaseException], ...] = (
+    RedisConnectionError,  # includes BusyLoadingError while Redis loads its data
+    RedisTimeoutError,
+    ReadOnlyError,  # a replica answering during a failover
+    TryAgainError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+T = TypeVar("T")
+
+
+def connection_options() -> dict[str, Any]:
+    """Client options for every Redis connection collab opens: fail fast, retry once."""
+    return {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "socket_keepalive": True,
+        # one retry replaces a pooled connection that died with a restarted Redis
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+    }
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def unavailable_on_outage(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn a lost or slow Redis into :class:`~collab.errors.Unavailable`."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except OUTAGES as exc:
+            raise Unavailable("Presence registry unavailable; retry") from exc
+
+    return wrapper
+
+
+# -- Lua ---------------------------------------------------------------------
+
+_LUA_LIB = """
+local P = 'collab:'
+
+-- take sid out of room; returns its user when that user is no longer present
+local function drop(sid, room)
+  local user = redis.call('HGET', P .. 'room-sids:' .. room, sid)
+  if not user then return false end
+  redis.call('HDEL', P .. 'room-sids:' .. room, sid)
+  redis.call('SREM', P .. 'conn-rooms:' .. sid, room)
+  local left = redis.call('HINCRBY', P .. 'room-users:' .. room, user, -1)
+  if left > 0 then return false end
+  redis.call('HDEL', P .. 'room-users:' .. room, user)
+  return user
+end
+
+-- forget a connection; returns {room, user, room, user, ...} of departures
+local function remove(sid, out)
+  for _, room in ipairs(redis.call('SMEMBERS', P .. 'conn-rooms:' .. sid)) do
+    local user = drop(sid, room)
+    if user then
+      table.insert(out, room)
+      table.insert(out, user)
+    end
+  end
+  local node = redis.call('HGET', P .. 'conn:' .. sid, 'node')
+  if node then redis.call('SREM', P .. 'node-sids:' .. node, sid) end
+  redis.call('DEL', P .. 'conn:' .. sid, P .. 'conn-rooms:' .. sid)
+  return out
+end
+
+local function add(sid, user, node)
+  redis.call('HSET', P .. 'conn:' .. sid, 'user', user, 'node', node)
+  redis.call('SADD', P .. 'node-sids:' .. node, sid)
+end
+
+-- put sid in room; 1 when it is its user's first connection there
+local function join(sid, user, room)
+  if redis.call('HSETNX', P .. 'room-sids:' .. room, sid, user) == 0 then return 0 end
+  redis.call('SADD', P .. 'conn-rooms:' .. sid, room)
+  if redis.call('HINCRBY', P .. 'room-users:' .. room, user, 1) == 1 then return 1 end
+  return 0
+end
+
+-- forget every connection of a node
+local function purge(node, out)
+  for _, sid in ipairs(redis.call('SMEMBERS', P .. 'node-sids:' .. node)) do
+    remove(sid, out)
+  end
+  redis.call('DEL', P .. 'node-sids:' .. node)
+  redis.call('SREM', P .. 'nodes', node)
+  return out
+end
+"""
+
+# ARGV: sid, user, node
+_ADD = _LUA_LIB + "add(ARGV[1], ARGV[2], ARGV[3])\nreturn 1\n"
+# ARGV: sid, user, node, room. The connection is written again so that a join
+# also heals a node whose records were purged while it was unreachable.
+_JOIN = _LUA_LIB + "add(ARGV[1], ARGV[2], ARGV[3])\nreturn join(ARGV[1], ARGV[2], ARGV[4])\n"
+# ARGV: sid, room
+_LEAVE = _LUA_LIB + "if drop(ARGV[1], ARGV[2]) then return 1 end\nreturn 0\n"
+# ARGV: sid
+_REMOVE = _LUA_LIB + "return remove(ARGV[1], {})\n"
+# ARGV: sid, user, node, rooms...; returns the rooms where the user is new
+_RESTORE = _LUA_LIB + """
+add(ARGV[1], ARGV[2], ARGV[3])
+local first = {}
+for i = 4, #ARGV do
+  if join(ARGV[1], ARGV[2], ARGV[i]) == 1 then table.insert(first, ARGV[i]) end
+end
+return first
+"""
+# ARGV: node, ttl_ms, a new epoch. Returns {known, epoch}: known is 1 when the
+# node was alive and registered before this beat (0: its records may be gone);
+# the epoch names this Redis dataset and changes when Redis starts empty.
+_HEARTBEAT = _LUA_LIB + """
+local alive = redis.call('EXISTS', P .. 'node:' .. ARGV[1])
+local member = redis.call('SISMEMBER', P .. 'nodes', ARGV[1])
+redis.call('SET', P .. 'node:' .. ARGV[1], '1', 'PX', ARGV[2])
+redis.call('SADD', P .. 'nodes', ARGV[1])
+redis.call('SET', P .. 'epoch', ARGV[3], 'NX')
+local known = 0
+if alive == 1 and member == 1 then known = 1 end
+return {known, redis.call('GET', P .. 'epoch')}
+"""
+# ARGV: this node. Purges every other node whose heartbeat expired.
+_SWEEP = _LUA_LIB + """
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if node ~= ARGV[1] and redis.call('EXISTS', P .. 'node:' .. node) == 0 then
+    purge(node, out)
+  end
+end
+return out
+"""
+# ARGV: node. Forgets the node entirely (a clean shutdown, or a restart
+# under the same id clearing what its previous life left behind).
+_PURGE = _LUA_LIB + """
+local out = purge(ARGV[1], {})
+redis.call('DEL', P .. 'node:' .. ARGV[1])
+return out
+"""
+
+
+def _pairs(flat: list[str]) -> list[tuple[str, str]]:
+    return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+class _Gate:
+    """Many registry operations at once, or one resync alone.
+
+    A resync writes this node's remembered state back; a join or leave
+    running at the same time could be undone by it, so it waits for them.
+    """
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        await self._open.wait()
+        self._running += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        self._open.clear()
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self._open.set()
+
+
+class RedisRegistry(Registry):
+    """Presence across nodes in one Redis (standalone or Sentinel-managed; not Cluster)."""
+
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        *,
+        heartbeat_ttl: float = HEARTBEAT_TTL,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
+        super().__init__(node_id)
+        self.url = url
+        self.display_url = display_url(url)
+        self.heartbeat_ttl = heartbeat_ttl
+        self.heartbeat_interval = heartbeat_interval
+        self._redis: aioredis.Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._manager: Any = None
+        # this node's own state: what a resync writes back
+        self._users: dict[str, str] = {}  # sid -> user_id
+        self._rooms: dict[str, set[str]] = {}  # sid -> rooms
+        self._removals: set[str] = set()  # sids whose removal failed in an outage
+        self._backlog: list[tuple[str, str, str, list[str]]] = []  # unsent announcements
+        self._gate = _Gate()
+        self._outage = False
+        self._epoch: str | None = None  # the Redis dataset this node registered in
+        self._lost = False  # this node's records must be written back
+        self._announce_return = False  # ... and its users announced as joined again
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, clear what an earlier process with this node id left, start beating."""
+        try:
+            await self._open()
+        except OUTAGES as exc:  # said once at start, to the operator
+            raise Unavailable(f"registry {self.display_url} unreachable: {exc}") from exc
+
+    async def _open(self) -> None:
+        if self._redis is None:
+            self._redis = aioredis.from_url(
+                self.url, decode_responses=True, **connection_options()
+            )
+            script = self._redis.register_script
+            self._add, self._join, self._leave = script(_ADD), script(_JOIN), script(_LEAVE)
+            self._remove, self._restore = script(_REMOVE), script(_RESTORE)
+            self._heartbeat, self._sweep, self._purge = (
+                script(_HEARTBEAT), script(_SWEEP), script(_PURGE)
+            )
+        leftovers = _pairs(await self._purge(args=[self.node_id]))
+        self._queue("user:left", leftovers)
+        await self._beat()
+        await self._flush_backlog()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        """Stop beating and remove this node's connections and heartbeat."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._redis is not None:
+            await self._leave_cluster()
+        if self._manager is not None:
+            await self._manager.close()
+            self._manager = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def _leave_cluster(self) -> None:
+        try:
+            gone = _pairs(await self._purge(args=[self.node_id]))
+            await self._announce("user:left", gone)
+        except OUTAGES:
+            log.warning("Redis unreachable at shutdown; other nodes will purge node %s "
+                        "when its heartbeat expires", self.node_id)
+        except Exception:  # noqa: BLE001 - shutting down regardless
+            log.exception("error removing node %s from the registry", self.node_id)
+        self._users.clear()
+        self._rooms.clear()
+        self._removals.clear()
+
+    def client_manager(self) -> Any:
+        """Socket.IO's client manager over Redis pub/sub: broadcasts reach every node."""
+        if self._manager is None:
+            from .pubsub import RedisPubSubManager
+
+            self._manager = RedisPubSubManager(self.url)
+        return self._manager
+
+    # -- Registry ----------------------------------------------------------
+
+    @unavailable_on_outage
+    async def ping(self) -> None:
+        assert self._redis is not None, "open() first"
+        await self._redis.ping()
+
+    @unavailable_on_outage
+    async def add_connection(self, sid: str, user_id: str) -> None:
+        async with self._gate.shared():
+            await self._add(args=[sid, user_id, self.node_id])
+            self._users[sid] = user_id
+            self._rooms[sid] = set()
+
+    async def remove_connection(self, sid: str) -> list[tuple[str, str]]:
+        self._users.pop(sid, None)
+        self._rooms.pop(sid, None)
+        try:
+            async with self._gate.shared():
+                return _pairs(await self._remove(args=[sid]))
+        except OUTAGES as exc:
+            # the connection is gone either way: finish removing it once Redis is back
+            self._removals.add(sid)
+            raise Unavailable("Presence registry unavailable; retry") from exc
+
+    @unavailable_on_outage
+    async def join(self, sid: str, room: str) -> bool:
+        user_id = self._users[sid]
+        async with self._gate.shared():
+            first = await self._join(args=[sid, user_id, self.node_id, room])
+            rooms = self._rooms.get(sid)
+            if rooms is None:  # disconnected while joining: do not leave it behind
+                self._queue("user:left", _pairs(await self._remove(args=[sid])))
+            else:
+                rooms.add(room)
+        return bool(first)
+
+    @unavailable_on_outage
+    async def leave(self, sid: str, room: str) -> bool:
+        async with self._gate.shared():
+            gone = await self._leave(args=[sid, room])
+            self._rooms.get(sid, set()).discard(room)
+        return bool(gone)
+
+    @unavailable_on_outage
+    async def room_users(self, room: str) -> list[str]:
+        assert self._redis is not None, "open() first"
+        return sorted(await self._redis.hkeys(PREFIX + "room-users:" + room))
+
+    def connection_count(self) -> int:
+        return len(self._users)
+
+    # -- liveness ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Every few seconds: beat, repair, finish failed removals, purge dead nodes."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._beat()
+                if self._outage:
+                    log.info("Redis reachable again (node %s)", self.node_id)
+                    self._outage = False
+            except OUTAGES as exc:
+                if not self._outage:
+                    log.warning("Redis unreachable (node %s): %s", self.node_id, exc)
+                    self._outage = True
+            except Exception:  # noqa: BLE001 - keep the heartbeat alive
+                log.exception("registry heartbeat failed (node %s)", self.node_id)
+            await self._flush_backlog()
+
+    async def _beat(self) -> None:
+        ttl_ms = int(self.heartbeat_ttl * 1000)
+        known, epoch = await self._heartbeat(args=[self.node_id, ttl_ms, uuid.uuid4().hex])
+        if not known:
+            self._lost = True
+            # The same epoch: survivors purged this node (it could not beat in
+            # time) and told everyone its users left, so their return is news.
+            # A new one: Redis came back empty, and nobody was told anything.
+            self._announce_return |= epoch == self._epoch
+        self._epoch = epoch
+        if self._lost:
+            await self.resync(announce=self._announce_return)
+            self._lost = self._announce_return = False
+        for sid in list(self._removals):
+            gone = _pairs(await self._remove(args=[sid]))
+            self._removals.discard(sid)
+            self._queue("user:left", gone)
+        dead = _pairs(await self._sweep(args=[self.node_id]))
+        if dead:
+            log.info("purged connections of dead nodes: %d departures", len(dead))
+        self._queue("user:left", dead)
+
+    async def resync(self, announce: bool = False) -> None:
+        """Write this node's live connections and rooms back into Redis.
+
+        Runs when the heartbeat finds this node unknown: Redis restarted
+        empty, or survivors purged this node while it could not reach Redis.
+        With ``announce``, users who become present again in a room are
+        announced there with ``user:joined``.
+        """
+        if not self._users:
+            return
+        async with self._gate.exclusive():
+            log.info("re-registering %d connections of node %s", len(self._users), self.node_id)
+            for sid, user_id in list(self._users.items()):
+                rooms = sorted(self._rooms.get(sid, ()))
+                first = await self._restore(args=[sid, user_id, self.node_id, *rooms])
+                for room in first if announce else ():
+                    # the user's own tabs here never saw them leave
+                    own = [s for s, u in self._users.items()
+                           if u == user_id and room in self._rooms.get(s, ())]
+                    self._backlog.append(("user:joined", room, user_id, own))
+
+    # -- announcements -----------------------------------------------------
+
+    def _queue(self, event: str, pairs: list[tuple[str, str]]) -> None:
+        self._backlog.extend((event, room, user_id, []) for room, user_id in pairs)
+
+    async def _announce(self, event: str, pairs: list[tuple[str, str]]) -> None:
+        self._queue(event, pairs)
+        await self._flush_backlog()
+
+    async def _flush_backlog(self) -> None:
+        """Send presence changes found outside a call, once the app listens."""
+        if self.on_presence is None:
+            return
+        while self._backlog:
+            event, room, user_id, skip = self._backlog.pop(0)
+            try:
+                await self.on_presence(event, room, user_id, skip)
+            except Exception:  # noqa: BLE001 - one failed emit must not stop the rest
+                log.exception("could not announce %s of %s in %s", event, user_id, room)

@@ -1,0 +1,489 @@
+"""Several ``collab serve`` processes sharing Redis and MongoDB behave as one server.
+
+Each node is a real subprocess started the way docs/deployment.md says, with a
+real redis-server and a Mongo wire server; clients are real Socket.IO clients
+connected to different nodes. Run with ``tox -e cluster`` (``pytest -m cluster``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+import socketio
+from conftest import cancel_leftover_tasks
+from harness import SECRET, WAIT, Client, Harness, make_settings, make_token
+from process import CollabProcess
+from services import RedisServer, with_database
+from tornado.httpclient import AsyncHTTPClient
+
+from collab.registry.pubsub import GAP_TIMEOUT
+from collab.server import Server
+
+pytestmark = pytest.mark.cluster
+
+#: a dead node's heartbeat lives 10 s and survivors sweep every 3 s
+PURGE_DEADLINE = 30.0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+#: the per-node settings docs/deployment.md tells people to use
+NODE_CONFIG = Path(__file__).parent.parent / "config" / "cluster-node.example.toml"
+
+
+def start_node(tmp: Path, name: str, redis_url: str, storage_url: str) -> CollabProcess:
+    """``collab serve`` as docs/deployment.md says: the shared file, the rest from env."""
+    cwd = tmp / name
+    cwd.mkdir(exist_ok=True)
+    env = {
+        "COLLAB_CONFIG": str(NODE_CONFIG),
+        "COLLAB_REGISTRY_URL": redis_url,
+        "COLLAB_STORAGE_URL": storage_url,
+        "COLLAB_JWT_SECRET": SECRET,
+        "COLLAB_NODE_ID": name,
+        "COLLAB_HOST": "127.0.0.1",
+    }
+    node = CollabProcess(cwd, env)
+    node.env["COLLAB_PORT"] = str(node.port)
+    return node.start()
+
+
+class Cluster:
+    def __init__(self, tmp: Path, redis: RedisServer, storage_url: str) -> None:
+        self.tmp = tmp
+        self.redis = redis
+        self.storage_url = storage_url
+        self.nodes: list[CollabProcess] = []
+
+    def add(self, name: str) -> CollabProcess:
+        node = start_node(self.tmp, name, self.redis.url, self.storage_url)
+        self.nodes.append(node)
+        return node
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def make_cluster(tmp: Path, mongodb_url: str, names: list[str]) -> Cluster:
+    redis = RedisServer(tmp)
+    redis.start()
+    cluster = Cluster(tmp, redis, with_database(mongodb_url, unique("cluster")))
+    try:
+        for name in names:
+            cluster.add(name)
+    except BaseException:
+        cluster.stop()
+        redis.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, mongodb_url):
+    """Two nodes, A and B, for the tests that do not break anything shared."""
+    cluster = make_cluster(tmp_path_factory.mktemp("cluster"), mongodb_url, ["node-a", "node-b"])
+    yield cluster
+    cluster.stop()
+    cluster.redis.stop()
+
+
+@pytest.fixture
+def a(cluster) -> CollabProcess:
+    return cluster.nodes[0]
+
+
+@pytest.fixture
+def b(cluster) -> CollabProcess:
+    return cluster.nodes[1]
+
+
+@pytest.fixture
+def connect(io_loop):
+    """``await connect(node, user_id)``: a Socket.IO client on that node, closed afterwards."""
+    clients: list[Client] = []
+
+    async def _connect(node: CollabProcess, user_id: str) -> Client:
+        sio = socketio.AsyncClient(reconnection=False)
+        client = Client(sio)
+        await sio.connect(node.url, auth={"token": make_token(user_id)},
+                          transports=["websocket"], wait_timeout=WAIT)
+        clients.append(client)
+        return client
+
+    yield _connect
+
+    async def close() -> None:
+        for client in clients:
+            if client.sio.connected:
+                await client.sio.disconnect()
+
+    io_loop.run_sync(close)
+    io_loop.run_sync(cancel_leftover_tasks)
+
+
+async def get(node: CollabProcess, path: str):
+    return await AsyncHTTPClient().fetch(node.url + path, raise_error=False, request_timeout=10)
+
+
+async def connections(node: CollabProcess) -> float:
+    """The node's ``collab_connections`` gauge."""
+    body = (await get(node, "/metrics")).body.decode()
+    line = next(x for x in body.splitlines() if x.startswith("collab_connections "))
+    return float(line.split()[1])
+
+
+async def wait_for_connections(node: CollabProcess, count: float, timeout: float = 5) -> None:
+    """Wait until the node counts ``count`` connections (a close has no event to await)."""
+    deadline = time.monotonic() + timeout
+    while await connections(node) != count:
+        assert time.monotonic() < deadline, f"{node.url} never reached {count} connections"
+        await asyncio.sleep(0.02)
+
+
+async def shared_chat(owner: Client, *members: str) -> str:
+    chat_id = unique("chat")
+    await owner.ok("chat:create", {"chat_id": chat_id, "members": list(members)})
+    return chat_id
+
+
+async def shared_document(owner: Client, *editors: str) -> str:
+    document_id = unique("doc")
+    await owner.ok("documents:create", {"document_id": document_id, "content": ""})
+    for user_id in editors:
+        await owner.ok("documents:share",
+                       {"document_id": document_id, "user_id": user_id, "role": "editor"})
+    return document_id
+
+
+# -- broadcasts and presence across nodes ----------------------------------------
+
+
+async def test_document_events_reach_the_other_node(a, b, connect):
+    alice, bob = await connect(a, "alice"), await connect(b, "bob")
+    document_id = await shared_document(alice, "bob")
+    assert (await alice.ok("documents:join", {"document_id": document_id}))["users"] == ["alice"]
+    joined = await bob.ok("documents:join", {"document_id": document_id})
+    assert joined["users"] == ["alice", "bob"]
+    assert await alice.next("user:joined") == {"user_id": "bob", "document_id": document_id}
+
+    update = {"document_id": document_id, "content": "from B", "version": 1}
+    stored = (await bob.ok("documents:update", update))["document"]
+    assert await alice.next("documents:updated") == {"document": stored, "user_id": "bob"}
+
+    await alice.ok("documents:leave", {"document_id": document_id})
+    assert await bob.next("user:left") == {"user_id": "alice", "document_id": document_id}
+    assert bob.pending("documents:updated") == []  # not sent back to its author
+
+
+async def test_chat_events_reach_the_other_node(a, b, connect):
+    alice, bob = await connect(a, "alice"), await connect(b, "bob")
+    chat_id = await shared_chat(alice, "bob")
+    await alice.ok("chat:join", {"chat_id": chat_id})
+    assert (await bob.ok("chat:join", {"chat_id": chat_id}))["users"] == ["alice", "bob"]
+    assert await alice.next("user:joined") == {"user_id": "bob", "chat_id": chat_id}
+
+    sent = (await alice.ok("chat:message", {"chat_id": chat_id, "content": "hi"}))["message"]
+    assert await bob.next("chat:message") == {"message": sent}
+    assert await alice.next("chat:message") == {"message": sent}
+
+    await bob.ok("chat:typing", {"chat_id": chat_id, "typing": True})
+    assert await alice.next("chat:typing") == {"chat_id": chat_id, "user_id": "bob",
+                                               "typing": True}
+
+    await bob.disconnect()
+    assert await alice.next("user:left") == {"user_id": "bob", "chat_id": chat_id}
+
+
+async def test_users_lists_everyone_across_nodes(a, b, connect):
+    carol = await connect(a, "carol")
+    chat_id = await shared_chat(carol, "alice", "bob", "dave")
+    await carol.ok("chat:join", {"chat_id": chat_id})
+    alice = await connect(b, "alice")
+    assert (await alice.ok("chat:join", {"chat_id": chat_id}))["users"] == ["alice", "carol"]
+    alice_again = await connect(a, "alice")
+    assert (await alice_again.ok("chat:join", {"chat_id": chat_id}))["users"] == \
+        ["alice", "carol"]
+    bob = await connect(b, "bob")
+    assert (await bob.ok("chat:join", {"chat_id": chat_id}))["users"] == \
+        ["alice", "bob", "carol"]
+    dave = await connect(a, "dave")
+    assert (await dave.ok("chat:join", {"chat_id": chat_id}))["users"] == \
+        ["alice", "bob", "carol", "dave"]
+
+
+async def test_fifty_concurrent_messages_from_both_nodes_arrive_in_seq_order(a, b, connect):
+    senders = [await connect(node, user) for node, user in
+               [(a, "alice"), (b, "bob"), (a, "carol"), (b, "dave")]]
+    chat_id = await shared_chat(senders[0], "bob", "carol", "dave")
+    for client in senders:
+        await client.ok("chat:join", {"chat_id": chat_id})
+    watchers = [await connect(a, "erin"), await connect(b, "frank")]
+    await senders[0].ok("chat:invite", {"chat_id": chat_id, "user_id": "erin"})
+    await senders[0].ok("chat:invite", {"chat_id": chat_id, "user_id": "frank"})
+    for client in watchers:
+        await client.ok("chat:join", {"chat_id": chat_id})
+    everyone = senders + watchers
+
+    async def send(client: Client, count: int) -> list[int]:
+        acks = []
+        for i in range(count):
+            payload = {"chat_id": chat_id, "content": f"{i}", "client_id": unique("m")}
+            acks.append((await client.ok("chat:message", payload))["message"]["seq"])
+        return acks
+
+    shares = zip(senders, [13, 13, 12, 12], strict=True)
+    sent = await asyncio.gather(*(send(client, count) for client, count in shares))
+    assert sorted(seq for acks in sent for seq in acks) == list(range(1, 51))
+
+    async def receive(client: Client) -> list[int]:
+        return [(await client.next("chat:message", timeout=10))["message"]["seq"]
+                for _ in range(50)]
+
+    received = await asyncio.gather(*(receive(c) for c in everyone))
+    for seqs in received:
+        assert seqs == list(range(1, 51)), seqs
+    history = await watchers[0].ok("chat:history", {"chat_id": chat_id, "limit": 50})
+    assert [m["seq"] for m in history["messages"]] == list(range(1, 51))
+
+
+async def test_a_user_with_tabs_on_two_nodes_leaves_when_the_last_closes(a, b, connect):
+    bob, carol = await connect(a, "bob"), await connect(b, "carol")
+    chat_id = await shared_chat(bob, "alice", "carol")
+    await bob.ok("chat:join", {"chat_id": chat_id})
+    await carol.ok("chat:join", {"chat_id": chat_id})
+    assert await bob.next("user:joined") == {"user_id": "carol", "chat_id": chat_id}
+    tab_a, tab_b = await connect(a, "alice"), await connect(b, "alice")
+    await tab_a.ok("chat:join", {"chat_id": chat_id})
+    await tab_b.ok("chat:join", {"chat_id": chat_id})
+    assert await bob.next("user:joined") == {"user_id": "alice", "chat_id": chat_id}
+    assert await carol.next("user:joined") == {"user_id": "alice", "chat_id": chat_id}
+
+    before = await connections(a)
+    await tab_a.disconnect()
+    await wait_for_connections(a, before - 1)
+    # bob's typing goes out through Redis after anything node A sent for the close
+    await bob.ok("chat:typing", {"chat_id": chat_id, "typing": True})
+    await carol.next("chat:typing")
+    assert bob.pending("user:left") == carol.pending("user:left") == []
+    users = (await carol.ok("chat:join", {"chat_id": chat_id}))["users"]
+    assert users == ["alice", "bob", "carol"]
+
+    await tab_b.disconnect()
+    assert await bob.next("user:left") == {"user_id": "alice", "chat_id": chat_id}
+    assert await carol.next("user:left") == {"user_id": "alice", "chat_id": chat_id}
+    await carol.ok("chat:typing", {"chat_id": chat_id, "typing": False})
+    await bob.next("chat:typing")
+    assert bob.pending("user:left") == carol.pending("user:left") == []  # exactly once
+
+
+async def test_a_killed_node_is_purged_and_its_users_leave(cluster, a, b, connect):
+    c = cluster.add(unique("node-c"))
+    bob = await connect(a, "bob")
+    chat_id = await shared_chat(bob, "dora", "erin", "frank")
+    await bob.ok("chat:join", {"chat_id": chat_id})
+    dora = await connect(c, "dora")
+    erin_c, erin_b = await connect(c, "erin"), await connect(b, "erin")
+    for client in (dora, erin_c, erin_b):
+        await client.ok("chat:join", {"chat_id": chat_id})
+
+    c.kill()  # SIGKILL: no goodbye, its connections stay in Redis until purged
+    killed = time.monotonic()
+    left = await bob.next("user:left", timeout=PURGE_DEADLINE)
+    assert left == {"user_id": "dora", "chat_id": chat_id}
+    assert time.monotonic() - killed < PURGE_DEADLINE
+    # erin still has a tab on node B: present, and not announced as gone
+    frank = await connect(b, "frank")
+    users = (await frank.ok("chat:join", {"chat_id": chat_id}))["users"]
+    assert users == ["bob", "erin", "frank"]
+    await erin_b.ok("chat:typing", {"chat_id": chat_id, "typing": True})
+    await bob.next("chat:typing")
+    assert bob.pending("user:left") == []
+
+
+async def test_a_node_stopped_cleanly_says_goodbye_at_once(cluster, a, connect):
+    c = cluster.add(unique("node-c"))
+    bob = await connect(a, "bob")
+    chat_id = await shared_chat(bob, "dora")
+    await bob.ok("chat:join", {"chat_id": chat_id})
+    dora = await connect(c, "dora")
+    await dora.ok("chat:join", {"chat_id": chat_id})
+    await bob.next("user:joined")
+
+    assert c.terminate() == 0  # SIGTERM: disconnects its clients, leaves the registry
+    assert await bob.next("user:left") == {"user_id": "dora", "chat_id": chat_id}
+    assert (await bob.ok("chat:join", {"chat_id": chat_id}))["users"] == ["bob"]
+
+
+# -- ordered delivery, in process ------------------------------------------------
+# Another node's broadcasts arrive on the Redis channel; these tests put them there
+# themselves, out of order, to see each node deliver them in order.
+
+
+@pytest.fixture
+def node(io_loop, redis_url):
+    """An in-process node on the session Redis (and its own SQLite store)."""
+    settings = make_settings(registry_url=redis_url, node_id=unique("node"))
+    srv = io_loop.run_sync(lambda: Server.start(settings))
+    harness = Harness(srv)
+    yield harness
+    io_loop.run_sync(harness.close_clients)
+    io_loop.run_sync(srv.stop)
+    io_loop.run_sync(cancel_leftover_tasks)
+
+
+class OtherNode:
+    """Publishes on the Socket.IO channel as a node that is not there."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = aioredis.from_url(url)
+
+    async def emit(self, event: str, data: dict, room: str) -> None:
+        message = {"method": "emit", "event": event, "data": [data], "binary": False,
+                   "namespace": "/", "room": room, "skip_sid": None, "callback": None,
+                   "host_id": "other-node"}
+        await self.redis.publish("collab", json.dumps(message))
+
+    async def chat_message(self, chat_id: str, seq: int) -> None:
+        message = {"id": f"m{seq}", "chat_id": chat_id, "seq": seq, "user_id": "zoe",
+                   "content": str(seq), "created_at": "2026-01-01T00:00:00.000Z"}
+        await self.emit("chat:message", {"message": message}, f"chat_{chat_id}")
+
+
+@pytest.fixture
+def other(io_loop, redis_url):
+    other = OtherNode(redis_url)
+    yield other
+    io_loop.run_sync(other.redis.aclose)
+
+
+async def test_broadcasts_are_delivered_in_seq_order(node, other):
+    alice = await node.connect("alice")
+    chat_id = await shared_chat(alice)
+    await alice.ok("chat:join", {"chat_id": chat_id})  # the chat is at seq 0
+
+    await other.chat_message(chat_id, 2)
+    await other.chat_message(chat_id, 1)
+    assert [(await alice.next("chat:message"))["message"]["seq"] for _ in range(2)] == [1, 2]
+
+    # seq 3 never comes (its node died after storing it): 4 is delivered after a while
+    start = time.monotonic()
+    await other.chat_message(chat_id, 4)
+    assert (await alice.next("chat:message"))["message"]["seq"] == 4
+    assert time.monotonic() - start >= GAP_TIMEOUT * 0.9
+    await other.chat_message(chat_id, 3)  # late after all: delivered, not dropped
+    assert (await alice.next("chat:message"))["message"]["seq"] == 3
+
+
+async def test_document_updates_are_delivered_in_version_order(node, other):
+    alice = await node.connect("alice")
+    document_id = await shared_document(alice)
+    await alice.ok("documents:join", {"document_id": document_id})  # version 0
+    for version in (3, 1, 2):
+        document = {"id": document_id, "title": "", "content": str(version),
+                    "version": version, "created_by": "alice", "created_at": "",
+                    "updated_by": "zoe", "updated_at": ""}
+        await other.emit("documents:updated", {"document": document, "user_id": "zoe"},
+                         f"document_{document_id}")
+    got = [(await alice.next("documents:updated"))["document"]["version"] for _ in range(3)]
+    assert got == [1, 2, 3]
+
+
+# -- Redis outage ----------------------------------------------------------------
+
+
+@pytest.fixture
+def outage_cluster(tmp_path, mongodb_url):
+    """A cluster of its own: its Redis is stopped and started again."""
+    if RedisServer(tmp_path).external:
+        pytest.skip("COLLAB_TEST_REDIS_URL is set: cannot stop that Redis")
+    cluster = make_cluster(tmp_path, mongodb_url, ["node-a", "node-b"])
+    yield cluster
+    cluster.stop()
+    cluster.redis.stop()
+
+
+async def refused(node: CollabProcess, user_id: str):
+    sio = socketio.AsyncClient(reconnection=False)
+    errors: asyncio.Queue = asyncio.Queue()
+    sio.on("connect_error", errors.put_nowait)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await sio.connect(node.url, auth={"token": make_token(user_id)},
+                          transports=["websocket"], wait_timeout=WAIT)
+    return await asyncio.wait_for(errors.get(), WAIT)
+
+
+async def test_redis_outage_under_load(outage_cluster, connect):
+    a, b = outage_cluster.nodes
+    alice, bob = await connect(a, "alice"), await connect(b, "bob")
+    carol = await connect(b, "carol")
+    chat_id = await shared_chat(alice, "bob", "carol")
+    await alice.ok("chat:join", {"chat_id": chat_id})
+    await bob.ok("chat:join", {"chat_id": chat_id})
+
+    acked: list[dict] = []
+    failed: list[dict] = []
+    stop_load = asyncio.Event()
+
+    async def load(client: Client) -> None:
+        while not stop_load.is_set():
+            payload = {"chat_id": chat_id, "content": unique("m"), "client_id": unique("c")}
+            ack = await client.call("chat:message", payload, timeout=10)
+            (acked if ack["ok"] else failed).append(ack)
+            await asyncio.sleep(0.02)  # a steady stream, not a flood
+
+    loaders = [asyncio.ensure_future(load(alice)), asyncio.ensure_future(load(bob))]
+    try:
+        while len(acked) < 10:
+            await asyncio.sleep(0.02)
+
+        outage_cluster.redis.stop()
+        during = len(acked)
+        for node in (a, b):
+            response = await get(node, "/readyz")
+            assert response.code == 503
+            assert json.loads(response.body)["failed"] == ["registry"]
+        assert (await refused(a, "dave"))["data"]["code"] == "UNAVAILABLE"
+        await carol.fails("chat:join", {"chat_id": chat_id}, "UNAVAILABLE")
+        while len(acked) < during + 10:  # messages are still stored and acked
+            await asyncio.sleep(0.02)
+
+        outage_cluster.redis.start()  # a fresh Redis: it has no data
+        deadline = time.monotonic() + 15
+        while True:  # presence comes back once the nodes have re-registered
+            ack = await carol.call("chat:join", {"chat_id": chat_id})
+            if ack["ok"] and ack["users"] == ["alice", "bob", "carol"]:
+                break
+            assert time.monotonic() < deadline, ack
+            await asyncio.sleep(0.2)
+        for node in (a, b):
+            assert (await get(node, "/readyz")).code == 200
+    finally:
+        stop_load.set()
+        await asyncio.gather(*loaders)
+
+    assert failed == []
+    history = await alice.ok("chat:history", {"chat_id": chat_id, "limit": 200})
+    stored = {m["id"]: m for m in history["messages"]}
+    assert [m["seq"] for m in history["messages"]] == list(range(1, len(stored) + 1))
+    for ack in acked:
+        assert stored[ack["message"]["id"]] == ack["message"]
+
+    # broadcasts cross nodes again
+    deadline = time.monotonic() + 15
+    while True:
+        sent = await alice.ok("chat:message", {"chat_id": chat_id, "content": "back"})
+        try:
+            while (await bob.next("chat:message", timeout=1))["message"] != sent["message"]:
+                pass
+            break
+        except asyncio.TimeoutError:
+            assert time.monotonic() < deadline, "no broadcast from A reached B after the outage"

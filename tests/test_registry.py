@@ -1,0 +1,310 @@
+"""The registry contract, the same for MemoryRegistry and RedisRegistry; then what only
+Redis does: presence across nodes, dead nodes purged, state rebuilt after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from services import RedisServer
+
+from collab.errors import Unavailable
+from collab.registry import open_registry
+from collab.registry.redis import RedisRegistry
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def registry(request, io_loop):
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    reg = open_registry(url, unique("node"))
+    io_loop.run_sync(reg.open)
+    yield reg
+    io_loop.run_sync(reg.close)
+
+
+class Presence:
+    """Collects what a registry announces through ``on_presence``."""
+
+    def __init__(self, registry, rooms: set[str] | None = None) -> None:
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.rooms = rooms  # only these (other tests' nodes share the session Redis)
+        registry.on_presence = self._record
+
+    async def _record(self, event, room, user_id, skip):
+        if self.rooms is None or room in self.rooms:
+            self.events.put_nowait((event, room, user_id, skip))
+
+    async def next(self, timeout: float = 10.0):
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+
+# -- the contract ---------------------------------------------------------------
+
+
+async def test_join_is_first_only_for_the_users_first_connection(registry):
+    room = unique("chat")
+    await registry.add_connection("a1", "alice")
+    await registry.add_connection("a2", "alice")
+    await registry.add_connection("b1", "bob")
+    assert await registry.join("a1", room) is True
+    assert await registry.join("a2", room) is False
+    assert await registry.join("a1", room) is False  # joining again changes nothing
+    assert await registry.join("b1", room) is True
+    assert await registry.room_users(room) == ["alice", "bob"]
+
+
+async def test_leave_is_last_only_when_no_connection_of_the_user_remains(registry):
+    room = unique("document")
+    for sid in ("a1", "a2"):
+        await registry.add_connection(sid, "alice")
+        await registry.join(sid, room)
+    assert await registry.leave("a1", room) is False
+    assert await registry.room_users(room) == ["alice"]
+    assert await registry.leave("a1", room) is False  # not in the room any more
+    assert await registry.leave("a2", room) is True
+    assert await registry.room_users(room) == []
+
+
+async def test_leave_of_a_room_never_joined_changes_nothing(registry):
+    room = unique("chat")
+    await registry.add_connection("a1", "alice")
+    await registry.add_connection("b1", "bob")
+    await registry.join("b1", room)
+    assert await registry.leave("a1", room) is False
+    assert await registry.room_users(room) == ["bob"]
+
+
+async def test_remove_connection_returns_the_rooms_its_user_left(registry):
+    only, shared = unique("chat"), unique("document")
+    await registry.add_connection("a1", "alice")
+    await registry.add_connection("a2", "alice")
+    await registry.add_connection("b1", "bob")
+    await registry.join("a1", only)
+    await registry.join("a1", shared)
+    await registry.join("a2", shared)
+    await registry.join("b1", only)
+    assert await registry.remove_connection("a1") == [(only, "alice")]
+    assert await registry.room_users(only) == ["bob"]
+    assert await registry.room_users(shared) == ["alice"]
+    assert await registry.remove_connection("a1") == []  # already gone
+    assert sorted(await registry.remove_connection("a2")) == [(shared, "alice")]
+    assert await registry.room_users(shared) == []
+
+
+async def test_room_users_are_distinct_and_sorted(registry):
+    room = unique("chat")
+    for sid, user in [("c1", "carol"), ("a1", "alice"), ("c2", "carol"), ("b1", "bob")]:
+        await registry.add_connection(sid, user)
+        await registry.join(sid, room)
+    assert await registry.room_users(room) == ["alice", "bob", "carol"]
+    assert await registry.room_users(unique("chat")) == []
+
+
+async def test_ping_answers(registry):
+    await registry.ping()
+
+
+# -- Redis: several nodes -------------------------------------------------------
+
+
+@pytest.fixture
+def nodes(io_loop, redis_url):
+    """``await nodes(...)`` opens a RedisRegistry on the session Redis; all closed at the end."""
+    opened: list[RedisRegistry] = []
+
+    async def make(node_id: str | None = None, **kwargs) -> RedisRegistry:
+        reg = RedisRegistry(redis_url, node_id or unique("node"), **kwargs)
+        await reg.open()
+        opened.append(reg)
+        return reg
+
+    yield make
+    for reg in opened:
+        io_loop.run_sync(reg.close)
+
+
+async def test_a_user_with_tabs_on_two_nodes_stays_until_both_leave(nodes):
+    one, two = await nodes(), await nodes()
+    room = unique("chat")
+    await one.add_connection("t1", "alice")
+    await two.add_connection("t2", "alice")
+    await two.add_connection("b", "bob")
+    assert await one.join("t1", room) is True
+    assert await two.join("t2", room) is False
+    assert await two.join("b", room) is True
+    assert await one.room_users(room) == await two.room_users(room) == ["alice", "bob"]
+    assert await one.remove_connection("t1") == []
+    assert await two.room_users(room) == ["alice", "bob"]
+    assert await two.leave("t2", room) is True
+    assert await one.room_users(room) == ["bob"]
+
+
+async def test_a_node_that_stops_beating_is_purged_once(nodes):
+    # ``dead`` beats once at open and never again: it looks like a kill -9
+    dead = await nodes(heartbeat_ttl=0.5, heartbeat_interval=3600)
+    survivors = [await nodes(heartbeat_interval=0.1), await nodes(heartbeat_interval=0.1)]
+    alone, shared = unique("chat"), unique("document")
+    seen = [Presence(s, {alone, shared}) for s in survivors]
+    await dead.add_connection("d1", "dora")
+    await dead.add_connection("d2", "erin")
+    await dead.join("d1", alone)
+    await dead.join("d2", shared)
+    await survivors[0].add_connection("e1", "erin")
+    await survivors[0].join("e1", shared)
+
+    first = await asyncio.wait_for(_either(seen), 10)
+    assert first == ("user:left", alone, "dora", [])
+    assert await survivors[1].room_users(alone) == []
+    assert await survivors[1].room_users(shared) == ["erin"]  # still there on a live node
+    # the other survivor swept too, but the departure was reported once
+    await asyncio.sleep(0.5)  # several sweeps of both survivors: nothing more may come
+    assert all(s.events.empty() for s in seen)
+
+
+async def _either(seen: list[Presence]):
+    tasks = [asyncio.ensure_future(s.events.get()) for s in seen]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return done.pop().result()
+
+
+async def test_a_live_node_that_was_purged_comes_back_and_says_so(nodes):
+    # its heartbeat lapses between beats: survivors purge it, then it finds out
+    late = await nodes(heartbeat_ttl=0.5, heartbeat_interval=1.5)
+    survivor = await nodes(heartbeat_interval=0.05)
+    room = unique("chat")
+    came_back, left = Presence(late, {room}), Presence(survivor, {room})
+    await late.add_connection("l1", "lena")
+    await late.join("l1", room)
+    await survivor.add_connection("s1", "sam")
+    await survivor.join("s1", room)
+
+    assert await left.next() == ("user:left", room, "lena", [])
+    assert await survivor.room_users(room) == ["sam"]
+    assert await came_back.next() == ("user:joined", room, "lena", ["l1"])
+    assert await survivor.room_users(room) == ["lena", "sam"]
+
+
+async def test_restarting_under_the_same_node_id_clears_the_previous_life(nodes, redis_url):
+    room = unique("chat")
+    node_id = unique("node")
+    # the previous life never beats again nor says goodbye, like a kill -9
+    old = await nodes(node_id=node_id, heartbeat_interval=3600)
+    await old.add_connection("o1", "olga")
+    await old.join("o1", room)
+    watcher = await nodes()
+    assert await watcher.room_users(room) == ["olga"]
+
+    reborn = RedisRegistry(redis_url, node_id)
+    presence = Presence(reborn)
+    await reborn.open()
+    try:
+        assert await watcher.room_users(room) == []
+        assert await presence.next() == ("user:left", room, "olga", [])
+    finally:
+        await reborn.close()
+
+
+async def test_close_removes_the_nodes_connections(nodes):
+    one, two = await nodes(), await nodes()
+    room = unique("chat")
+    await one.add_connection("c1", "carol")
+    await one.join("c1", room)
+    await two.add_connection("c2", "dave")
+    await two.join("c2", room)
+    await one.close()
+    assert await two.room_users(room) == ["dave"]
+
+
+# -- Redis: an outage -----------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(tmp_path)
+    if server.external:
+        pytest.skip("COLLAB_TEST_REDIS_URL is set: cannot stop that Redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_an_outage_answers_unavailable_then_state_is_rebuilt(own_redis):
+    reg = RedisRegistry(own_redis.url, unique("node"), heartbeat_interval=0.1)
+    presence = Presence(reg)
+    await reg.open()
+    try:
+        room, other = unique("chat"), unique("document")
+        await reg.add_connection("a1", "alice")
+        await reg.add_connection("b1", "bob")
+        await reg.join("a1", room)
+        await reg.join("b1", room)
+        await reg.join("b1", other)
+
+        own_redis.stop()
+        with pytest.raises(Unavailable):
+            await reg.ping()
+        with pytest.raises(Unavailable):
+            await reg.join("a1", other)
+        with pytest.raises(Unavailable):
+            await reg.add_connection("c1", "carol")
+        with pytest.raises(Unavailable):
+            await reg.room_users(room)
+        # a connection that closes during the outage is still removed
+        with pytest.raises(Unavailable):
+            await reg.remove_connection("b1")
+
+        own_redis.start()  # a fresh Redis: empty
+        deadline = time.monotonic() + 10
+        while await reg.room_users(room) != ["alice"]:  # the next heartbeats restore it
+            assert time.monotonic() < deadline, "presence was not rebuilt"
+            await asyncio.sleep(0.05)
+        # nobody was told that anyone left, so nobody is told they are back
+        assert presence.events.empty()
+        assert await reg.room_users(other) == []
+        assert await reg.join("a1", other) is True
+        await reg.ping()
+    finally:
+        await reg.close()
+
+
+class PasswordRedis(RedisServer):
+    """A redis-server that wants a password, given in the URL."""
+
+    def local_url(self) -> str:
+        return f"redis://:s3cret%21@127.0.0.1:{self.port}/2"
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--requirepass", "s3cret!"]
+
+
+async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path):
+    server = PasswordRedis(tmp_path, external_url=None)
+    if server.external:
+        pytest.skip("COLLAB_TEST_REDIS_URL is set")
+    server.start()
+    try:
+        reg = RedisRegistry(server.url, unique("node"))
+        assert "s3cret" not in reg.display_url
+        await reg.open()
+        try:
+            await reg.add_connection("a1", "alice")
+            assert await reg.join("a1", "chat_x") is True
+            assert await reg.room_users("chat_x") == ["alice"]
+        finally:
+            await reg.close()
+
+        wrong = RedisRegistry(server.url.replace("s3cret%21", "nope"), unique("node"))
+        with pytest.raises(Unavailable) as refused:
+            await wrong.open()
+        assert "nope" not in refused.value.message
+        await wrong.close()
+    finally:
+        server.stop()
