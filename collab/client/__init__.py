@@ -1,0 +1,33 @@
+"""A Python client for collab servers: ``SocketManager`` and the errors it raises.
+
+    from collab.client import CollabError, SocketManager
+
+    async with SocketManager("http://127.0.0.1:8000", token=token) as manager:
+        manager.on("chat:message", lambda data: print(data["message"]["content"]))
+        chat = (await manager.emit("chat:create", {"title": "General"}))["chat"]
+        await manager.emit("chat:join", {"chat_id": chat["id"]})
+
+See docs/client.md. Needs aiohttp for the WebSocket transport (``pip install collab[client]``).
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CONNECTION_FAILED,
+    DISCONNECTED,
+    MAX_RECONNECT_EXCEEDED,
+    TIMEOUT,
+    AckTimeout,
+    CollabError,
+)
+from .manager import SocketManager
+
+__all__ = [
+    "CONNECTION_FAILED",
+    "DISCONNECTED",
+    "MAX_RECONNECT_EXCEEDED",
+    "TIMEOUT",
+    "AckTimeout",
+    "CollabError",
+    "SocketManager",
+]

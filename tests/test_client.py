@@ -1,0 +1,477 @@
+"""collab.client.SocketManager against real servers: in-process, and `collab serve`
+in a subprocess that is killed with SIGKILL and restarted on the same port and data."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from harness import SECRET, WAIT, make_token
+from services import ServiceProcess, free_port
+
+from collab.client import AckTimeout, CollabError, SocketManager
+from collab.client.feed import ChatFeed
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+class Recorder:
+    """Records what a manager's handlers receive, so a test can await a condition."""
+
+    def __init__(self, manager: SocketManager, *events: str) -> None:
+        self.seen: dict[str, list[Any]] = defaultdict(list)
+        self._changed = asyncio.Event()
+        for event in events:
+            manager.on(event, partial(self._record, event))
+
+    def _record(self, event: str, data: Any) -> None:
+        self.seen[event].append(data)
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    async def count(self, event: str, n: int, timeout: float = WAIT) -> list[Any]:
+        """Wait until ``event`` was received at least ``n`` times; return them all."""
+        await self.until(lambda: len(self.seen[event]) >= n, timeout)
+        return self.seen[event]
+
+    def contents(self) -> list[str]:
+        return [data["message"]["content"] for data in self.seen["chat:message"]]
+
+    def seqs(self) -> list[int]:
+        return [data["message"]["seq"] for data in self.seen["chat:message"]]
+
+
+def manager(url: str, user: str = "alice", **options: Any) -> SocketManager:
+    options.setdefault("ack_timeout", WAIT)
+    if "token_provider" not in options:
+        options.setdefault("token", make_token(user))
+    return SocketManager(url, **options)
+
+
+async def post(url: str, user: str, chat_id: str, contents: list[str]) -> None:
+    """Another user posts through a connection of their own."""
+    async with manager(url, user, max_reconnect_attempts=0) as other:
+        for content in contents:
+            await other.emit("chat:message", {"chat_id": chat_id, "content": content})
+
+
+class Gate:
+    """A token_provider the test can hold closed: reconnection waits on it."""
+
+    def __init__(self, user: str = "alice", **claims: Any) -> None:
+        self.user, self.claims = user, claims
+        self.calls = 0
+        self.asked = asyncio.Event()
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        self.asked.set()
+        await self.open.wait()
+        return make_token(self.user, **self.claims)
+
+
+async def chat_with(m: SocketManager, *members: str) -> str:
+    chat = (await m.emit("chat:create", {"title": "t", "members": list(members)}))["chat"]
+    await m.emit("chat:join", {"chat_id": chat["id"]})
+    return chat["id"]
+
+
+# -- acks and errors ---------------------------------------------------------------------
+
+
+async def test_emit_returns_the_result_fields(server):
+    async with manager(server.url) as m:
+        result = await m.emit("documents:create", {"document_id": "d1", "content": "hi"})
+    assert set(result) == {"document"}
+    assert result["document"]["id"] == "d1" and result["document"]["version"] == 0
+
+
+async def test_failure_acks_raise_collab_error_with_the_server_code(server):
+    async with manager(server.url) as m:
+        seen = Recorder(m, "error")
+        await m.emit("documents:create", {"document_id": "d1", "content": "v0"})
+        await m.emit("documents:join", {"document_id": "d1"})
+
+        with pytest.raises(CollabError) as exists:
+            await m.emit("documents:create", {"document_id": "d1"})
+        assert exists.value.code == "ALREADY_EXISTS" and exists.value.message
+
+        with pytest.raises(CollabError) as conflict:
+            await m.emit("documents:update", {"document_id": "d1", "content": "x", "version": 5})
+        assert conflict.value.code == "VERSION_CONFLICT"
+        assert conflict.value.details["current_version"] == 0
+        assert conflict.value.details["document"]["content"] == "v0"
+
+        with pytest.raises(CollabError) as missing:
+            await m.emit("chat:join", {"chat_id": "nope"})
+        assert missing.value.code in ("NOT_FOUND", "PERMISSION_DENIED")
+
+        with pytest.raises(CollabError) as unknown:
+            await m.emit("no:such:event", {})
+        assert unknown.value.code == "INVALID_INPUT"
+
+        # the server's `error` event reached the `error` handlers, before each emit returned
+        codes = [e["code"] for e in seen.seen["error"]]
+        assert codes == ["ALREADY_EXISTS", "VERSION_CONFLICT", missing.value.code,
+                         "INVALID_INPUT"]
+        assert m.joined_chats == []  # a failed join is not re-joined later
+
+
+async def test_a_missing_ack_raises_a_timeout_that_is_also_asyncio_timeout(server):
+    async with manager(server.url) as m:
+        with pytest.raises(asyncio.TimeoutError) as timeout:
+            await m.emit("documents:create", {"document_id": "d1"}, timeout=0)
+        assert isinstance(timeout.value, CollabError) and isinstance(timeout.value, AckTimeout)
+        assert timeout.value.code == "TIMEOUT"
+        # the late ack is dropped and the connection goes on
+        with pytest.raises(CollabError) as exists:
+            await m.emit("documents:create", {"document_id": "d1"})
+        assert exists.value.code == "ALREADY_EXISTS"
+
+
+async def test_refused_and_unreachable_connects_raise(server):
+    with pytest.raises(CollabError) as refused:
+        await manager(server.url, token=make_token("alice", key="x" * 40)).connect()
+    assert refused.value.code == "UNAUTHORIZED" and "signature" in refused.value.message
+
+    with pytest.raises(CollabError) as unreachable:
+        await manager(f"http://127.0.0.1:{free_port()}").connect()
+    assert unreachable.value.code == "CONNECTION_FAILED"
+
+
+async def test_emit_when_not_connected_raises_disconnected(server):
+    m = manager(server.url)
+    with pytest.raises(CollabError) as before:
+        await m.emit("documents:create", {})
+    assert before.value.code == "DISCONNECTED"
+    seen = Recorder(m, "connected", "disconnected")
+    await m.connect()
+    assert seen.seen["connected"] == [{"sid": m.sid, "reconnected": False}]
+    await m.disconnect()
+    assert seen.seen["disconnected"] == [{"reason": "client disconnect", "reconnecting": False}]
+    with pytest.raises(CollabError) as after:
+        await m.emit("documents:create", {})
+    assert after.value.code == "DISCONNECTED"
+
+
+async def test_sync_and_async_handlers_run_in_order_before_the_ack_returns(server):
+    async with manager(server.url) as alice, manager(server.url, "bob") as bob:
+        got_sync: list[int] = []
+        got_async: list[int] = []
+        alice.on("chat:message", lambda data: got_sync.append(data["message"]["seq"]))
+
+        @alice.on("chat:message")
+        async def slow(data: dict) -> None:
+            await asyncio.sleep(0)  # yields: the next event must still wait for it
+            got_async.append(data["message"]["seq"])
+
+        chat_id = await chat_with(alice, "bob")
+        await bob.emit("chat:join", {"chat_id": chat_id})
+        for i in range(1, 6):
+            result = await alice.emit("chat:message", {"chat_id": chat_id, "content": f"m{i}"})
+            # the broadcast to the sender came before its ack: its handlers have run
+            assert got_sync[-1] == got_async[-1] == result["message"]["seq"] == i
+        await bob.emit("chat:message", {"chat_id": chat_id, "content": "from bob"})
+        await alice.emit("chat:history", {"chat_id": chat_id})  # a round trip
+        assert got_sync == got_async == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_handler_may_emit(server):
+    """A handler's emit settles directly, though the dispatcher is busy with the handler."""
+    async with manager(server.url) as alice, manager(server.url, "bob") as bob:
+        chat_id = await chat_with(alice, "bob")
+        await bob.emit("chat:join", {"chat_id": chat_id})
+        replies = Recorder(bob, "chat:message")
+        echoed: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        @alice.on("chat:message")
+        async def echo(data: dict) -> None:
+            if data["message"]["user_id"] == "bob":
+                result = await alice.emit("chat:message", {"chat_id": chat_id, "content": "echo"})
+                echoed.set_result(result["message"]["seq"])
+
+        await bob.emit("chat:message", {"chat_id": chat_id, "content": "ping"})
+        assert await asyncio.wait_for(echoed, WAIT) == 2
+        await replies.count("chat:message", 2)
+        assert replies.contents() == ["ping", "echo"]
+
+
+# -- reconnection and recovery (in-process server, disconnected by the server) -------------
+
+
+async def test_reconnects_rejoins_and_delivers_what_was_missed_exactly_once(server):
+    gate = Gate()
+    alice = manager(server.url, token_provider=gate, reconnect_delay=0.01)
+    seen = Recorder(alice, "chat:message", "documents:updated", "connected", "disconnected")
+    await alice.connect()
+    async with manager(server.url, "bob") as bob:
+        chat_id = await chat_with(alice, "bob")
+        left_id = await chat_with(alice, "bob")
+        await alice.emit("chat:leave", {"chat_id": left_id})
+        await alice.emit("documents:create", {"document_id": "d", "content": ""})
+        await alice.emit("documents:share", {"document_id": "d", "user_id": "bob",
+                                             "role": "editor"})
+        await alice.emit("documents:join", {"document_id": "d"})
+        await post(server.url, "bob", chat_id, ["before"])
+        await seen.count("chat:message", 1)
+
+        gate.open.clear()
+        gate.asked.clear()
+        await server.app.sio.disconnect(alice.sid)  # the server drops alice
+        assert (await seen.count("disconnected", 1))[0]["reconnecting"] is True
+        await asyncio.wait_for(gate.asked.wait(), WAIT)  # reconnecting, held at the token
+
+        await post(server.url, "bob", chat_id, ["missed 1", "missed 2"])
+        await post(server.url, "bob", left_id, ["not for alice"])
+        await bob.emit("documents:join", {"document_id": "d"})
+        await bob.emit("documents:update", {"document_id": "d", "content": "a", "version": 1})
+        await bob.emit("documents:update", {"document_id": "d", "content": "ab", "version": 2})
+
+        gate.open.set()
+        connected = await seen.count("connected", 2)
+        assert connected[1] == {"sid": alice.sid, "reconnected": True}
+        # recovery ran before `connected`: the missed ones are there, in order, once
+        assert seen.contents() == ["before", "missed 1", "missed 2"]
+        assert [d.get("recovered", False) for d in seen.seen["chat:message"]] == [
+            False, True, True]
+        [update] = seen.seen["documents:updated"]  # one: the current document, not each step
+        assert (update["document"]["version"], update["document"]["content"]) == (2, "ab")
+        assert update["user_id"] is None and update["recovered"] is True
+        assert sorted(alice.joined_chats) == [chat_id] and alice.joined_documents == ["d"]
+
+        # live again: broadcasts flow, the version is tracked on
+        await bob.emit("documents:update", {"document_id": "d", "content": "abc", "version": 3})
+        await post(server.url, "bob", chat_id, ["after"])
+        await seen.count("chat:message", 4)
+        await seen.count("documents:updated", 2)
+        assert seen.seen["documents:updated"][1]["user_id"] == "bob"
+    await alice.disconnect()
+    assert seen.contents() == ["before", "missed 1", "missed 2", "after"]
+    assert seen.seqs() == [1, 2, 3, 4]
+    assert gate.calls == 2  # the first token, then one at the start of the reconnection
+
+
+async def test_a_room_closed_to_the_user_meanwhile_is_forgotten(server):
+    gate = Gate()
+    alice = manager(server.url, token_provider=gate, reconnect_delay=0.01)
+    seen = Recorder(alice, "error", "connected")
+    await alice.connect()
+    async with manager(server.url, "bob") as bob:
+        await bob.emit("documents:create", {"document_id": "kept"})
+        await bob.emit("documents:create", {"document_id": "revoked"})
+        for document_id in ("kept", "revoked"):
+            await bob.emit("documents:share", {"document_id": document_id, "user_id": "alice",
+                                               "role": "viewer"})
+            await alice.emit("documents:join", {"document_id": document_id})
+
+        gate.open.clear()
+        await server.app.sio.disconnect(alice.sid)
+        await asyncio.wait_for(gate.asked.wait(), WAIT)
+        await bob.emit("documents:share", {"document_id": "revoked", "user_id": "alice",
+                                           "role": None})
+        gate.open.set()
+        await seen.count("connected", 2)
+    assert alice.joined_documents == ["kept"]
+    assert [e["code"] for e in seen.seen["error"]] in (["PERMISSION_DENIED"], ["NOT_FOUND"])
+    await alice.disconnect()
+
+
+async def test_a_refused_reconnect_asks_the_token_provider_again(server):
+    tokens = iter([make_token("alice"), make_token("alice", ttl=-10), make_token("alice")])
+    calls: list[str] = []
+
+    def provider() -> str:  # a plain function works too
+        calls.append("called")
+        return next(tokens)
+
+    alice = manager(server.url, token_provider=provider, reconnect_delay=0.01)
+    seen = Recorder(alice, "connected", "error")
+    await alice.connect()
+    await server.app.sio.disconnect(alice.sid)
+    await seen.count("connected", 2)
+    assert len(calls) == 3  # first token; the expired one, refused; a fresh one
+    assert seen.seen["error"] == []
+    await alice.emit("documents:create", {})
+    await alice.disconnect()
+
+
+async def test_token_refresh_keeps_the_connection_past_the_first_expiry(server):
+    minted: asyncio.Queue[str] = asyncio.Queue()
+
+    def provider() -> str:  # tokens that live 2 to 3 seconds (exp is whole seconds)
+        token = make_token("alice", ttl=3)
+        minted.put_nowait(token)
+        return token
+
+    alice = manager(server.url, token_provider=provider)
+    seen = Recorder(alice, "connected", "disconnected", "error")
+    await alice.connect()
+    sid = alice.sid
+    first_expiry = jwt.decode(minted.get_nowait(), options={"verify_signature": False})["exp"]
+    # a refresh comes at 80% of each token's remaining life; wait for them past the first expiry
+    while time.time() < first_expiry + 0.5:
+        await asyncio.wait_for(minted.get(), WAIT)
+    result = await alice.emit("documents:create", {})
+    assert result["document"]["created_by"] == "alice"
+    assert alice.sid == sid  # the same connection, never dropped
+    assert len(seen.seen["connected"]) == 1
+    assert seen.seen["disconnected"] == [] and seen.seen["error"] == []
+    await alice.disconnect()
+
+
+# -- a real `collab serve`, killed with SIGKILL ------------------------------------------------
+
+
+class CollabProcess(ServiceProcess):
+    """``python -m collab serve`` on a fixed port with its SQLite file in ``tmpdir``."""
+
+    name = "collab"
+
+    def __init__(self, tmpdir: Path, **settings: Any) -> None:
+        super().__init__(tmpdir)
+        self.config = Path(tmpdir) / "collab.toml"
+        settings = {"storage_url": f"sqlite:///{Path(tmpdir) / 'c.db'}",
+                    "jwt_secret": SECRET, "log_level": "WARNING", **settings}
+        self.config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
+
+    def local_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "collab", "serve", "--config", str(self.config),
+                "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def ping(self) -> None:
+        urllib.request.urlopen(self.url + "/healthz", timeout=1).close()
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, connections just die."""
+        proc, self._proc = self._proc, None
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+
+
+def _toml(value: Any) -> str:
+    return str(value) if isinstance(value, int) else f'"{value}"'
+
+
+@pytest.fixture
+def collab_process(tmp_path):
+    proc = CollabProcess(tmp_path, history_limit=2, history_max=3)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+async def test_sigkill_and_restart_lose_no_message_and_repeat_none(collab_process):
+    """Messages posted before the kill, to the restarted server while alice is still away,
+    while she re-joins, and after: her chat:message handlers get each once, in order.
+    The server's history page is 3, so the recovery has to page through the gap."""
+    url = collab_process.url
+    gate = Gate()
+    alice = manager(url, token_provider=gate, reconnect_delay=0.05, reconnect_delay_max=0.2,
+                    max_reconnect_attempts=50)
+    seen = Recorder(alice, "chat:message", "documents:updated", "connected", "disconnected")
+    await alice.connect()
+    chat_id = await chat_with(alice, "bob")
+    await alice.emit("documents:create", {"document_id": "d", "content": ""})
+    await alice.emit("documents:share", {"document_id": "d", "user_id": "bob", "role": "editor"})
+    await alice.emit("documents:join", {"document_id": "d"})
+    before = [f"before {i}" for i in range(3)]
+    await post(url, "bob", chat_id, before)
+    await seen.count("chat:message", 3)
+
+    gate.open.clear()
+    gate.asked.clear()
+    collab_process.kill()
+    await seen.count("disconnected", 1)
+    await asyncio.to_thread(collab_process.start)  # same port, same SQLite file
+    await asyncio.wait_for(gate.asked.wait(), WAIT)  # alice waits at her next token
+
+    during = [f"during {i}" for i in range(7)]
+    await post(url, "bob", chat_id, during)
+    async with manager(url, "bob") as bob:
+        await bob.emit("documents:join", {"document_id": "d"})
+        await bob.emit("documents:update", {"document_id": "d", "content": "x", "version": 1})
+
+    racing = [f"racing {i}" for i in range(5)]
+    race = asyncio.ensure_future(post(url, "bob", chat_id, racing))  # live while re-joining
+    gate.open.set()
+    await seen.count("connected", 2)
+    await race
+    after = [f"after {i}" for i in range(3)]
+    await post(url, "bob", chat_id, after)
+
+    expected = before + during + racing + after
+    await seen.count("chat:message", len(expected))
+    history = await alice.emit("chat:history", {"chat_id": chat_id})  # a round trip
+    assert history["messages"][-1]["content"] == after[-1]
+    await alice.disconnect()
+
+    assert seen.contents() == expected
+    assert seen.seqs() == list(range(1, len(expected) + 1))
+    recovered = [d["message"]["content"] for d in seen.seen["chat:message"] if d.get("recovered")]
+    assert set(during) <= set(recovered)  # these only came back through the recovery
+    updates = seen.seen["documents:updated"]
+    assert [(u["document"]["version"], u["user_id"]) for u in updates] == [(1, None)]
+
+
+async def test_a_server_gone_for_good_ends_in_max_reconnect_exceeded(collab_process):
+    alice = manager(collab_process.url, max_reconnect_attempts=3, reconnect_delay=0.05,
+                    reconnect_delay_max=0.1)
+    seen = Recorder(alice, "error", "disconnected")
+    await alice.connect()
+    start = time.monotonic()
+    collab_process.kill()
+    errors = await seen.count("error", 1)
+    assert time.monotonic() - start >= 0.05 + 0.1 + 0.1  # 3 attempts, delays growing, capped
+    assert errors == [{"code": "MAX_RECONNECT_EXCEEDED",
+                       "message": "Could not reconnect after 3 attempts"}]
+    assert [d["reconnecting"] for d in seen.seen["disconnected"]] == [True, False]
+    assert not alice.connected
+    with pytest.raises(CollabError) as closed:
+        await alice.emit("documents:create", {})
+    assert closed.value.code == "DISCONNECTED"
+    await alice.disconnect()  # a no-op now
+
+
+# -- ChatFeed: the ordering rules on their own --------------------------------------------------
+
+
+def msg(seq: int) -> dict[str, Any]:
+    return {"seq": seq, "chat_id": "c", "content": str(seq)}
+
+
+def delivered(out: list) -> list[int]:
+    return [message["seq"] for message, _ in out]
+
+
+def test_feed_delivers_in_order_once_and_reports_gaps():
+    feed = ChatFeed()
+    assert delivered(feed.offer([msg(3)], recovered=False)) == []  # joining: held
+    feed.start(2)  # the join's page ended at 2
+    assert delivered(feed.offer([], recovered=False)) == [3]
+    assert delivered(feed.offer([msg(6), msg(5)], recovered=False)) == []
+    assert feed.gap() == (5, 1)  # fetch seq 4: chat:history before_seq=5 limit=1
+    assert delivered(feed.offer([msg(4), msg(5)], recovered=True)) == [4, 5, 6]
+    assert delivered(feed.offer([msg(5), msg(6), msg(7)], recovered=True)) == [7]
+    assert feed.gap() is None and feed.last == 7
