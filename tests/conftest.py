@@ -16,14 +16,19 @@ def settings():
     return make_settings()
 
 
-@pytest.fixture
-def server(io_loop, settings):
+def running_server(io_loop, settings):
+    """Yield a :class:`Harness` around a server started on ``io_loop``; stop it after."""
     srv = io_loop.run_sync(lambda: Server.start(settings))
     harness = Harness(srv)
     yield harness
     io_loop.run_sync(harness.close_clients)
     io_loop.run_sync(srv.stop)
     io_loop.run_sync(cancel_leftover_tasks)
+
+
+@pytest.fixture
+def server(io_loop, settings):
+    yield from running_server(io_loop, settings)
 
 
 async def cancel_leftover_tasks():

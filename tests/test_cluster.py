@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import socketio
-from conftest import cancel_leftover_tasks
-from harness import SECRET, WAIT, Client, Harness, make_settings, make_token
+from conftest import cancel_leftover_tasks, running_server
+from harness import SECRET, WAIT, Client, make_settings, make_token
 from process import CollabProcess
 from services import RedisServer, with_database
 from tornado.httpclient import AsyncHTTPClient
 
 from collab.registry.pubsub import GAP_TIMEOUT
-from collab.server import Server
 
 pytestmark = pytest.mark.cluster
 
@@ -332,12 +331,7 @@ async def test_a_node_stopped_cleanly_says_goodbye_at_once(cluster, a, connect):
 def node(io_loop, redis_url):
     """An in-process node on the session Redis (and its own SQLite store)."""
     settings = make_settings(registry_url=redis_url, node_id=unique("node"))
-    srv = io_loop.run_sync(lambda: Server.start(settings))
-    harness = Harness(srv)
-    yield harness
-    io_loop.run_sync(harness.close_clients)
-    io_loop.run_sync(srv.stop)
-    io_loop.run_sync(cancel_leftover_tasks)
+    yield from running_server(io_loop, settings)
 
 
 class OtherNode:

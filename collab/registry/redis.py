@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from redis.exceptions import ReadOnlyError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import Unavailable
+from ..urls import redacted
 from .base import Registry
 
 log = logging.getLogger("collab.registry")
@@ -72,16 +72,6 @@ def connection_options() -> dict[str, Any]:
         # one retry replaces a pooled connection that died with a restarted Redis
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
     }
-
-
-def display_url(url: str) -> str:
-    """``url`` without its password, for logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
 def unavailable_on_outage(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -256,7 +246,7 @@ class RedisRegistry(Registry):
     ) -> None:
         super().__init__(node_id)
         self.url = url
-        self.display_url = display_url(url)
+        self.display_url = redacted(url)
         self.heartbeat_ttl = heartbeat_ttl
         self.heartbeat_interval = heartbeat_interval
         self._redis: aioredis.Redis | None = None

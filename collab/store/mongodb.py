@@ -35,6 +35,7 @@ from pymongo.read_preferences import ReadPreference
 
 from collab.errors import AlreadyExists, NotFound, Unavailable, VersionConflict
 from collab.store.base import Chat, Document, Message, Store, new_id, now_iso
+from collab.urls import redacted
 
 DEFAULT_DATABASE = "collab"
 
@@ -129,16 +130,6 @@ def _message(raw: dict[str, Any]) -> Message:
     return message
 
 
-def _display_url(url: str) -> str:
-    """``url`` without its password (``mongodb://user@host/db``)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{hostinfo}"))
-
-
 class MongoStore(Store):
     """Documents, chats and messages in MongoDB 6+ (standalone, replica set or sharded)."""
 
@@ -154,7 +145,7 @@ class MongoStore(Store):
         **_: Any,
     ) -> None:
         self.url = url
-        self.display_url = _display_url(url)
+        self.display_url = redacted(url)
         self._client_options: dict[str, Any] = {
             "serverSelectionTimeoutMS": server_selection_timeout_ms,
             "connectTimeoutMS": connect_timeout_ms or server_selection_timeout_ms,
