@@ -66,6 +66,7 @@ class CollabApp:
         self.registry = registry
         self.verifier = TokenVerifier(settings)
         self.connections: dict[str, Connection] = {}
+        self._background: set[asyncio.Task] = set()
         #: held from a message's insert to its broadcast, so a chat's broadcasts leave in seq order
         self.chat_locks = KeyedLocks()
         self.sio = socketio.AsyncServer(
@@ -158,9 +159,12 @@ class CollabApp:
             conn.expiry.cancel()
         delay = conn.identity.expires_at + self.settings.jwt_leeway - time.time()
         loop = asyncio.get_running_loop()
-        conn.expiry = loop.call_later(
-            max(0.0, delay), lambda: asyncio.ensure_future(self._expire(conn))
-        )
+        conn.expiry = loop.call_later(max(0.0, delay), self._start_expire, conn)
+
+    def _start_expire(self, conn: Connection) -> None:
+        task = asyncio.ensure_future(self._expire(conn))
+        self._background.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._background.discard)
 
     async def _expire(self, conn: Connection) -> None:
         if self.connections.get(conn.sid) is not conn:
@@ -169,8 +173,11 @@ class CollabApp:
             self._schedule_expiry(conn)  # refreshed, or the timer ran early
             return
         err = Unauthorized("Token has expired; reconnect with a fresh token")
-        await self.sio.emit("error", err.to_dict(), to=conn.sid)
-        await self.sio.disconnect(conn.sid)
+        try:
+            await self.sio.emit("error", err.to_dict(), to=conn.sid)
+            await self.sio.disconnect(conn.sid)
+        except Exception:  # noqa: BLE001 - nobody awaits this task
+            log.exception("error disconnecting %s after its token expired", conn.sid)
 
     # -- rooms and presence ------------------------------------------------
 
@@ -245,7 +252,7 @@ class CollabApp:
                     if wait_ms:
                         raise RateLimited(wait_ms)
                 if conn.identity.expires_at + self.settings.jwt_leeway <= time.time():
-                    asyncio.ensure_future(self._expire(conn))
+                    # the expiry timer is due and will disconnect; refuse meanwhile
                     raise Unauthorized("Token has expired")
                 try:
                     data = schema.load(args[0] if args else {})

@@ -391,6 +391,19 @@ async def test_document_updates_are_delivered_in_version_order(node, other):
     assert got == [1, 2, 3]
 
 
+async def test_a_rooms_order_is_forgotten_when_its_last_local_client_disconnects(node):
+    alice, bob = await node.connect("alice"), await node.connect("bob")
+    chat_id = await shared_chat(alice, "bob")
+    for client in (alice, bob):
+        await client.ok("chat:join", {"chat_id": chat_id})
+    orders = node.app.sio.manager._orders
+    assert f"chat_{chat_id}" in orders
+    await node.app.sio.disconnect(alice.sio.get_sid())  # returns once the server forgot alice
+    assert f"chat_{chat_id}" in orders  # bob is still in the room
+    await node.app.sio.disconnect(bob.sio.get_sid())
+    assert f"chat_{chat_id}" not in orders
+
+
 # -- Redis outage ----------------------------------------------------------------
 
 
@@ -415,6 +428,19 @@ async def refused(node: CollabProcess, user_id: str):
     return await asyncio.wait_for(errors.get(), WAIT)
 
 
+async def whole_history(client: Client, chat_id: str) -> list[dict]:
+    """Every message of the chat, oldest first, paging back through ``chat:history``."""
+    messages: list[dict] = []
+    page = await client.ok("chat:history", {"chat_id": chat_id, "limit": 200})
+    messages[:0] = page["messages"]
+    while page["has_more"]:
+        before = page["messages"][0]["seq"]
+        page = await client.ok("chat:history",
+                               {"chat_id": chat_id, "limit": 200, "before_seq": before})
+        messages[:0] = page["messages"]
+    return messages
+
+
 async def test_redis_outage_under_load(outage_cluster, connect):
     a, b = outage_cluster.nodes
     alice, bob = await connect(a, "alice"), await connect(b, "bob")
@@ -426,18 +452,25 @@ async def test_redis_outage_under_load(outage_cluster, connect):
     acked: list[dict] = []
     failed: list[dict] = []
     stop_load = asyncio.Event()
+    answered = asyncio.Event()
 
     async def load(client: Client) -> None:
         while not stop_load.is_set():
             payload = {"chat_id": chat_id, "content": unique("m"), "client_id": unique("c")}
             ack = await client.call("chat:message", payload, timeout=10)
             (acked if ack["ok"] else failed).append(ack)
+            answered.set()
             await asyncio.sleep(0.02)  # a steady stream, not a flood
+
+    async def until_acked(count: int) -> None:
+        while len(acked) < count:
+            assert failed == []  # as at the end: a message is never refused
+            answered.clear()
+            await asyncio.wait_for(answered.wait(), 10)
 
     loaders = [asyncio.ensure_future(load(alice)), asyncio.ensure_future(load(bob))]
     try:
-        while len(acked) < 10:
-            await asyncio.sleep(0.02)
+        await until_acked(10)
 
         outage_cluster.redis.stop()
         during = len(acked)
@@ -447,8 +480,7 @@ async def test_redis_outage_under_load(outage_cluster, connect):
             assert json.loads(response.body)["failed"] == ["registry"]
         assert (await refused(a, "dave"))["data"]["code"] == "UNAVAILABLE"
         await carol.fails("chat:join", {"chat_id": chat_id}, "UNAVAILABLE")
-        while len(acked) < during + 10:  # messages are still stored and acked
-            await asyncio.sleep(0.02)
+        await until_acked(during + 10)  # messages are still stored and acked
 
         outage_cluster.redis.start()  # a fresh Redis: it has no data
         deadline = time.monotonic() + 15
@@ -465,9 +497,9 @@ async def test_redis_outage_under_load(outage_cluster, connect):
         await asyncio.gather(*loaders)
 
     assert failed == []
-    history = await alice.ok("chat:history", {"chat_id": chat_id, "limit": 200})
-    stored = {m["id"]: m for m in history["messages"]}
-    assert [m["seq"] for m in history["messages"]] == list(range(1, len(stored) + 1))
+    history = await whole_history(alice, chat_id)  # more than one page on a fast machine
+    stored = {m["id"]: m for m in history}
+    assert [m["seq"] for m in history] == list(range(1, len(stored) + 1))
     for ack in acked:
         assert stored[ack["message"]["id"]] == ack["message"]
 

@@ -106,6 +106,14 @@ async def test_room_users_are_distinct_and_sorted(registry):
     assert await registry.room_users(unique("chat")) == []
 
 
+async def test_join_of_a_removed_connection_changes_nothing(registry):
+    room = unique("chat")
+    await registry.add_connection("a1", "alice")
+    await registry.remove_connection("a1")
+    assert await registry.join("a1", room) is False
+    assert await registry.room_users(room) == []
+
+
 async def test_ping_answers(registry):
     await registry.ping()
 
@@ -145,6 +153,17 @@ async def test_a_user_with_tabs_on_two_nodes_stays_until_both_leave(nodes):
     assert await one.room_users(room) == ["bob"]
 
 
+async def test_a_connection_removed_while_it_joins_is_in_no_room_and_never_joined(nodes):
+    reg = await nodes()
+    room = unique("chat")
+    await reg.add_connection("a1", "alice")
+    # the removal starts while the join's script is on its way to Redis
+    joined, _ = await asyncio.gather(reg.join("a1", room), reg.remove_connection("a1"))
+    assert joined is False  # so the app announces no user:joined for a closed connection
+    assert await reg.room_users(room) == []
+    assert [item for item in reg._backlog if item[1] == room] == []  # nor a user:left later
+
+
 async def test_a_node_that_stops_beating_is_purged_once(nodes):
     # ``dead`` beats once at open and never again: it looks like a kill -9
     dead = await nodes(heartbeat_ttl=0.5, heartbeat_interval=3600)
@@ -158,7 +177,7 @@ async def test_a_node_that_stops_beating_is_purged_once(nodes):
     await survivors[0].add_connection("e1", "erin")
     await survivors[0].join("e1", shared)
 
-    first = await asyncio.wait_for(_either(seen), 10)
+    [first] = await asyncio.wait_for(_either(seen), 10)  # one survivor, not both at once
     assert first == ("user:left", alone, "dora", [])
     assert await survivors[1].room_users(alone) == []
     assert await survivors[1].room_users(shared) == ["erin"]  # still there on a live node
@@ -167,12 +186,13 @@ async def test_a_node_that_stops_beating_is_purged_once(nodes):
     assert all(s.events.empty() for s in seen)
 
 
-async def _either(seen: list[Presence]):
+async def _either(seen: list[Presence]) -> list:
+    """What the first reporters announced: every one that reported in the same instant."""
     tasks = [asyncio.ensure_future(s.events.get()) for s in seen]
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
-    return done.pop().result()
+    return [task.result() for task in done]
 
 
 async def test_a_live_node_that_was_purged_comes_back_and_says_so(nodes):

@@ -48,7 +48,10 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     async def join(self, sid: str, room: str) -> bool:
-        """Put a connection in a room; True when its user was not present before."""
+        """Put a connection in a room; True when its user was not present before.
+
+        False, and no change, for a connection that is removed (or being removed).
+        """
 
     @abc.abstractmethod
     async def leave(self, sid: str, room: str) -> bool:

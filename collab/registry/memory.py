@@ -37,7 +37,9 @@ class MemoryRegistry(Registry):
         return gone
 
     async def join(self, sid: str, room: str) -> bool:
-        user_id = self._users[sid]
+        user_id = self._users.get(sid)
+        if user_id is None:  # disconnected before the join ran
+            return False
         sids = self._rooms[room][user_id]
         first = not sids
         sids.add(sid)

@@ -93,6 +93,9 @@ class RedisPubSubManager(AsyncPubSubManager):
         self._listen_failing = False
         self._started = False
         self._subscribed = asyncio.Event()
+        #: deliveries nobody awaits (after a join, a gap's timeout): the loop keeps
+        #: only weak references to tasks, so these are held here until they end
+        self._deliveries: set[asyncio.Future[None]] = set()
 
     def initialize(self) -> None:
         # Socket.IO calls this at the first connection; start_listening() may have run it
@@ -147,6 +150,7 @@ class RedisPubSubManager(AsyncPubSubManager):
                 self._subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+                with contextlib.suppress(Exception):  # even if the line above failed
                     await client.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -179,13 +183,14 @@ class RedisPubSubManager(AsyncPubSubManager):
             # the first local client: start after what the store holds now; the
             # join reads the store after this, so the client misses nothing
             order = self._orders[room] = _RoomOrder()
+            position = None
             try:
                 position = await self.room_position(room)
             except Exception as exc:  # noqa: BLE001 - deliver unordered rather than fail
                 log.debug("no position for %s (%r); delivering as received", room, exc)
-                position = None
-            order.next = None if position is None else position + 1
-            order.ready.set()
+            finally:  # even if cancelled: other joins and held broadcasts wait for this
+                order.next = None if position is None else position + 1
+                order.ready.set()
         else:
             await order.ready.wait()
         result = await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
@@ -197,6 +202,14 @@ class RedisPubSubManager(AsyncPubSubManager):
     async def leave_room(self, sid: str, namespace: str, room: str) -> Any:
         result = await super().leave_room(sid, namespace, room)
         self._forget_if_unused(room)
+        return result
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> Any:
+        # a disconnect takes the client out of its rooms without leave_room()
+        rooms = self.get_rooms(sid, namespace or "/")
+        result = await super().disconnect(sid, namespace, **kwargs)
+        for room in rooms:
+            self._forget_if_unused(room)
         return result
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
@@ -286,8 +299,12 @@ class RedisPubSubManager(AsyncPubSubManager):
                         log.exception("delivering %s to %s failed", message.get("event"), room)
             finally:
                 done.set_result(None)
+                self._forget_if_unused(room)  # its last client may have gone meanwhile
 
-        return asyncio.ensure_future(run())
+        task = asyncio.ensure_future(run())
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return task
 
     def _forget_if_unused(self, room: str) -> None:
         """Drop a room's state once no local client is in it and nothing is pending."""

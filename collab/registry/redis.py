@@ -24,6 +24,7 @@ an outage so they still happen, and still announce ``user:left``, later.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -256,7 +257,8 @@ class RedisRegistry(Registry):
         self._users: dict[str, str] = {}  # sid -> user_id
         self._rooms: dict[str, set[str]] = {}  # sid -> rooms
         self._removals: set[str] = set()  # sids whose removal failed in an outage
-        self._backlog: list[tuple[str, str, str, list[str]]] = []  # unsent announcements
+        # unsent announcements, oldest first
+        self._backlog: collections.deque[tuple[str, str, str, list[str]]] = collections.deque()
         self._gate = _Gate()
         self._outage = False
         self._epoch: str | None = None  # the Redis dataset this node registered in
@@ -336,7 +338,12 @@ class RedisRegistry(Registry):
     @unavailable_on_outage
     async def add_connection(self, sid: str, user_id: str) -> None:
         async with self._gate.shared():
-            await self._add(args=[sid, user_id, self.node_id])
+            try:
+                await self._add(args=[sid, user_id, self.node_id])
+            except OUTAGES:
+                # refused, yet the script may have run before the reply was lost
+                self._removals.add(sid)
+                raise
             self._users[sid] = user_id
             self._rooms[sid] = set()
 
@@ -353,14 +360,19 @@ class RedisRegistry(Registry):
 
     @unavailable_on_outage
     async def join(self, sid: str, room: str) -> bool:
-        user_id = self._users[sid]
+        user_id = self._users.get(sid)
+        if user_id is None:  # disconnected before the join ran
+            return False
         async with self._gate.shared():
             first = await self._join(args=[sid, user_id, self.node_id, room])
             rooms = self._rooms.get(sid)
-            if rooms is None:  # disconnected while joining: do not leave it behind
-                self._queue("user:left", _pairs(await self._remove(args=[sid])))
-            else:
-                rooms.add(room)
+            if rooms is None:
+                # disconnected while joining: undo it, and since the user is then
+                # not announced as joined, do not announce them leaving either
+                gone = _pairs(await self._remove(args=[sid]))
+                self._queue("user:left", [p for p in gone if not first or p != (room, user_id)])
+                return False
+            rooms.add(room)
         return bool(first)
 
     @unavailable_on_outage
@@ -454,7 +466,7 @@ class RedisRegistry(Registry):
         if self.on_presence is None:
             return
         while self._backlog:
-            event, room, user_id, skip = self._backlog.pop(0)
+            event, room, user_id, skip = self._backlog.popleft()
             try:
                 await self.on_presence(event, room, user_id, skip)
             except Exception:  # noqa: BLE001 - one failed emit must not stop the rest

@@ -281,19 +281,9 @@ class SqliteStore(Store):
                 del message["client_id"]
             return message, True
 
-        def insert_or_find(conn: Conn) -> tuple[Message, bool]:
-            try:
-                return _in_transaction(conn, insert)
-            except sqlite3.IntegrityError:
-                # Another writer of this file stored the same client_id first.
-                stored = None
-                if client_id is not None:
-                    stored = _find_by_client_id(conn, chat_id, user_id, client_id)
-                if stored is None:
-                    raise
-                return stored, False
-
-        return await self._run(insert_or_find)
+        # BEGIN IMMEDIATE takes the write lock before the lookup, so no other
+        # writer of the file can store the same client_id (or seq) in between.
+        return await self._tx(insert)
 
     async def messages_after(self, chat_id: str, after_seq: int, limit: int) -> list[Message]:
         rows = await self._rows("SELECT * FROM messages WHERE chat_id = ? AND seq > ?"
@@ -304,9 +294,14 @@ class SqliteStore(Store):
         self, chat_id: str, before_seq: int | None, limit: int
     ) -> tuple[list[Message], bool]:
         # Newest first with one row extra, which tells whether older messages exist.
-        rows = await self._rows("SELECT * FROM messages WHERE chat_id = ?"
-                                " AND (? IS NULL OR seq < ?) ORDER BY seq DESC LIMIT ?",
-                                chat_id, before_seq, before_seq, limit + 1)
+        # Two statements, not "(? IS NULL OR seq < ?)": with the OR, SQLite cannot
+        # seek to before_seq in the (chat_id, seq) index and scans from the newest.
+        if before_seq is None:
+            rows = await self._rows("SELECT * FROM messages WHERE chat_id = ?"
+                                    " ORDER BY seq DESC LIMIT ?", chat_id, limit + 1)
+        else:
+            rows = await self._rows("SELECT * FROM messages WHERE chat_id = ? AND seq < ?"
+                                    " ORDER BY seq DESC LIMIT ?", chat_id, before_seq, limit + 1)
         return [_message(row) for row in reversed(rows[:limit])], len(rows) > limit
 
 
