@@ -65,6 +65,10 @@ class Settings:
     history_max: int = 200
 
     websocket_compression: bool = False
+    #: broadcast by writing one pre-framed message to each idle WebSocket (collab/fanout.py)
+    fast_broadcast: bool = True
+    #: unsent bytes one WebSocket may hold on the server before it is closed as too slow
+    max_send_buffer_bytes: int = 4 * 1024 * 1024
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     shutdown_timeout: float = 10.0
@@ -126,7 +130,7 @@ class Settings:
                 "(HMAC keys shorter than the hash are weak)"
             )
         for name in ("max_packet_bytes", "max_document_bytes", "max_message_chars",
-                     "history_limit", "history_max", "token_ttl"):
+                     "history_limit", "history_max", "token_ttl", "max_send_buffer_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_env(name)}: must be positive")
         for name in ("rate_limit_per_second", "rate_limit_burst", "jwt_leeway",

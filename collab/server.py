@@ -14,6 +14,7 @@ import tornado.netutil
 import tornado.web
 from engineio.async_drivers.tornado import translate_request
 
+from . import fanout
 from .app import CollabApp
 from .config import Settings
 from .http import HealthzHandler, MetricsHandler, ReadyzHandler
@@ -25,7 +26,9 @@ log = logging.getLogger("collab")
 
 def socket_handler(app: CollabApp) -> type:
     """python-socketio's Tornado handler, with our compression and origin policy."""
-    base = socketio.get_tornado_handler(app.sio)
+    base = fanout.bounded_handler(
+        socketio.get_tornado_handler(app.sio), app.sio.manager, app.settings.max_send_buffer_bytes
+    )
     compression = app.settings.websocket_compression
 
     class SocketHandler(base):  # type: ignore[misc, valid-type]
@@ -81,6 +84,8 @@ class Server:
             await store.close()
             raise
         manager = getattr(registry, "client_manager", lambda: None)()
+        if settings.fast_broadcast:
+            manager = fanout.fast_manager(manager, compression=settings.websocket_compression)
         app = CollabApp(settings, store, registry, client_manager=manager)
         if hasattr(manager, "start_listening"):
             await manager.start_listening()  # hear other nodes before the first client

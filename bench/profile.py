@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Where a server's time goes under the room-of-100 fan-out: py-spy samples of a
+collab (or bare python-socketio) server while bench/load.mjs drives it.
+
+usage: python bench/profile.py [collab|collab-slow|bare-py] [--seconds 6] [--top 30]
+Needs py-spy (pip install py-spy) and ptrace permission on the server process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jwt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import BENCH, Running, ensure_npm  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("server", nargs="?", default="collab")
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--posters", type=int, default=10)
+    ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--top", type=int, default=30)
+    args = ap.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    ensure_npm()
+    workdir = Path(tempfile.mkdtemp(prefix="collab-profile-"))
+    secret = secrets.token_urlsafe(48)
+    users = [f"u{i}" for i in range(120)]
+    exp = int(time.time()) + 3600
+    tokens = workdir / "tokens.json"
+    tokens.write_text(json.dumps([jwt.encode({"sub": u, "exp": exp}, secret, algorithm="HS256")
+                                  for u in users]))
+    srv = Running(args.server, secret, workdir)
+    try:
+        cfg = dict(workload="fanout", clients=100, posters=args.posters, window=args.window,
+                   client="raw", warmup_s=1.0,
+                   duration_s=args.seconds + 1.5, sample_every=7, url=srv.url,
+                   tokens=str(tokens), users=users, server_pid=srv.proc.pid)
+        (workdir / "load.json").write_text(json.dumps(cfg))
+        out: dict = {}
+
+        def drive() -> None:
+            p = subprocess.run(["node", str(BENCH / "load.mjs"), str(workdir / "load.json")],
+                               capture_output=True, text=True, timeout=120)
+            out["result"] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr
+        t = threading.Thread(target=drive)
+        t.start()
+        time.sleep(3.0)  # connected, joined, warmed up
+        raw = workdir / "profile.txt"
+        subprocess.run([spy, "record", "--pid", str(srv.proc.pid), "--duration",
+                        str(int(args.seconds)), "--rate", "250", "--format", "raw",
+                        "--nonblocking", "-o", str(raw)], check=True, capture_output=True,
+                       timeout=args.seconds + 60)
+        t.join(120)
+        print("load:", out.get("result"))
+        report(raw, args.top)
+    finally:
+        srv.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(raw: Path, top: int) -> None:
+    inclusive: collections.Counter = collections.Counter()
+    leaf: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  for f in stack.split(";")]
+        total += n
+        for f in set(frames):
+            inclusive[f] += n
+        leaf[frames[-1]] += n
+    print(f"{total} samples (all threads)")
+    print("\n-- inclusive (share of samples with the function on the stack) --")
+    for f, n in inclusive.most_common(top):
+        print(f"{100 * n / total:5.1f}%  {f}")
+    print("\n-- self --")
+    for f, n in leaf.most_common(top):
+        print(f"{100 * n / total:5.1f}%  {f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
