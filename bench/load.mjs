@@ -160,12 +160,11 @@ async function fanout() {
     for (const s of sockets.slice(0, posters)) for (let w = 0; w < window; w++) loops.push(post(s));
   }
   await sleep(cfg.warmup_s * 1000);
-  const c0 = cpuSeconds(cfg.server_pid), l0 = selfCpu(), t0 = performance.now();
-  measuring = true;
-  await sleep(cfg.duration_s * 1000);
-  measuring = false;
-  const dt = (performance.now() - t0) / 1000;
-  const serverCpu = (cpuSeconds(cfg.server_pid) - c0) / dt, loadCpu = (selfCpu() - l0) / dt;
+  const { dt, serverCpu, loadCpu } = await cpuWindow(async () => {
+    measuring = true;
+    await sleep(cfg.duration_s * 1000);
+    measuring = false;
+  });
   running = false;
   await Promise.race([Promise.all(loops), sleep(5000)]);
   closeAll(sockets);
@@ -198,12 +197,11 @@ async function docs() {
   }
   const loops = sockets.map(loop);
   await sleep(cfg.warmup_s * 1000);
-  const c0 = cpuSeconds(cfg.server_pid), l0 = selfCpu(), t0 = performance.now();
-  measuring = true;
-  await sleep(cfg.duration_s * 1000);
-  measuring = false;
-  const dt = (performance.now() - t0) / 1000;
-  const serverCpu = (cpuSeconds(cfg.server_pid) - c0) / dt, loadCpu = (selfCpu() - l0) / dt;
+  const { dt, serverCpu, loadCpu } = await cpuWindow(async () => {
+    measuring = true;
+    await sleep(cfg.duration_s * 1000);
+    measuring = false;
+  });
   running = false;
   await Promise.race([Promise.all(loops), sleep(5000)]);
   closeAll(sockets);
@@ -229,12 +227,20 @@ async function storm() {
   const warm = await connectMany(20, 20, RAW);
   closeAll(warm);
   await sleep(500);
-  const c0 = cpuSeconds(cfg.server_pid), l0 = selfCpu(), t0 = performance.now();
-  const sockets = await connectMany(cfg.clients, cfg.concurrency, RAW);
-  const dt = (performance.now() - t0) / 1000;
-  const serverCpu = (cpuSeconds(cfg.server_pid) - c0) / dt, loadCpu = (selfCpu() - l0) / dt;
+  const { dt, value: sockets, serverCpu, loadCpu } = await cpuWindow(
+    () => connectMany(cfg.clients, cfg.concurrency, RAW));
   closeAll(sockets);
   return { connections_per_s: cfg.clients / dt, server_cpu: serverCpu, load_cpu: loadCpu };
+}
+
+// Await ``during`` and measure its wall time and the CPU the server and we spent.
+async function cpuWindow(during) {
+  const c0 = cpuSeconds(cfg.server_pid), l0 = selfCpu(), t0 = performance.now();
+  const value = await during();
+  const dt = (performance.now() - t0) / 1000;
+  return {
+    dt, value, serverCpu: (cpuSeconds(cfg.server_pid) - c0) / dt, loadCpu: (selfCpu() - l0) / dt,
+  };
 }
 
 const workloads = { fanout, docs, idle, storm };
