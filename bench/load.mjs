@@ -112,30 +112,31 @@ async function fanout() {
       if (!r.ok) throw new Error(JSON.stringify(r));
     }));
   }
-  let measuring = false, deliveries = 0;
+  const run = { measuring: false, running: true };
+  let deliveries = 0;
   const lat = [];
   const CONTENT = /"content":"([0-9.]+)"/;
   for (const s of sockets) {
     if (s instanceof RawClient) {
       s.onEvent = (text) => {
-        if (!measuring || !text.startsWith('42["chat:message"')) return;
+        if (!run.measuring || !text.startsWith('42["chat:message"')) return;
         deliveries += 1;
         if (deliveries % cfg.sample_every === 0) lat.push(performance.now() - parseFloat(CONTENT.exec(text)[1]));
       };
       continue;
     }
     s.on("chat:message", (d) => {
-      if (!measuring) return;
+      if (!run.measuring) return;
       deliveries += 1;
       const sent = parseFloat(d.message.content);
       if (deliveries % cfg.sample_every === 0) lat.push(performance.now() - sent);
     });
   }
-  let running = true, posted = 0, failures = 0;
+  let posted = 0, failures = 0;
   async function post(s) {
-    while (running) {
+    while (run.running) {
       const r = await call(s, "chat:message", { chat_id: chatId, content: String(performance.now()) });
-      if (!r.ok) { failures += 1; await sleep(10); } else if (measuring) posted += 1;
+      if (!r.ok) { failures += 1; await sleep(10); } else if (run.measuring) posted += 1;
     }
   }
   const loops = [];
@@ -144,13 +145,13 @@ async function fanout() {
     let sentCount = 0, k = 0;
     const start = performance.now();
     loops.push((async () => {
-      while (running) {
+      while (run.running) {
         const due = Math.floor(((performance.now() - start) / 1000) * cfg.rate);
         while (sentCount < due) {
           const s = sockets[k++ % posters];
           sentCount += 1;
           call(s, "chat:message", { chat_id: chatId, content: String(performance.now()) })
-            .then((r) => { if (!r.ok) failures += 1; else if (measuring) posted += 1; },
+            .then((r) => { if (!r.ok) failures += 1; else if (run.measuring) posted += 1; },
                   () => { failures += 1; });
         }
         await sleep(2);
@@ -159,15 +160,7 @@ async function fanout() {
   } else {
     for (const s of sockets.slice(0, posters)) for (let w = 0; w < window; w++) loops.push(post(s));
   }
-  await sleep(cfg.warmup_s * 1000);
-  const { dt, serverCpu, loadCpu } = await cpuWindow(async () => {
-    measuring = true;
-    await sleep(cfg.duration_s * 1000);
-    measuring = false;
-  });
-  running = false;
-  await Promise.race([Promise.all(loops), sleep(5000)]);
-  closeAll(sockets);
+  const { dt, serverCpu, loadCpu } = await measure(run, loops, sockets);
   lat.sort((a, b) => a - b);
   return {
     deliveries_per_s: deliveries / dt, posts_per_s: posted / dt, failures,
@@ -179,32 +172,25 @@ async function fanout() {
 async function docs() {
   const n = cfg.clients;
   const sockets = await connectMany(n, 50);
-  let measuring = false, done = 0, running = true;
+  const run = { measuring: false, running: true };
+  let done = 0;
   const lat = [];
   async function loop(s, i) {
     const c = await call(s, "documents:create", { title: "bench", content: "" });
     if (!c.ok) throw new Error(JSON.stringify(c));
     let version = c.document.version;
-    while (running) {
+    while (run.running) {
       const t = performance.now();
       const r = await call(s, "documents:update", {
         document_id: c.document.id, content: `update ${version + 1} from ${i}`, version: version + 1,
       });
       if (!r.ok) throw new Error(JSON.stringify(r));
       version = r.document.version;
-      if (measuring) { done += 1; lat.push(performance.now() - t); }
+      if (run.measuring) { done += 1; lat.push(performance.now() - t); }
     }
   }
   const loops = sockets.map(loop);
-  await sleep(cfg.warmup_s * 1000);
-  const { dt, serverCpu, loadCpu } = await cpuWindow(async () => {
-    measuring = true;
-    await sleep(cfg.duration_s * 1000);
-    measuring = false;
-  });
-  running = false;
-  await Promise.race([Promise.all(loops), sleep(5000)]);
-  closeAll(sockets);
+  const { dt, serverCpu, loadCpu } = await measure(run, loops, sockets);
   lat.sort((a, b) => a - b);
   return { updates_per_s: done / dt, p50_ms: pct(lat, 0.5), p99_ms: pct(lat, 0.99),
            server_cpu: serverCpu, load_cpu: loadCpu };
@@ -231,6 +217,20 @@ async function storm() {
     () => connectMany(cfg.clients, cfg.concurrency, RAW));
   closeAll(sockets);
   return { connections_per_s: cfg.clients / dt, server_cpu: serverCpu, load_cpu: loadCpu };
+}
+
+// Warm up, count for duration_s (run.measuring), then stop the loops and close.
+async function measure(run, loops, sockets) {
+  await sleep(cfg.warmup_s * 1000);
+  const window = await cpuWindow(async () => {
+    run.measuring = true;
+    await sleep(cfg.duration_s * 1000);
+    run.measuring = false;
+  });
+  run.running = false;
+  await Promise.race([Promise.all(loops), sleep(5000)]);
+  closeAll(sockets);
+  return window;
 }
 
 // Await ``during`` and measure its wall time and the CPU the server and we spent.
