@@ -18,11 +18,11 @@ from .auth import Identity, TokenVerifier, token_from_handshake
 from .config import Settings
 from .errors import CollabError, ErrorCode, InvalidInput, RateLimited, Unauthorized
 from .handlers import EVENTS
-from .locks import KeyedLocks
 from .metrics import Metrics, TimedStore
 from .packet import MALFORMED_EVENT, CollabPacket
 from .ratelimit import TokenBucket
 from .registry.base import Registry
+from .sequencer import Sequencer
 from .store.base import Store
 
 log = logging.getLogger("collab")
@@ -67,8 +67,8 @@ class CollabApp:
         self.verifier = TokenVerifier(settings)
         self.connections: dict[str, Connection] = {}
         self._background: set[asyncio.Task] = set()
-        #: held from a message's insert to its broadcast, so a chat's broadcasts leave in seq order
-        self.chat_locks = KeyedLocks()
+        #: puts each chat's broadcasts in seq order while its inserts overlap
+        self.chat_order = Sequencer()
         self.sio = socketio.AsyncServer(
             async_mode="tornado",
             client_manager=client_manager,

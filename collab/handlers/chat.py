@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .. import schemas
@@ -60,14 +61,21 @@ async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
     if len(data["content"]) > limit:
         raise PayloadTooLarge("Message content", limit)
     await require_chat_role(app.store, conn.identity, chat_id, "member")
-    # Stores may complete concurrent inserts out of seq order (MongoDB does);
-    # holding the chat's lock until the broadcast keeps broadcasts in seq order.
-    async with app.chat_locks[chat_id]:
+    # Concurrent inserts may complete out of seq order (on MongoDB they do); the
+    # sequencer broadcasts them in seq order without serializing the inserts.
+    ticket = app.chat_order.begin(chat_id)
+    try:
         stored, created = await app.store.add_message(
             chat_id, conn.user_id, data["content"], data.get("client_id")
         )
-        if created:
-            await app.sio.emit("chat:message", {"message": stored}, room=room(chat_id))
+    except BaseException:
+        ticket.cancel()
+        raise
+    if not created:
+        ticket.cancel()
+        return {"message": stored}
+    await ticket.release(stored["seq"], functools.partial(
+        app.sio.emit, "chat:message", {"message": stored}, room=room(chat_id)))
     return {"message": stored}
 
 

@@ -34,6 +34,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.read_preferences import ReadPreference
 
 from collab.errors import AlreadyExists, NotFound, Unavailable, VersionConflict
+from collab.locks import KeyedLocks
 from collab.store.base import Chat, Document, Message, Store, new_id, now_iso
 from collab.urls import redacted
 
@@ -146,6 +147,7 @@ class MongoStore(Store):
     ) -> None:
         self.url = url
         self.display_url = redacted(url)
+        self._chat_locks = KeyedLocks()
         self._client_options: dict[str, Any] = {
             "serverSelectionTimeoutMS": server_selection_timeout_ms,
             "connectTimeoutMS": connect_timeout_ms or server_selection_timeout_ms,
@@ -355,6 +357,14 @@ class MongoStore(Store):
     @_translate_outages
     async def add_message(
         self, chat_id: str, user_id: str, content: str, client_id: str | None = None
+    ) -> tuple[Message, bool]:
+        # One insert per chat at a time from this node: concurrent ones would all
+        # read the same last seq and retry on the unique index, one by one.
+        async with self._chat_locks[chat_id]:
+            return await self._add_message(chat_id, user_id, content, client_id)
+
+    async def _add_message(
+        self, chat_id: str, user_id: str, content: str, client_id: str | None
     ) -> tuple[Message, bool]:
         if client_id is not None:
             stored = await self._by_client_id(chat_id, user_id, client_id)

@@ -1,0 +1,146 @@
+"""Broadcast stored items in store order without serializing the store calls.
+
+A chat's messages must reach its room in ``seq`` order, but holding a lock from
+the insert to the broadcast lets one message per store round trip through, and
+keeps the store from ever seeing two inserts at once (so SQLite cannot commit
+them together). :class:`Sequencer` lets the inserts overlap and orders only
+the broadcasts.
+
+The rule it relies on: an insert that *starts* after another insert has
+*completed* gets a higher position (true of every store here: SQLite's single
+writer, and MongoDB's ``max + 1`` under a unique index). So when an insert
+completes, only the inserts already started and still running can end up
+below it; once those are done, and every lower completed item is out, it can
+go. Each call gets a ticket at the start (:meth:`Sequencer.begin`) and either
+:meth:`Ticket.release`\\ s an action at its position or :meth:`Ticket.cancel`\\ s
+(failed, or nothing to broadcast).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("collab.sequencer")
+
+Action = Callable[[], Awaitable[Any]]
+
+
+class _Key:
+    __slots__ = ("running", "ready", "draining")
+
+    def __init__(self) -> None:
+        #: tickets started and not yet completed, in start order (dicts keep it)
+        self.running: dict[int, None] = {}
+        #: completed: (position, ticket, newest ticket started before it completed, action, done)
+        self.ready: list[tuple[int, int, int, Action, asyncio.Future[None]]] = []
+        self.draining = False
+
+
+class Ticket:
+    """One store call's place in line; release or cancel it exactly once."""
+
+    __slots__ = ("_sequencer", "_key", "number", "_open")
+
+    def __init__(self, sequencer: Sequencer, key: str, number: int) -> None:
+        self._sequencer = sequencer
+        self._key = key
+        self.number = number
+        self._open = True
+
+    async def release(self, position: int, action: Action) -> None:
+        """Run ``action`` once every item below ``position`` has run; wait for it.
+
+        Raises what ``action`` raised (for this ticket only; the line moves on).
+        """
+        if not self._open:
+            raise RuntimeError("ticket already used")
+        self._open = False
+        await self._sequencer._complete(self._key, self.number, position, action)
+
+    def cancel(self) -> None:
+        """Leave the line without an action (the call failed or stored nothing new)."""
+        if self._open:
+            self._open = False
+            self._sequencer._cancel(self._key, self.number)
+
+
+class Sequencer:
+    """Per key (a room): runs each completed call's action in position order."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, _Key] = {}
+        self._numbers = itertools.count(1)
+        self._last_number = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def begin(self, key: str) -> Ticket:
+        """Take a ticket before the store call starts."""
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _Key()
+        number = self._last_number = next(self._numbers)
+        state.running[number] = None
+        return Ticket(self, key, number)
+
+    async def _complete(self, key: str, number: int, position: int, action: Action) -> None:
+        state = self._keys[key]
+        del state.running[number]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(state.ready, (position, number, self._last_number, action, done))
+        if not state.draining:
+            await self._drain(key, state)
+        await done
+
+    def _cancel(self, key: str, number: int) -> None:
+        state = self._keys[key]
+        del state.running[number]
+        if state.draining:
+            return
+        if self._releasable(state):
+            asyncio.ensure_future(self._drain(key, state))
+        else:
+            self._forget_if_idle(key, state)
+
+    @staticmethod
+    def _releasable(state: _Key) -> bool:
+        if not state.ready:
+            return False
+        barrier = state.ready[0][2]
+        # the oldest running ticket is the first key: dicts keep insertion order
+        return not state.running or next(iter(state.running)) > barrier
+
+    async def _drain(self, key: str, state: _Key) -> None:
+        state.draining = True
+        try:
+            while self._releasable(state):
+                _, _, _, action, done = heapq.heappop(state.ready)
+                try:
+                    await action()
+                except asyncio.CancelledError:
+                    done.cancel()
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported to its own caller
+                    if not done.done():
+                        done.set_exception(exc)
+                else:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            state.draining = False
+            if self._releasable(state):
+                # cancelled half way: hand the rest to a task of its own
+                asyncio.ensure_future(self._drain(key, state))
+            else:
+                self._forget_if_idle(key, state)
+
+    def _forget_if_idle(self, key: str, state: _Key) -> None:
+        if not state.running and not state.ready and not state.draining \
+                and self._keys.get(key) is state:
+            del self._keys[key]
