@@ -9,7 +9,9 @@ whether data survives a close and reopen, and marks for its parameter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -437,3 +439,73 @@ async def test_sqlite_two_stores_on_one_file_share_seqs(tmp_path: Path, io_loop)
     finally:
         await first.close()
         await second.close()
+
+
+@contextlib.contextmanager
+def database_thread_held(store: Store) -> Iterator[None]:
+    """Keep the SQLite store's thread busy until the block ends (and the loop has
+    run once, so the calls started in the block reach the store)."""
+    free = threading.Event()
+    store._executor.submit(free.wait, 10)
+    try:
+        yield
+    finally:
+        asyncio.get_running_loop().call_soon(free.set)
+
+
+async def test_sqlite_concurrent_writes_share_commits(tmp_path: Path, io_loop) -> None:
+    """Group commit: writes that arrive while one commits go together in the next
+    transaction; every call still returns only after its own commit."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    store = open_store(url)
+    await store.open()
+    try:
+        await store.create_chat("c1", "Room", "alice", [])
+        before = store.commits
+        with database_thread_held(store):  # so all 100 are waiting when it is free
+            posts = asyncio.gather(*(store.add_message("c1", "alice", f"m{i}")
+                                     for i in range(100)))
+        results = await posts
+        assert sorted(m["seq"] for m, _ in results) == list(range(1, 101))
+        assert store.committed_writes - 1 == 100  # the chat, then the messages
+        assert store.commits - before == 1
+    finally:
+        await store.close()
+    reopened = open_store(url)
+    await reopened.open()
+    try:
+        assert len(await reopened.messages_after("c1", 0, 200)) == 100
+    finally:
+        await reopened.close()
+
+
+async def test_sqlite_a_failed_write_undoes_only_itself(tmp_path: Path, io_loop) -> None:
+    """In a shared transaction each write has its own savepoint: one that wrote and
+    then failed leaves nothing behind, and the writes around it are committed."""
+    store = open_store(f"sqlite:///{tmp_path}/c.db")
+    await store.open()
+    try:
+        await store.create_chat("c1", "Room", "alice", [])
+
+        def write_then_fail(conn) -> None:
+            conn.execute("INSERT INTO chats VALUES ('half', 'T', 'alice', 'now')")
+            raise ValueError("changed its mind")
+
+        before = store.commits
+        with database_thread_held(store):
+            writes = asyncio.gather(
+                store.add_message("c1", "alice", "a"),
+                store._tx(write_then_fail),
+                store.create_chat("c1", "Again", "bob", []),  # AlreadyExists
+                store.add_message("c1", "alice", "b"),
+                return_exceptions=True,
+            )
+        results = await writes
+        assert store.commits - before == 1  # all four in one transaction
+        assert isinstance(results[1], ValueError)
+        assert isinstance(results[2], AlreadyExists)
+        assert [m["content"] for m in await store.messages_after("c1", 0, 10)] == ["a", "b"]
+        assert await store.get_chat("half") is None
+        assert (await store.get_chat("c1"))["title"] == "Room"
+    finally:
+        await store.close()

@@ -1,10 +1,15 @@
 """The embedded store: one SQLite file (or memory), for single-node deployments.
 
 All database work runs on one dedicated thread that owns the connection, so
-the event loop never blocks on disk I/O and statements never interleave. Each
-write is one ``BEGIN IMMEDIATE`` transaction with ``synchronous=FULL``: durable
-before the call returns, and serialized against other processes using the same
-file (WAL mode lets their readers carry on meanwhile).
+the event loop never blocks on disk I/O and statements never interleave.
+Writes commit in ``BEGIN IMMEDIATE`` transactions with ``synchronous=FULL``:
+durable before the call returns, and serialized against other processes using
+the same file (WAL mode lets their readers carry on meanwhile).
+
+Group commit: writes that arrive while the thread is busy wait for it and then
+share one transaction and one sync, each inside its own savepoint, so one
+write's failure undoes only that write. A call returns only after its
+transaction committed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import asyncio
 import concurrent.futures
 import os
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from collab.errors import AlreadyExists, NotFound, Unavailable, VersionConflict
@@ -79,26 +85,86 @@ class SqliteStore(Store):
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: Conn | None = None
+        #: writes waiting for the next group commit, and whether one is submitted
+        self._writes: list[tuple[Callable[[Conn], Any], concurrent.futures.Future[Any]]] = []
+        self._writes_lock = threading.Lock()
+        self._commit_submitted = False
+        #: transactions committed and writes in them (for the tests and the bench)
+        self.commits = 0
+        self.committed_writes = 0
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the database thread."""
         if self._executor is None:
             raise Unavailable("The store is closed")
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, self._call, fn, args)
-        except sqlite3.OperationalError as e:
-            if any(text in str(e).lower() for text in _TRANSIENT):
-                raise Unavailable("The database is unavailable; retry") from e
-            raise
+        return await _translated(loop.run_in_executor(self._executor, self._call, fn, args))
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         assert self._conn is not None
         return fn(self._conn, *args)
 
-    async def _tx(self, fn: Callable[..., T]) -> T:
-        """Run ``fn(conn)`` in one write transaction; an exception rolls it back."""
-        return await self._run(_in_transaction, fn)
+    async def _tx(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn(conn)`` in a write transaction; an exception undoes what it did."""
+        executor = self._executor
+        if executor is None:
+            raise Unavailable("The store is closed")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._writes_lock:
+            self._writes.append((fn, future))
+            submit = not self._commit_submitted
+            self._commit_submitted = True
+        if submit:
+            executor.submit(self._group_commit)
+        return await _translated(asyncio.wrap_future(future))
+
+    def _group_commit(self) -> None:
+        """On the database thread: every waiting write, in arrival order, one commit."""
+        with self._writes_lock:
+            batch, self._writes = self._writes, []
+            self._commit_submitted = False
+        batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        conn = self._conn
+        assert conn is not None
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if len(batch) == 1:
+                try:
+                    outcomes.append((True, batch[0][0](conn)))
+                except Exception as exc:  # noqa: BLE001 - the caller's to handle
+                    if not conn.in_transaction:
+                        raise
+                    conn.execute("ROLLBACK")
+                    batch[0][1].set_exception(exc)
+                    return
+            else:
+                for fn, _ in batch:
+                    conn.execute("SAVEPOINT write")
+                    try:
+                        outcomes.append((True, fn(conn)))
+                    except Exception as exc:  # noqa: BLE001 - the caller's to handle
+                        if not conn.in_transaction:  # SQLite gave up the whole transaction
+                            raise
+                        conn.execute("ROLLBACK TO write")
+                        outcomes.append((False, exc))
+                    conn.execute("RELEASE write")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, fut in batch:
+                fut.set_exception(exc)
+            return
+        self.commits += 1
+        self.committed_writes += len(batch)
+        for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
 
     async def _rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -305,19 +371,17 @@ class SqliteStore(Store):
         return [_message(row) for row in reversed(rows[:limit])], len(rows) > limit
 
 
-# -- run on the database thread ----------------------------------------------
-
-
-def _in_transaction(conn: Conn, fn: Callable[[Conn], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
+async def _translated(call: Awaitable[T]) -> T:
+    """Await ``call``; errors after which a retry can succeed become UNAVAILABLE."""
     try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        return await call
+    except sqlite3.OperationalError as e:
+        if any(text in str(e).lower() for text in _TRANSIENT):
+            raise Unavailable("The database is unavailable; retry") from e
         raise
-    return result
+
+
+# -- run on the database thread ----------------------------------------------
 
 
 def _get_document(conn: Conn, document_id: str) -> Document | None:
