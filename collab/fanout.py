@@ -8,11 +8,19 @@ extension point) keeps the encoding shared and, for a recipient on WebSocket
 whose outgoing queue is idle, writes one pre-framed WebSocket message straight
 to its Tornado stream, synchronously, without a task or a queue.
 
-Ordering: the direct write happens only when nothing sent earlier to that
+Corking: the frames for a connection are collected and written once per
+event-loop pass (a callback scheduled with ``call_soon`` at the first one), so
+several broadcasts that complete together, as a group commit's do, cost one
+system call per recipient instead of one per broadcast and recipient.
+
+Ordering: a frame takes the direct path only when nothing sent earlier to that
 connection is still waiting in its Engine.IO queue (acks and other events go
-through that queue), so per-connection order is kept. Every other recipient
-(long-polling, upgrading, busy) gets the packet appended to its queue in the
-same synchronous pass, so a broadcast is never interleaved with another one.
+through that queue). Anything put in that queue afterwards is written by the
+queue's writer task, which the put wakes with a callback scheduled after the
+flush (the event loop runs callbacks in the order they were scheduled), so
+per-connection order is kept. Every other recipient (long-polling, upgrading,
+busy) gets the packet appended to its queue in the same synchronous pass, so a
+broadcast is never interleaved with another one.
 
 Slow consumers: :func:`bounded_handler` caps each WebSocket's Tornado write
 buffer; a connection whose unsent bytes would pass the cap is aborted, on the
@@ -75,6 +83,7 @@ class FastEmitManager(socketio.AsyncManager):
     max_queued = DEFAULT_MAX_QUEUED
     direct_writes = 0
     queued_writes = 0
+    flushed_writes = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -89,6 +98,9 @@ class FastEmitManager(socketio.AsyncManager):
             self.ws_handlers: dict[str, Any] = {}
             #: eio sid -> (handler, WebSocket connection), found once per connection
             self.sinks: dict[str, tuple[Any, Any]] = {}
+            #: WebSocket connection -> [handler, frames...] waiting for this pass's flush
+            self.corked: dict[Any, list[Any]] = {}
+            self.flush_scheduled = False
 
     def websocket_for(self, eio_sid: str) -> Any:
         """The open Tornado WebSocket handler carrying ``eio_sid``, or None."""
@@ -136,6 +148,7 @@ class FastEmitManager(socketio.AsyncManager):
         frame = None
         sockets = self.server.eio.sockets
         sinks = self.sinks
+        corked = self.corked
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip_sid:
                 continue
@@ -157,7 +170,11 @@ class FastEmitManager(socketio.AsyncManager):
                         else:
                             if frame is None:
                                 frame = ws_text_frame(text.encode())
-                            _write(handler, conn, None, frame)
+                            pending = corked.get(conn)
+                            if pending is None:
+                                corked[conn] = [handler, frame]
+                            else:
+                                pending.append(frame)
                         self.direct_writes += 1
                         continue
                     del sinks[eio_sid]
@@ -167,6 +184,18 @@ class FastEmitManager(socketio.AsyncManager):
                 continue
             sock.queue.put_nowait(eio_pkt)
             self.queued_writes += 1
+        if corked and not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write each connection's corked frames with one write."""
+        corked, self.corked = self.corked, {}
+        self.flush_scheduled = False
+        for conn, (handler, *frames) in corked.items():
+            if not conn.is_closing():
+                _write(handler, conn, None, frames[0] if len(frames) == 1 else b"".join(frames))
+                self.flushed_writes += 1
 
 
 def _send_frame(stream: Any, frame: bytes) -> None:

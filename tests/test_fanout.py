@@ -122,6 +122,38 @@ async def test_broadcast_arrives_before_the_ack_of_the_same_call(server, setting
         assert (await bob.next("chat:message"))["message"]["content"] == f"c{i}"
 
 
+async def test_broadcasts_of_one_loop_pass_share_a_write(io_loop):
+    """Fast path: broadcasts made in one event-loop pass (as a group commit's
+    completions are) reach each WebSocket in one write, in order, and an event
+    sent through the connection's queue afterwards still comes after them."""
+    srv = await Server.start(make_settings(fast_broadcast=True, rate_limit_per_second=0))
+    server = Harness(srv)
+    try:
+        alice = await server.connect("alice")
+        bob = await server.connect("bob")
+        chat_id = await make_chat(alice, ["bob"])
+        for client in (alice, bob):
+            await client.ok("chat:join", {"chat_id": chat_id})
+        bob.pending("user:joined")
+        manager = srv.app.sio.manager
+        writes, direct = manager.flushed_writes, manager.direct_writes
+        for i in range(5):  # no await in between suspends: one pass
+            await srv.app.sio.emit("chat:typing", {"n": i}, room=f"chat_{chat_id}")
+        bob_sid = next(s for s, c in srv.app.connections.items() if c.user_id == "bob")
+        # an emit with a callback takes python-socketio's path: bob's Engine.IO queue
+        await srv.app.sio.emit("chat:typing", {"n": "after"}, to=bob_sid,
+                               callback=lambda *_: None)
+        assert manager.direct_writes - direct == 10
+        for client in (alice, bob):
+            assert [(await client.next("chat:typing"))["n"] for _ in range(5)] == list(range(5))
+        assert (await bob.next("chat:typing"))["n"] == "after"
+        assert manager.flushed_writes - writes == 2  # one per connection
+    finally:
+        await server.close_clients()
+        await srv.stop()
+        await cancel_leftover_tasks()
+
+
 # -- a consumer that stops reading ------------------------------------------------
 
 
