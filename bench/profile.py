@@ -62,8 +62,8 @@ def main() -> int:
         raw = workdir / "profile.txt"
         subprocess.run([spy, "record", "--pid", str(srv.proc.pid), "--duration",
                         str(int(args.seconds)), "--rate", "250", "--format", "raw",
-                        "--nonblocking", "-o", str(raw)], check=True, capture_output=True,
-                       timeout=args.seconds + 60)
+                        "--nonblocking", "--threads", "-o", str(raw)],
+                       check=True, capture_output=True, timeout=args.seconds + 60)
         t.join(120)
         print("load:", out.get("result"))
         report(raw, args.top)
@@ -74,19 +74,30 @@ def main() -> int:
 
 
 def report(raw: Path, top: int) -> None:
+    """Per thread: the event loop's thread is what caps a saturated server."""
+    threads: dict[str, list[tuple[list[str], int]]] = collections.defaultdict(list)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        thread, _, rest = stack.partition(";")
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  for f in rest.split(";")]
+        threads[thread].append((frames, int(count)))
+    grand = sum(n for samples in threads.values() for _, n in samples)
+    for thread, samples in sorted(threads.items(), key=lambda t: -sum(n for _, n in t[1])):
+        n_thread = sum(n for _, n in samples)
+        print(f"\n== {thread}: {n_thread} samples, {100 * n_thread / grand:.1f}% of all ==")
+        report_thread(samples, top)
+
+
+def report_thread(samples: list[tuple[list[str], int]], top: int) -> None:
     inclusive: collections.Counter = collections.Counter()
     leaf: collections.Counter = collections.Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        n = int(count)
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
-                  for f in stack.split(";")]
+    for frames, n in samples:
         total += n
         for f in set(frames):
             inclusive[f] += n
         leaf[frames[-1]] += n
-    print(f"{total} samples (all threads)")
     print("\n-- inclusive (share of samples with the function on the stack) --")
     for f, n in inclusive.most_common(top):
         print(f"{100 * n / total:5.1f}%  {f}")

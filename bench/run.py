@@ -63,6 +63,10 @@ LABELS = {
 }
 
 
+#: server name -> the checkout it runs from (--compare)
+COMPARE: dict[str, str] = {}
+
+
 class Running:
     def __init__(self, name: str, secret: str, workdir: Path) -> None:
         self.name = name
@@ -82,7 +86,8 @@ class Running:
                 "COLLAB_FAST_BROADCAST": "false" if name == "collab-slow" else "true",
                 "COLLAB_LOG_LEVEL": "WARNING",
                 "PYTHONPATH": os.pathsep.join(
-                    p for p in (os.environ.get("BENCH_PYTHONPATH", ""), str(ROOT)) if p),
+                    p for p in (os.environ.get("BENCH_PYTHONPATH", ""),
+                                COMPARE.get(name, str(ROOT))) if p),
             })
             cmd = [PY, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         elif name == "bare-py":
@@ -170,6 +175,9 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true", help="skip the room of 1,000")
     ap.add_argument("--quick", action="store_true", help="1 round, short runs (smoke test)")
     ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
+                    help="also run collab (fast broadcast on) from the checkout in DIR, "
+                         "as server collab@LABEL (e.g. an older commit's git worktree)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--storage", default="",
                     help="collab's storage URL (default: a fresh SQLite file per server start)")
@@ -177,6 +185,15 @@ def main() -> int:
     if args.quick:
         args.rounds, args.duration, args.idle, args.storm, args.no_big = 1, 2.0, 300, 100, True
     servers = [s for s in args.servers.split(",") if s]
+    for spec in args.compare:
+        label, _, directory = spec.partition("=")
+        if not (Path(directory) / "collab" / "__main__.py").is_file():
+            print(f"--compare {spec}: no collab package in {directory!r}", file=sys.stderr)
+            return 2
+        COMPARE[f"collab@{label}"] = str(Path(directory).resolve())
+        LABELS[f"collab@{label}"] = f"collab @ {label}"
+        servers.insert(servers.index("node") if "node" in servers else len(servers),
+                       f"collab@{label}")
     global CLIENT, STORAGE
     CLIENT, STORAGE = args.client, args.storage
     if not shutil.which("node"):
