@@ -67,8 +67,9 @@ class CollabApp:
         self.verifier = TokenVerifier(settings)
         self.connections: dict[str, Connection] = {}
         self._background: set[asyncio.Task] = set()
-        #: puts each chat's broadcasts in seq order while its inserts overlap
-        self.chat_order = Sequencer()
+        #: per room: chat messages leave in seq order, document updates in version
+        #: order, while the store calls behind them overlap
+        self.room_order = Sequencer()
         self.sio = socketio.AsyncServer(
             async_mode="tornado",
             client_manager=client_manager,

@@ -1,17 +1,17 @@
 """Broadcast stored items in store order without serializing the store calls.
 
-A chat's messages must reach its room in ``seq`` order, but holding a lock from
-the insert to the broadcast lets one message per store round trip through, and
-keeps the store from ever seeing two inserts at once (so SQLite cannot commit
-them together). :class:`Sequencer` lets the inserts overlap and orders only
-the broadcasts.
+A chat's messages must reach its room in ``seq`` order (a document's updates
+in ``version`` order), but holding a lock from the store call to the broadcast
+lets one message per store round trip through, and keeps the store from ever
+seeing two writes at once (so SQLite cannot commit them together).
+:class:`Sequencer` lets the store calls overlap and orders only the broadcasts.
 
-The rule it relies on: an insert that *starts* after another insert has
-*completed* gets a higher position (true of every store here: SQLite's single
-writer, and MongoDB's ``max + 1`` under a unique index). So when an insert
-completes, only the inserts already started and still running can end up
-below it; once those are done, and every lower completed item is out, it can
-go. Each call gets a ticket at the start (:meth:`Sequencer.begin`) and either
+The rule it relies on: a call that *starts* after another one has *completed*
+gets a higher position. That holds for a message's seq in every store here
+(SQLite's single writer, MongoDB's ``max + 1`` under a unique index) and for a
+document's version (a compare-and-set on the previous one). So when a call
+completes, only the calls already started and still running can end up below
+it; once those are done, and every lower completed item is out, it can go. Each call gets a ticket at the start (:meth:`Sequencer.begin`) and either
 :meth:`Ticket.release`\\ s an action at its position or :meth:`Ticket.cancel`\\ s
 (failed, or nothing to broadcast).
 """

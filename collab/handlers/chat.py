@@ -63,7 +63,7 @@ async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
     await require_chat_role(app.store, conn.identity, chat_id, "member")
     # Concurrent inserts may complete out of seq order (on MongoDB they do); the
     # sequencer broadcasts them in seq order without serializing the inserts.
-    ticket = app.chat_order.begin(chat_id)
+    ticket = app.room_order.begin(room(chat_id))
     try:
         stored, created = await app.store.add_message(
             chat_id, conn.user_id, data["content"], data.get("client_id")

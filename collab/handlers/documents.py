@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .. import schemas
@@ -63,15 +64,23 @@ async def update(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict
     document_id = data["document_id"]
     _check_size(app, data["content"])
     await require_document_role(app.store, conn.identity, document_id, "editor")
-    document = await app.store.update_document(
-        document_id, data["content"], data["version"], conn.user_id
-    )
-    await app.sio.emit(
+    # Two updates' store calls can complete in either order (MongoDB's can):
+    # the broadcasts still leave in version order.
+    ticket = app.room_order.begin(room(document_id))
+    try:
+        document = await app.store.update_document(
+            document_id, data["content"], data["version"], conn.user_id
+        )
+    except BaseException:
+        ticket.cancel()
+        raise
+    await ticket.release(document["version"], functools.partial(
+        app.sio.emit,
         "documents:updated",
         {"document": document, "user_id": conn.user_id},
         room=room(document_id),
         skip_sid=conn.sid,
-    )
+    ))
     return {"document": document}
 
 
