@@ -11,9 +11,11 @@ gets a higher position. That holds for a message's seq in every store here
 (SQLite's single writer, MongoDB's ``max + 1`` under a unique index) and for a
 document's version (a compare-and-set on the previous one). So when a call
 completes, only the calls already started and still running can end up below
-it; once those are done, and every lower completed item is out, it can go. Each call gets a ticket at the start (:meth:`Sequencer.begin`) and either
-:meth:`Ticket.release`\\ s an action at its position or :meth:`Ticket.cancel`\\ s
-(failed, or nothing to broadcast).
+it; once those are done, and every lower completed item is out, it can go.
+
+Each call takes a ticket before the store call (:meth:`Sequencer.begin`) and
+then either releases an action at its position (:meth:`Ticket.release`) or
+cancels the ticket (the call failed, or stored nothing new).
 """
 
 from __future__ import annotations
@@ -21,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-log = logging.getLogger("collab.sequencer")
 
 Action = Callable[[], Awaitable[Any]]
 
@@ -42,7 +41,11 @@ class _Key:
 
 
 class Ticket:
-    """One store call's place in line; release or cancel it exactly once."""
+    """One store call's place in line; release or cancel it exactly once.
+
+    As a context manager, leaving the block cancels it unless it was released
+    (an exception, or nothing new to broadcast).
+    """
 
     __slots__ = ("_sequencer", "_key", "number", "_open")
 
@@ -52,10 +55,17 @@ class Ticket:
         self.number = number
         self._open = True
 
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cancel()
+
     async def release(self, position: int, action: Action) -> None:
         """Run ``action`` once every item below ``position`` has run; wait for it.
 
         Raises what ``action`` raised (for this ticket only; the line moves on).
+        If the caller is cancelled while waiting, the action still runs in turn.
         """
         if not self._open:
             raise RuntimeError("ticket already used")
@@ -70,12 +80,19 @@ class Ticket:
 
 
 class Sequencer:
-    """Per key (a room): runs each completed call's action in position order."""
+    """Per key (a room): runs each completed call's action in position order.
+
+    One action per key runs at a time. The caller whose item is next runs it
+    itself (the common case: no task, no extra loop pass); items that had to
+    wait are run by a task of the key's own, so no caller is held up by, or
+    cancelled in the middle of, somebody else's action.
+    """
 
     def __init__(self) -> None:
         self._keys: dict[str, _Key] = {}
         self._numbers = itertools.count(1)
         self._last_number = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -94,19 +111,22 @@ class Sequencer:
         del state.running[number]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(state.ready, (position, number, self._last_number, action, done))
-        if not state.draining:
-            await self._drain(key, state)
-        await done
+        if state.draining or not self._releasable(state) or state.ready[0][4] is not done:
+            self._kick(key, state)
+            await done
+            return
+        heapq.heappop(state.ready)  # ours is next and nothing else is going out
+        state.draining = True
+        try:
+            await action()
+        finally:
+            state.draining = False
+            self._kick(key, state)
 
     def _cancel(self, key: str, number: int) -> None:
         state = self._keys[key]
         del state.running[number]
-        if state.draining:
-            return
-        if self._releasable(state):
-            asyncio.ensure_future(self._drain(key, state))
-        else:
-            self._forget_if_idle(key, state)
+        self._kick(key, state)
 
     @staticmethod
     def _releasable(state: _Key) -> bool:
@@ -116,29 +136,46 @@ class Sequencer:
         # the oldest running ticket is the first key: dicts keep insertion order
         return not state.running or next(iter(state.running)) > barrier
 
-    async def _drain(self, key: str, state: _Key) -> None:
+    def _kick(self, key: str, state: _Key) -> None:
+        """Start the key's drain task if something can go and nothing is going out."""
+        if state.draining:
+            return
+        if not self._releasable(state):
+            self._forget_if_idle(key, state)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a coroutine closed outside its loop: nothing can run now
+            return
         state.draining = True
+        task = loop.create_task(self._drain(key, state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, key: str, state: _Key) -> None:
+        done: asyncio.Future[None] | None = None
         try:
             while self._releasable(state):
                 _, _, _, action, done = heapq.heappop(state.ready)
                 try:
                     await action()
-                except asyncio.CancelledError:
-                    done.cancel()
-                    raise
                 except Exception as exc:  # noqa: BLE001 - reported to its own caller
                     if not done.done():
                         done.set_exception(exc)
                 else:
                     if not done.done():
                         done.set_result(None)
+        except asyncio.CancelledError:
+            # only when the server stops: nothing else will send these
+            for *_, waiting in state.ready:
+                waiting.cancel()
+            state.ready.clear()
+            if done is not None:
+                done.cancel()
+            raise
         finally:
             state.draining = False
-            if self._releasable(state):
-                # cancelled half way: hand the rest to a task of its own
-                asyncio.ensure_future(self._drain(key, state))
-            else:
-                self._forget_if_idle(key, state)
+            self._kick(key, state)
 
     def _forget_if_idle(self, key: str, state: _Key) -> None:
         if not state.running and not state.ready and not state.draining \

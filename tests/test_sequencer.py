@@ -99,23 +99,108 @@ async def test_a_ticket_is_used_once() -> None:
     assert len(seq) == 0
 
 
-async def test_a_cancelled_drainer_hands_the_rest_on() -> None:
-    """The caller running the line is cancelled in the middle of an action: the
-    items behind it still run, in order."""
+async def test_a_later_call_does_not_hold_what_completed_before_it_began() -> None:
+    """Only calls started before an item completed can hold it: a call started
+    afterwards (it can only end up above) does not, even while it runs."""
+    seq = Sequencer()
+    out: list[int] = []
+    a, b = seq.begin("room"), seq.begin("room")
+    waiting = asyncio.ensure_future(b.release(2, recorder(out, 2)))
+    await asyncio.sleep(0)
+    assert out == []  # a might still end up below 2
+    c = seq.begin("room")  # started after b completed
+    a.cancel()
+    await asyncio.wait_for(waiting, 1)
+    assert out == [2]  # while c is still running
+    await c.release(3, recorder(out, 3))
+    assert out == [2, 3]
+    assert len(seq) == 0
+
+
+async def test_one_action_at_a_time_per_room() -> None:
+    """Actions that suspend (a Redis publish does) never overlap within a room,
+    however the line gets moving again (a cancel, a completion)."""
+    seq = Sequencer()
+    out: list[int] = []
+    active = 0
+
+    def slow(item: int):
+        async def action() -> None:
+            nonlocal active
+            active += 1
+            assert active == 1, "two actions of one room at once"
+            for _ in range(3):
+                await asyncio.sleep(0)
+            out.append(item)
+            active -= 1
+        return action
+
+    a, b = seq.begin("room"), seq.begin("room")
+    later = [asyncio.ensure_future(b.release(2, slow(2)))]
+    await asyncio.sleep(0)  # b completed; a may still end up below it
+    c, d = seq.begin("room"), seq.begin("room")
+    # c's first step runs ahead of anything a's cancel schedules
+    later.append(asyncio.ensure_future(c.release(3, slow(3))))
+    a.cancel()  # b can go now
+    await asyncio.sleep(0)
+    later.append(asyncio.ensure_future(d.release(4, slow(4))))
+    await asyncio.wait_for(asyncio.gather(*later), 1)
+    assert out == [2, 3, 4]
+    assert len(seq) == 0
+
+
+async def test_a_waiting_caller_that_is_cancelled_still_gets_its_item_out() -> None:
+    """The message is stored: its broadcast goes out in turn even if the request's
+    task is cancelled while it waits."""
+    seq = Sequencer()
+    out: list[int] = []
+    a, b = seq.begin("room"), seq.begin("room")
+    waiting = asyncio.ensure_future(b.release(2, recorder(out, 2)))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await a.release(1, recorder(out, 1))
+    for _ in range(5):  # the room's own task sends 2
+        await asyncio.sleep(0)
+    assert out == [1, 2]
+    assert len(seq) == 0
+
+
+async def test_a_caller_cancelled_during_its_own_action_does_not_hold_the_line() -> None:
     seq = Sequencer()
     out: list[int] = []
     gate = asyncio.Event()
     a, b = seq.begin("room"), seq.begin("room")
 
-    async def slow() -> None:
+    async def stuck() -> None:
         await gate.wait()
         out.append(1)
 
     waiting = asyncio.ensure_future(b.release(2, recorder(out, 2)))
     await asyncio.sleep(0)
-    drainer = asyncio.ensure_future(a.release(1, slow))
+    running = asyncio.ensure_future(a.release(1, stuck))  # a's item is next: a runs it
     await asyncio.sleep(0)
-    drainer.cancel()
+    running.cancel()
     await asyncio.wait_for(waiting, 1)
-    assert out == [2]  # 1's action was cancelled; 2 was not held behind it
+    assert out == [2]  # 1's action was cancelled with its caller; 2 was not held behind it
+    assert len(seq) == 0
+
+
+async def test_leaving_the_block_without_release_cancels() -> None:
+    seq = Sequencer()
+    out: list[int] = []
+    later = seq.begin("room")
+    blocked = asyncio.ensure_future(later.release(2, recorder(out, 2)))
+    with pytest.raises(ValueError), seq.begin("room"):
+        raise ValueError("the store call failed")
+    # the failed call was begun after `later` completed, so it never held it
+    await asyncio.wait_for(blocked, 1)
+    first = seq.begin("room")
+    third = seq.begin("room")
+    blocked = asyncio.ensure_future(third.release(4, recorder(out, 4)))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    with first:  # nothing new to broadcast (a repeated client_id)
+        pass
+    await asyncio.wait_for(blocked, 1)
+    assert out == [2, 4]
     assert len(seq) == 0

@@ -61,21 +61,15 @@ async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
     if len(data["content"]) > limit:
         raise PayloadTooLarge("Message content", limit)
     await require_chat_role(app.store, conn.identity, chat_id, "member")
-    # Concurrent inserts may complete out of seq order (on MongoDB they do); the
-    # sequencer broadcasts them in seq order without serializing the inserts.
-    ticket = app.room_order.begin(room(chat_id))
-    try:
+    # Store calls overlap and may complete out of seq order; the room's
+    # sequencer sends the broadcasts in seq order all the same.
+    with app.room_order.begin(room(chat_id)) as ticket:
         stored, created = await app.store.add_message(
             chat_id, conn.user_id, data["content"], data.get("client_id")
         )
-    except BaseException:
-        ticket.cancel()
-        raise
-    if not created:
-        ticket.cancel()
-        return {"message": stored}
-    await ticket.release(stored["seq"], functools.partial(
-        app.sio.emit, "chat:message", {"message": stored}, room=room(chat_id)))
+        if created:  # a repeated client_id is neither stored nor broadcast again
+            await ticket.release(stored["seq"], functools.partial(
+                app.sio.emit, "chat:message", {"message": stored}, room=room(chat_id)))
     return {"message": stored}
 
 

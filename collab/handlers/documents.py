@@ -66,21 +66,17 @@ async def update(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict
     await require_document_role(app.store, conn.identity, document_id, "editor")
     # Two updates' store calls can complete in either order (MongoDB's can):
     # the broadcasts still leave in version order.
-    ticket = app.room_order.begin(room(document_id))
-    try:
+    with app.room_order.begin(room(document_id)) as ticket:
         document = await app.store.update_document(
             document_id, data["content"], data["version"], conn.user_id
         )
-    except BaseException:
-        ticket.cancel()
-        raise
-    await ticket.release(document["version"], functools.partial(
-        app.sio.emit,
-        "documents:updated",
-        {"document": document, "user_id": conn.user_id},
-        room=room(document_id),
-        skip_sid=conn.sid,
-    ))
+        await ticket.release(document["version"], functools.partial(
+            app.sio.emit,
+            "documents:updated",
+            {"document": document, "user_id": conn.user_id},
+            room=room(document_id),
+            skip_sid=conn.sid,
+        ))
     return {"document": document}
 
 
