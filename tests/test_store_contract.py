@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -507,5 +508,37 @@ async def test_sqlite_a_failed_write_undoes_only_itself(tmp_path: Path, io_loop)
         assert [m["content"] for m in await store.messages_after("c1", 0, 10)] == ["a", "b"]
         assert await store.get_chat("half") is None
         assert (await store.get_chat("c1"))["title"] == "Room"
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_write_that_aborts_the_transaction_fails_alone(
+    tmp_path: Path, io_loop
+) -> None:
+    """Some errors (an interrupt, a full disk) make SQLite roll back the whole
+    transaction, other writes' work included: that write fails and the others
+    are run again in a new transaction."""
+    store = open_store(f"sqlite:///{tmp_path}/c.db")
+    await store.open()
+    try:
+        await store.create_chat("c1", "Room", "alice", [])
+
+        def interrupted(conn) -> None:
+            conn.create_function("halt", 0, lambda: conn.interrupt() or 1)
+            conn.execute("INSERT INTO chats SELECT 'x' || halt(), 'T', 'alice', 'now'"
+                         " FROM (SELECT 1 UNION ALL SELECT 2)")
+
+        with database_thread_held(store):
+            writes = asyncio.gather(
+                store.add_message("c1", "alice", "a"),
+                store._tx(interrupted),
+                store.add_message("c1", "alice", "b"),
+                return_exceptions=True,
+            )
+        results = await writes
+        assert isinstance(results[1], sqlite3.OperationalError)
+        assert [m["seq"] for m, _ in (results[0], results[2])] == [1, 2]
+        assert [m["content"] for m in await store.messages_after("c1", 0, 10)] == ["a", "b"]
+        assert await store.get_chat("x1") is None
     finally:
         await store.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import sqlite3
 import threading
@@ -27,6 +28,9 @@ from collab.store.base import Chat, Document, Message, Store, new_id, now_iso
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
+#: a write waiting for its group commit: what to run, and where its result goes
+Write = tuple[Callable[[Conn], Any], concurrent.futures.Future[Any]]
+log = logging.getLogger("collab.store")
 MEMORY = ":memory:"
 
 _SCHEMA = """
@@ -86,7 +90,7 @@ class SqliteStore(Store):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: Conn | None = None
         #: writes waiting for the next group commit, and whether one is submitted
-        self._writes: list[tuple[Callable[[Conn], Any], concurrent.futures.Future[Any]]] = []
+        self._writes: list[Write] = []
         self._writes_lock = threading.Lock()
         self._commit_submitted = False
         #: transactions committed and writes in them (for the tests and the bench)
@@ -124,47 +128,53 @@ class SqliteStore(Store):
             batch, self._writes = self._writes, []
             self._commit_submitted = False
         batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
-        if not batch:
-            return
+        try:
+            while batch:
+                batch = self._commit(batch)
+        except BaseException as exc:  # never leave a caller waiting
+            log.exception("group commit failed")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    def _commit(self, batch: list[Write]) -> list[Write]:
+        """Run ``batch`` in one transaction and resolve its futures.
+
+        Returns the writes to run again: if one write's error made SQLite give
+        up the whole transaction (disk full, I/O error), that write fails and
+        the others, undone with it, go again in a new transaction.
+        """
         conn = self._conn
         assert conn is not None
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            if len(batch) == 1:
+            for i, (fn, fut) in enumerate(batch):
+                conn.execute("SAVEPOINT write")
                 try:
-                    outcomes.append((True, batch[0][0](conn)))
+                    outcomes.append((True, fn(conn)))
                 except Exception as exc:  # noqa: BLE001 - the caller's to handle
                     if not conn.in_transaction:
-                        raise
-                    conn.execute("ROLLBACK")
-                    batch[0][1].set_exception(exc)
-                    return
-            else:
-                for fn, _ in batch:
-                    conn.execute("SAVEPOINT write")
-                    try:
-                        outcomes.append((True, fn(conn)))
-                    except Exception as exc:  # noqa: BLE001 - the caller's to handle
-                        if not conn.in_transaction:  # SQLite gave up the whole transaction
-                            raise
-                        conn.execute("ROLLBACK TO write")
-                        outcomes.append((False, exc))
-                    conn.execute("RELEASE write")
+                        fut.set_exception(exc)
+                        return batch[:i] + batch[i + 1:]
+                    conn.execute("ROLLBACK TO write")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE write")
             conn.execute("COMMIT")
         except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             for _, fut in batch:
-                fut.set_exception(exc)
-            return
+                if not fut.done():
+                    fut.set_exception(exc)
+            return []
         self.commits += 1
-        self.committed_writes += len(batch)
+        self.committed_writes += sum(ok for ok, _ in outcomes)
         for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+        return []
 
     async def _rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -382,6 +392,14 @@ async def _translated(call: Awaitable[T]) -> T:
 
 
 # -- run on the database thread ----------------------------------------------
+
+
+def _rollback(conn: Conn) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("rollback failed")
 
 
 def _get_document(conn: Conn, document_id: str) -> Document | None:
