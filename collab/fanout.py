@@ -193,8 +193,14 @@ class FastEmitManager(socketio.AsyncManager):
         corked, self.corked = self.corked, {}
         self.flush_scheduled = False
         for conn, (handler, *frames) in corked.items():
-            if not conn.is_closing():
+            if conn.is_closing():
+                continue
+            try:
                 _write(handler, conn, None, frames[0] if len(frames) == 1 else b"".join(frames))
+            except Exception:  # one broken connection must not cost the others their frames
+                log.exception("writing to %s failed", handler.request.remote_ip)
+                conn.stream.close()
+            else:
                 self.flushed_writes += 1
 
 

@@ -140,9 +140,9 @@ async def test_broadcasts_of_one_loop_pass_share_a_write(io_loop):
         for i in range(5):  # no await in between suspends: one pass
             await srv.app.sio.emit("chat:typing", {"n": i}, room=f"chat_{chat_id}")
         bob_sid = next(s for s, c in srv.app.connections.items() if c.user_id == "bob")
-        # an emit with a callback takes python-socketio's path: bob's Engine.IO queue
-        await srv.app.sio.emit("chat:typing", {"n": "after"}, to=bob_sid,
-                               callback=lambda *_: None)
+        bob_eio_sid = manager.eio_sid_from_sid(bob_sid, "/")
+        # in the same pass, a packet put straight into bob's Engine.IO queue (as acks are)
+        await srv.app.sio.eio.send(bob_eio_sid, '2["chat:typing",{"n":"after"}]')
         assert manager.direct_writes - direct == 10
         for client in (alice, bob):
             assert [(await client.next("chat:typing"))["n"] for _ in range(5)] == list(range(5))
