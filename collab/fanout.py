@@ -8,10 +8,12 @@ extension point) keeps the encoding shared and, for a recipient on WebSocket
 whose outgoing queue is idle, writes one pre-framed WebSocket message straight
 to its Tornado stream, synchronously, without a task or a queue.
 
-Corking: the frames for a connection are collected and written once per
-event-loop pass (a callback scheduled with ``call_soon`` at the first one), so
-several broadcasts that complete together, as a group commit's do, cost one
-system call per recipient instead of one per broadcast and recipient.
+Corking: the first broadcast of an event-loop pass is written at once. The
+frames of broadcasts that follow it in the same pass (a group commit's
+completions do) are collected per connection and written together when the
+pass ends, by a callback the first one scheduled with ``call_soon``: one
+system call per recipient for all of them, instead of one per broadcast and
+recipient, while a lone broadcast loses no time.
 
 Ordering: a frame takes the direct path only when nothing sent earlier to that
 connection is still waiting in its Engine.IO queue (acks and other events go
@@ -149,6 +151,7 @@ class FastEmitManager(socketio.AsyncManager):
         sockets = self.server.eio.sockets
         sinks = self.sinks
         corked = self.corked
+        cork = self.flush_scheduled  # an earlier broadcast of this pass went out
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip_sid:
                 continue
@@ -170,8 +173,9 @@ class FastEmitManager(socketio.AsyncManager):
                         else:
                             if frame is None:
                                 frame = ws_text_frame(text.encode())
-                            pending = corked.get(conn)
-                            if pending is None:
+                            if not cork:
+                                _write(handler, conn, None, frame)
+                            elif (pending := corked.get(conn)) is None:
                                 corked[conn] = [handler, frame]
                             else:
                                 pending.append(frame)
@@ -184,12 +188,12 @@ class FastEmitManager(socketio.AsyncManager):
                 continue
             sock.queue.put_nowait(eio_pkt)
             self.queued_writes += 1
-        if corked and not self.flush_scheduled:
+        if not cork:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write each connection's corked frames with one write."""
+        """End of the pass: write each connection's corked frames with one write."""
         corked, self.corked = self.corked, {}
         self.flush_scheduled = False
         for conn, (handler, *frames) in corked.items():

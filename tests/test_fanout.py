@@ -123,9 +123,10 @@ async def test_broadcast_arrives_before_the_ack_of_the_same_call(server, setting
 
 
 async def test_broadcasts_of_one_loop_pass_share_a_write(io_loop):
-    """Fast path: broadcasts made in one event-loop pass (as a group commit's
-    completions are) reach each WebSocket in one write, in order, and an event
-    sent through the connection's queue afterwards still comes after them."""
+    """Fast path: of the broadcasts made in one event-loop pass (as a group
+    commit's completions are), the first is written at once and the rest reach
+    each WebSocket in one write, in order; an event sent through the
+    connection's queue afterwards still comes after them."""
     srv = await Server.start(make_settings(fast_broadcast=True, rate_limit_per_second=0))
     server = Harness(srv)
     try:
@@ -147,7 +148,7 @@ async def test_broadcasts_of_one_loop_pass_share_a_write(io_loop):
         for client in (alice, bob):
             assert [(await client.next("chat:typing"))["n"] for _ in range(5)] == list(range(5))
         assert (await bob.next("chat:typing"))["n"] == "after"
-        assert manager.flushed_writes - writes == 2  # one per connection
+        assert manager.flushed_writes - writes == 2  # broadcasts 2-5: one per connection
     finally:
         await server.close_clients()
         await srv.stop()
