@@ -23,10 +23,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 Action = Callable[[], Awaitable[Any]]
+log = logging.getLogger("collab.sequencer")
+
+
+def _stopping() -> bool:
+    """Whether the current task itself is being cancelled (not just something it awaited).
+
+    Python 3.10 cannot tell the two apart; there any cancellation counts as a stop.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
 
 
 class _Key:
@@ -159,14 +171,20 @@ class Sequencer:
                 _, _, _, action, done = heapq.heappop(state.ready)
                 try:
                     await action()
+                except asyncio.CancelledError:
+                    if _stopping():
+                        raise
+                    done.cancel()  # something the action awaited was cancelled: this item only
                 except Exception as exc:  # noqa: BLE001 - reported to its own caller
-                    if not done.done():
+                    if done.done():
+                        log.warning("broadcast in %s failed after its caller left: %r", key, exc)
+                    else:
                         done.set_exception(exc)
                 else:
                     if not done.done():
                         done.set_result(None)
         except asyncio.CancelledError:
-            # only when the server stops: nothing else will send these
+            # this task was cancelled: the server is stopping and nothing else will send these
             for *_, waiting in state.ready:
                 waiting.cancel()
             state.ready.clear()

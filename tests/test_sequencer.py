@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -192,7 +193,8 @@ async def test_leaving_the_block_without_release_cancels() -> None:
     blocked = asyncio.ensure_future(later.release(2, recorder(out, 2)))
     with pytest.raises(ValueError), seq.begin("room"):
         raise ValueError("the store call failed")
-    # the failed call was begun after `later` completed, so it never held it
+    # the failed call began before `later` completed (release has not run yet),
+    # so it held it; leaving the block cancelled the ticket and let it go
     await asyncio.wait_for(blocked, 1)
     first = seq.begin("room")
     third = seq.begin("room")
@@ -203,4 +205,51 @@ async def test_leaving_the_block_without_release_cancels() -> None:
         pass
     await asyncio.wait_for(blocked, 1)
     assert out == [2, 4]
+    assert len(seq) == 0
+
+
+async def test_a_caller_running_its_own_item_keeps_the_room_task_waiting() -> None:
+    """While a caller's own action is suspended, items that became releasable
+    meanwhile wait for it; they do not overtake it from the room's task."""
+    seq = Sequencer()
+    out: list[int] = []
+    gate = asyncio.Event()
+    a, b, c = seq.begin("room"), seq.begin("room"), seq.begin("room")
+
+    async def held() -> None:
+        await gate.wait()
+        out.append(1)
+
+    first = asyncio.ensure_future(a.release(1, held))  # a's item is next: a runs it
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(c.release(3, recorder(out, 3)))
+    await asyncio.sleep(0)
+    b.cancel()  # 3 is releasable now, but 1 is still going out
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert out == [] and not waiting.done()
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(first, waiting), 1)
+    assert out == [1, 3]
+    assert len(seq) == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 cannot tell the cases apart")
+async def test_an_action_that_raises_cancelled_fails_its_own_item_only() -> None:
+    """A CancelledError out of an action (something it awaited was cancelled) is
+    not the server stopping: the items behind it still go out."""
+    seq = Sequencer()
+    out: list[int] = []
+    a, b, c = seq.begin("room"), seq.begin("room"), seq.begin("room")
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    later = [asyncio.ensure_future(b.release(2, cancelled)),
+             asyncio.ensure_future(c.release(3, recorder(out, 3)))]
+    await asyncio.sleep(0)
+    a.cancel()  # 2 and 3 go out from the room's task
+    results = await asyncio.wait_for(asyncio.gather(*later, return_exceptions=True), 1)
+    assert isinstance(results[0], asyncio.CancelledError) and results[1] is None
+    assert out == [3]
     assert len(seq) == 0
