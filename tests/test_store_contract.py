@@ -528,16 +528,30 @@ async def test_sqlite_a_write_that_aborts_the_transaction_fails_alone(
             conn.execute("INSERT INTO chats SELECT 'x' || halt(), 'T', 'alice', 'now'"
                          " FROM (SELECT 1 UNION ALL SELECT 2)")
 
+        runs = {"before": 0, "after": 0}
+
+        def post(which: str):
+            def write(conn) -> None:
+                runs[which] += 1
+                conn.execute("INSERT INTO chats VALUES (?, 'T', 'alice', 'now')", (which,))
+            return write
+
         with database_thread_held(store):
             writes = asyncio.gather(
                 store.add_message("c1", "alice", "a"),
+                store._tx(post("before")),
                 store._tx(interrupted),
+                store._tx(post("after")),
                 store.add_message("c1", "alice", "b"),
                 return_exceptions=True,
             )
         results = await writes
-        assert isinstance(results[1], sqlite3.OperationalError)
-        assert [m["seq"] for m, _ in (results[0], results[2])] == [1, 2]
+        assert isinstance(results[2], sqlite3.OperationalError)
+        assert [m["seq"] for m, _ in (results[0], results[4])] == [1, 2]
+        # all five shared a transaction: the ones before the abort ran twice
+        assert runs == {"before": 2, "after": 1}
+        assert await store.get_chat("before") is not None
+        assert await store.get_chat("after") is not None
         assert [m["content"] for m in await store.messages_after("c1", 0, 10)] == ["a", "b"]
         assert await store.get_chat("x1") is None
     finally:

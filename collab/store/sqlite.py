@@ -119,7 +119,13 @@ class SqliteStore(Store):
             submit = not self._commit_submitted
             self._commit_submitted = True
         if submit:
-            executor.submit(self._group_commit)
+            try:
+                executor.submit(self._group_commit)
+            except RuntimeError:  # the executor shut down under us (process exit)
+                with self._writes_lock:
+                    self._writes.clear()
+                    self._commit_submitted = False
+                raise Unavailable("The store is closed") from None
         return await _translated(asyncio.wrap_future(future))
 
     def _group_commit(self) -> None:
@@ -128,12 +134,17 @@ class SqliteStore(Store):
             batch, self._writes = self._writes, []
             self._commit_submitted = False
         batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+        unresolved = batch
         try:
-            while batch:
-                batch = self._commit(batch)
+            rest = self._commit(batch)
+            # one write made SQLite give up the transaction: the rest one by one, so
+            # that a lasting error (a full disk) costs each write a single try
+            for i, write in enumerate(rest):
+                unresolved = rest[i:]
+                self._commit([write])
         except BaseException as exc:  # never leave a caller waiting
             log.exception("group commit failed")
-            for _, fut in batch:
+            for _, fut in unresolved:
                 if not fut.done():
                     fut.set_exception(exc)
 
@@ -148,26 +159,35 @@ class SqliteStore(Store):
         assert conn is not None
         outcomes: list[tuple[bool, Any]] = []
         try:
+            if conn.in_transaction:  # a ROLLBACK that failed before: try again first
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
+            alone = len(batch) == 1  # the transaction is the write's own: no savepoint
             for i, (fn, fut) in enumerate(batch):
-                conn.execute("SAVEPOINT write")
+                if not alone:
+                    conn.execute("SAVEPOINT write")
                 try:
                     outcomes.append((True, fn(conn)))
                 except Exception as exc:  # noqa: BLE001 - the caller's to handle
                     if not conn.in_transaction:
                         fut.set_exception(exc)
                         return batch[:i] + batch[i + 1:]
-                    conn.execute("ROLLBACK TO write")
+                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO write")
                     outcomes.append((False, exc))
-                conn.execute("RELEASE write")
-            conn.execute("COMMIT")
+                    if alone:
+                        break
+                if not alone:
+                    conn.execute("RELEASE write")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+                self.commits += 1
         except BaseException as exc:
             _rollback(conn)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+            for i, (_, fut) in enumerate(batch):
+                if not fut.done():  # a write that failed on its own keeps its own error
+                    failed = i < len(outcomes) and not outcomes[i][0]
+                    fut.set_exception(outcomes[i][1] if failed else exc)
             return []
-        self.commits += 1
         self.committed_writes += sum(ok for ok, _ in outcomes)
         for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
