@@ -8,12 +8,13 @@ extension point) keeps the encoding shared and, for a recipient on WebSocket
 whose outgoing queue is idle, writes one pre-framed WebSocket message straight
 to its Tornado stream, synchronously, without a task or a queue.
 
-Corking: the first broadcast of an event-loop pass is written at once. The
-frames of broadcasts that follow it in the same pass (a group commit's
-completions do) are collected per connection and written together when the
-pass ends, by a callback the first one scheduled with ``call_soon``: one
-system call per recipient for all of them, instead of one per broadcast and
-recipient, while a lone broadcast loses no time.
+Corking: the first broadcast of an event-loop pass is written at once and
+schedules a flush with ``call_soon`` (it runs after the callbacks already
+queued). The frames of broadcasts made before that flush runs (a group
+commit's completions are) are collected per connection and written together
+by it: one system call per recipient for all of them, instead of one per
+broadcast and recipient, while a lone broadcast loses no time. (With
+WebSocket compression on, every frame is compressed and written at once.)
 
 Ordering: a frame takes the direct path only when nothing sent earlier to that
 connection is still waiting in its Engine.IO queue (acks and other events go
@@ -197,14 +198,8 @@ class FastEmitManager(socketio.AsyncManager):
         corked, self.corked = self.corked, {}
         self.flush_scheduled = False
         for conn, (handler, *frames) in corked.items():
-            if conn.is_closing():
-                continue
-            try:
+            if not conn.is_closing():
                 _write(handler, conn, None, frames[0] if len(frames) == 1 else b"".join(frames))
-            except Exception:  # one broken connection must not cost the others their frames
-                log.exception("writing to %s failed", handler.request.remote_ip)
-                conn.stream.close()
-            else:
                 self.flushed_writes += 1
 
 
@@ -238,6 +233,9 @@ def _write(handler: Any, conn: Any, text: str | None, frame: bytes | None) -> No
         pass  # already going away; its disconnect runs on the close callback
     except tornado.iostream.StreamBufferFullError:
         _overflow(handler, conn)
+    except Exception:  # one broken connection must not cost the rest of the room its frames
+        log.exception("writing to %s failed; closing it", handler.request.remote_ip)
+        conn.stream.close()
 
 
 def _overflow(handler: Any, conn: Any) -> None:

@@ -140,6 +140,8 @@ async def test_broadcasts_of_one_loop_pass_share_a_write(io_loop):
         writes, direct = manager.flushed_writes, manager.direct_writes
         for i in range(5):  # no await in between suspends: one pass
             await srv.app.sio.emit("chat:typing", {"n": i}, room=f"chat_{chat_id}")
+            # the first went out at once; the ones after it wait for the flush
+            assert len(manager.corked) == (0 if i == 0 else 2)
         bob_sid = next(s for s, c in srv.app.connections.items() if c.user_id == "bob")
         bob_eio_sid = manager.eio_sid_from_sid(bob_sid, "/")
         # in the same pass, a packet put straight into bob's Engine.IO queue (as acks are)
