@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -102,7 +101,7 @@ class Sequencer:
 
     def __init__(self) -> None:
         self._keys: dict[str, _Key] = {}
-        self._numbers = itertools.count(1)
+        #: the newest ticket handed out; tickets are numbered from 1 in start order
         self._last_number = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -114,7 +113,8 @@ class Sequencer:
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _Key()
-        number = self._last_number = next(self._numbers)
+        self._last_number += 1
+        number = self._last_number
         state.running[number] = None
         return Ticket(self, key, number)
 
