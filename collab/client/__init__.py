@@ -7,7 +7,8 @@
         chat = (await manager.emit("chat:create", {"title": "General"}))["chat"]
         await manager.emit("chat:join", {"chat_id": chat["id"]})
 
-See docs/client.md. Needs aiohttp for the WebSocket transport (``pip install collab[client]``).
+See docs/client.md. Needs aiohttp for its transports, which the ``client`` extra installs:
+``pip install "collab-server[client]"``.
 """
 
 from __future__ import annotations
