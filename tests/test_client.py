@@ -4,6 +4,7 @@ in a subprocess that is killed with SIGKILL and restarted on the same port and d
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 import urllib.request
@@ -475,3 +476,18 @@ def test_feed_delivers_in_order_once_and_reports_gaps():
     assert delivered(feed.offer([msg(4), msg(5)], recovered=True)) == [4, 5, 6]
     assert delivered(feed.offer([msg(5), msg(6), msg(7)], recovered=True)) == [7]
     assert feed.gap() is None and feed.last == 7
+
+
+# -- without the client extra ---------------------------------------------------------------
+
+
+def test_without_aiohttp_the_import_names_the_extra_to_install():
+    # ``sys.modules["aiohttp"] = None`` makes every ``import aiohttp`` fail, as on a machine
+    # where only the server was installed
+    code = "import sys; sys.modules['aiohttp'] = None; import collab.client"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: collab.client needs aiohttp"), result.stderr
+    assert 'pip install "collab-server[client]"' in last

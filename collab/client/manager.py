@@ -23,6 +23,17 @@ from typing import Any, Union
 import jwt
 import socketio
 
+try:
+    # Without it python-engineio's client only logs "aiohttp package not installed" and
+    # every connect fails as CONNECTION_FAILED: say at import what is missing instead.
+    import aiohttp  # noqa: F401
+except ImportError:
+    raise ImportError(
+        'collab.client needs aiohttp, which the "client" extra installs: '
+        'pip install "collab-server[client]"',
+        name="aiohttp",
+    ) from None
+
 from .errors import (
     CONNECTION_FAILED,
     DISCONNECTED,
