@@ -18,6 +18,7 @@ from .auth import Identity, TokenVerifier, token_from_handshake
 from .config import Settings
 from .errors import CollabError, ErrorCode, InvalidInput, RateLimited, Unauthorized
 from .handlers import EVENTS
+from .logs import library_logger
 from .metrics import Metrics, TimedStore
 from .packet import MALFORMED_EVENT, CollabPacket
 from .ratelimit import TokenBucket
@@ -80,8 +81,8 @@ class CollabApp:
             max_http_buffer_size=settings.max_packet_bytes,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
-            logger=False,
-            engineio_logger=False,
+            logger=library_logger("socketio.server"),
+            engineio_logger=library_logger("engineio.server"),
         )
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
