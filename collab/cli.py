@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from . import __version__
 from .auth import mint_token
 from .config import ConfigError, Settings, ensure_secret, load_settings
 from .errors import CollabError
+from .logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         print(mint_token(settings, args.user_id, args.name, args.roles, args.ttl))
         return 0
 
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if settings.log_level != "DEBUG":
-        # one line per HTTP request would be one per long-poll and per probe
-        logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    # TODO(settings schema, issue 14 item 1): log_format becomes a field of Settings
+    # ("text" | "json", validated with the others); until then only its variable sets it.
+    log_format = os.environ.get("COLLAB_LOG_FORMAT", "text")
+    try:
+        configure_logging(settings.log_level, log_format)
+    except ValueError as exc:
+        print(f"collab: configuration error: COLLAB_LOG_FORMAT: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(_serve(settings))
     except (OSError, CollabError) as exc:

@@ -1,12 +1,36 @@
-"""Logging set-up shared by the server's modules."""
+"""Log lines on stderr: UTC ISO-8601 timestamps, as text or as one JSON object per line."""
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: the JSON fields, in this order: time, level, logger, message (then extras, exc_info)
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+JSON_RENAME = {"asctime": "time", "levelname": "level", "name": "logger"}
 
 #: python-engineio and python-socketio log every packet at INFO, payloads (tokens) included,
 #: and each refused connection at WARNING: only their errors are worth a line.
 LIBRARY_LEVEL = logging.ERROR
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """One stderr handler on the root logger, replacing any there; ``fmt`` is "text" or "json".
+
+    Raises ValueError for another ``fmt``, before changing anything.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"{fmt!r} is not a log format; use " + " or ".join(FORMATS))
+    formatter = _json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_in_utc(formatter))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if level != "DEBUG":
+        # one line per HTTP request would be one per long-poll and per probe
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
 def library_logger(name: str) -> logging.Logger:
@@ -19,3 +43,21 @@ def library_logger(name: str) -> logging.Logger:
     if logger.level == logging.NOTSET:
         logger.setLevel(LIBRARY_LEVEL)
     return logger
+
+
+def _in_utc(formatter: logging.Formatter) -> logging.Formatter:
+    """``%(asctime)s`` as ``2026-12-02T03:04:05.678Z``, whatever the machine's time zone.
+
+    These three attributes are the ones logging.Formatter documents for this.
+    """
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
+
+
+def _json_formatter() -> logging.Formatter:
+    # imported when asked for, like the store and registry backends
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter(JSON_FIELDS, rename_fields=JSON_RENAME)

@@ -1,11 +1,21 @@
-"""What ``collab serve`` writes on stderr."""
+"""What ``collab serve`` writes on stderr: UTC timestamps, text or JSON lines, each line once,
+readiness changes once each."""
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.error
 import urllib.request
+from datetime import datetime, timedelta, timezone
 
-from process import CollabProcess
+import pytest
+from process import CollabProcess, collab
+
+UTC_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+TEXT_LINE = re.compile(r"(?P<time>\S+) (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>.*)")
+#: a POSIX zone 5 h 30 min off UTC, with no tz database needed: local time would show
+LOCAL_TZ = "XYZ-05:30"
 
 
 def fetch_status(url: str) -> int:
@@ -19,7 +29,7 @@ def fetch_status(url: str) -> int:
 def run_node(tmp_path, **env: str) -> list[str]:
     """Start ``collab serve``, send it one request python-engineio logs an error for
     (an unknown transport), stop it; return its output lines."""
-    node = CollabProcess(tmp_path, env)
+    node = CollabProcess(tmp_path, {"TZ": LOCAL_TZ, **env})
     node.start()
     try:
         assert fetch_status(node.url + "/socket.io/?EIO=4&transport=bogus") == 400
@@ -27,6 +37,12 @@ def run_node(tmp_path, **env: str) -> list[str]:
     finally:
         node.kill()
     return node.output().splitlines()
+
+
+def assert_recent_utc(stamp: str) -> None:
+    assert UTC_ISO.fullmatch(stamp), stamp
+    when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs(datetime.now(timezone.utc) - when) < timedelta(minutes=5), stamp
 
 
 def test_engineio_errors_come_once_and_formatted(tmp_path):
@@ -37,4 +53,36 @@ def test_engineio_errors_come_once_and_formatted(tmp_path):
     assert transport[0].endswith(
         " ERROR engineio.server: Invalid transport (further occurrences of this error will be"
         " logged with level INFO)"
+    )
+
+
+def test_text_lines_carry_utc_timestamps(tmp_path):
+    lines = run_node(tmp_path)
+    assert lines
+    for line in lines:
+        match = TEXT_LINE.fullmatch(line)
+        assert match, line
+        assert_recent_utc(match["time"])
+
+
+def test_json_lines_parse(tmp_path):
+    pytest.importorskip("pythonjsonlogger", reason="python-json-logger (a dependency) missing")
+    lines = run_node(tmp_path, COLLAB_LOG_FORMAT="json")
+    records = [json.loads(line) for line in lines]  # every line, none raw
+    for record in records:
+        assert list(record)[:4] == ["time", "level", "logger", "message"], record
+        assert_recent_utc(record["time"])
+    assert [r["level"] for r in records if r["message"].startswith("collab serving on")] \
+        == ["INFO"]
+    transport = [r for r in records if "Invalid transport" in r["message"]]
+    assert [(r["level"], r["logger"]) for r in transport] == [("ERROR", "engineio.server")]
+    assert records[-1]["message"] == "collab stopped"
+
+
+def test_an_unknown_log_format_is_a_configuration_error(tmp_path):
+    result = collab("serve", cwd=tmp_path, env={"COLLAB_LOG_FORMAT": "xml"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "collab: configuration error: COLLAB_LOG_FORMAT: 'xml' is not a log format; "
+        "use text or json"
     )
