@@ -17,7 +17,7 @@ from engineio.async_drivers.tornado import translate_request
 from . import fanout
 from .app import CollabApp
 from .config import Settings
-from .http import HealthzHandler, MetricsHandler, ReadyzHandler
+from .http import HealthzHandler, MetricsHandler, Readiness, ReadyzHandler
 from .registry import open_registry
 from .store import open_store
 
@@ -48,7 +48,7 @@ def make_tornado_app(app: CollabApp) -> tornado.web.Application:
         [
             (r"/socket.io/", socket_handler(app)),
             (r"/healthz", HealthzHandler),
-            (r"/readyz", ReadyzHandler, {"app": app}),
+            (r"/readyz", ReadyzHandler, {"app": app, "readiness": Readiness()}),
             (r"/metrics", MetricsHandler, {"app": app}),
         ],
         websocket_max_message_size=app.settings.max_packet_bytes,

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from process import CollabProcess, collab
+from services import MongoServer, with_database
 
 UTC_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TEXT_LINE = re.compile(r"(?P<time>\S+) (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>.*)")
@@ -86,3 +87,33 @@ def test_an_unknown_log_format_is_a_configuration_error(tmp_path):
         "collab: configuration error: COLLAB_LOG_FORMAT: 'xml' is not a log format; "
         "use text or json"
     )
+
+
+@pytest.mark.mongo
+def test_readiness_is_logged_once_per_change_not_per_probe(tmp_path):
+    with MongoServer(tmp_path) as mongo:
+        node = CollabProcess(tmp_path, {
+            "COLLAB_STORAGE_URL": with_database(mongo.url, "ready"),
+            "COLLAB_MONGODB_SERVER_SELECTION_TIMEOUT_MS": "300",
+        })
+        node.start()
+        try:
+            readyz = node.url + "/readyz"
+            assert fetch_status(readyz) == 200
+            mongo.stop()
+            assert [fetch_status(readyz) for _ in range(4)] == [503] * 4
+            mongo.start()
+            # a probe after the restart may still find the old connection refused
+            assert 200 in (fetch_status(readyz) for _ in range(20))
+            assert fetch_status(readyz) == 200
+            mongo.stop()
+            assert [fetch_status(readyz) for _ in range(3)] == [503] * 3
+            assert node.terminate() == 0
+        finally:
+            node.kill()
+    lines = node.output().splitlines()
+    not_ready = [line for line in lines
+                 if " WARNING collab: not ready: store mongodb://127.0.0.1:" in line]
+    assert len(not_ready) == 2, lines
+    assert sum(line.endswith(" INFO collab: ready again") for line in lines) == 1, lines
+    assert not [line for line in lines if " ERROR " in line], lines
