@@ -21,6 +21,7 @@ from .handlers import EVENTS
 from .logs import library_logger
 from .metrics import Metrics, TimedStore
 from .packet import MALFORMED_EVENT, CollabPacket
+from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
 from .registry.base import Registry
 from .sequencer import Sequencer
@@ -66,6 +67,7 @@ class CollabApp:
         self.raw_store = store
         self.registry = registry
         self.verifier = TokenVerifier(settings)
+        self.proxies = TrustedProxies(settings.trusted_proxies)
         self.connections: dict[str, Connection] = {}
         self._background: set[asyncio.Task] = set()
         #: per room: chat messages leave in seq order, document updates in version
@@ -98,17 +100,17 @@ class CollabApp:
     # -- origins -----------------------------------------------------------
 
     def origin_allowed(self, origin: str | None, environ: dict[str, Any] | None = None) -> bool:
-        """The server's own origin, or one of the configured ones."""
+        """The server's own origin (as a trusted proxy forwarded it), or a configured one."""
         if not origin:
             return True
         if origin in self.settings.cors_origins or "*" in self.settings.cors_origins:
             return True
-        if environ is None:
+        # Engine.IO's environ fakes REMOTE_ADDR and copies X-Forwarded-Proto into
+        # wsgi.url_scheme for everyone; the Tornado request knows the real peer.
+        handler = (environ or {}).get("tornado.handler")
+        if handler is None:
             return False
-        host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST", "")
-        scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
-        own = f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}"
-        return origin == own
+        return origin == public_origin(handler.request, self.proxies)
 
     # -- connection lifecycle ---------------------------------------------
 

@@ -55,6 +55,9 @@ class Settings:
     token_ttl: int = 3600
 
     cors_origins: list[str] = dataclasses.field(default_factory=list)
+    #: addresses or networks (CIDR) of the reverse proxies in front of this node: only
+    #: from them are X-Forwarded-Host / X-Forwarded-Proto believed (collab/proxy.py)
+    trusted_proxies: list[str] = dataclasses.field(default_factory=list)
 
     max_packet_bytes: int = 1_000_000
     max_document_bytes: int = 512 * 1024
@@ -96,6 +99,7 @@ class Settings:
         """Raise :class:`ConfigError` for the first setting that cannot work."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{_env('port')}: {self.port} is not a TCP port (0-65535)")
+        self._validate_connections()
         if not self.storage_url.startswith(STORAGE_SCHEMES):
             raise ConfigError(
                 f"{_env('storage_url')}: {self.storage_url!r} must start with one of "
@@ -141,6 +145,15 @@ class Settings:
             raise ConfigError(f"{_env('history_limit')}: must not exceed history_max")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"{_env('log_level')}: {self.log_level!r} is not a log level")
+
+    def _validate_connections(self) -> None:
+        """Connections: whom to believe, how long to wait, how many to take, /metrics."""
+        from .proxy import TrustedProxies  # lazy: tornado is not needed to mint a token
+
+        try:
+            TrustedProxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"{_env('trusted_proxies')}: {exc}") from None
 
 
 def _env(name: str) -> str:

@@ -92,7 +92,8 @@ class Server:
         http = tornado.httpserver.HTTPServer(
             make_tornado_app(app),
             max_buffer_size=settings.max_packet_bytes + 64 * 1024,
-            xheaders=True,
+            # No xheaders: request.remote_ip stays the TCP peer, and forwarded headers
+            # count only from a trusted proxy (collab/proxy.py).
         )
         if sockets is None:
             sockets = tornado.netutil.bind_sockets(settings.port, settings.host)

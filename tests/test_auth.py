@@ -235,6 +235,46 @@ class TestOrigin:
         assert_nothing_registered(server)
 
 
+# The public origin behind a TLS-terminating proxy, as the proxy would forward it; anyone
+# else can send the same headers.
+PROXIED_ORIGIN = "https://collab.example"
+FORWARDED = {"Origin": PROXIED_ORIGIN, "X-Forwarded-Host": "collab.example",
+             "X-Forwarded-Proto": "https"}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+class TestForwardedHeaders:
+    @pytest.mark.parametrize("settings", [
+        pytest.param(QUICK_POLL, id="no-proxy"),
+        pytest.param({**QUICK_POLL, "trusted_proxies": ["10.0.0.0/8"]}, id="another-proxy"),
+    ], indirect=True)
+    async def test_forged_forwarded_host_is_refused(self, server, transport: str):
+        await server.refused(auth={"token": make_token()}, headers=FORWARDED,
+                             transports=[transport])
+        assert_nothing_registered(server)
+
+    @pytest.mark.parametrize("settings", [
+        pytest.param({**QUICK_POLL, "trusted_proxies": ["127.0.0.1"]}, id="address"),
+        pytest.param({**QUICK_POLL, "trusted_proxies": ["127.0.0.0/8", "::1"]}, id="network"),
+    ], indirect=True)
+    async def test_forwarded_host_from_a_trusted_proxy_is_accepted(self, server, transport: str):
+        client = await server.connect(headers=FORWARDED, transports=[transport])
+        assert_connected_as(server, client)
+
+    @pytest.mark.parametrize("settings", [
+        pytest.param({**QUICK_POLL, "trusted_proxies": ["127.0.0.1"]}, id="trusted"),
+    ], indirect=True)
+    async def test_a_trusted_proxy_wins_over_what_the_client_prepended(self, server,
+                                                                      transport: str):
+        # a proxy that appends: the client's forged value first, the proxy's own last
+        headers = {**FORWARDED, "X-Forwarded-Host": "collab.example, evil.example"}
+        await server.refused(auth={"token": make_token()}, headers=headers,
+                             transports=[transport])
+        headers = {**FORWARDED, "X-Forwarded-Host": "evil.example, collab.example"}
+        client = await server.connect(headers=headers, transports=[transport])
+        assert_connected_as(server, client)
+
+
 # -- expiry and auth:refresh -----------------------------------------------------------
 
 

@@ -133,6 +133,22 @@ def test_bad_settings_are_named(env, named):
         load_settings(env=env).validate()
 
 
+@pytest.mark.parametrize("env, named", [
+    ({"COLLAB_TRUSTED_PROXIES": "10.0.0.1,proxy.internal"}, "COLLAB_TRUSTED_PROXIES"),
+])
+def test_bad_connection_settings_are_named(env, named):
+    env = {"COLLAB_JWT_SECRET": "x" * 32, **env}
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env=env).validate()
+
+
+def test_trusted_proxies_take_addresses_and_networks():
+    env = {"COLLAB_JWT_SECRET": "x" * 32, "COLLAB_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1"}
+    settings = load_settings(env=env)
+    settings.validate()
+    assert settings.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
+
+
 def test_example_config_documents_every_setting_with_its_default():
     import dataclasses
     from pathlib import Path
