@@ -59,6 +59,18 @@ class Settings:
     #: from them are X-Forwarded-Host / X-Forwarded-Proto believed (collab/proxy.py)
     trusted_proxies: list[str] = dataclasses.field(default_factory=list)
 
+    #: seconds a client has to send a request's headers, also the most a kept-alive HTTP
+    #: connection may idle between requests: a slowloris client is closed after it
+    header_timeout: float = 30.0
+    #: seconds a client has to send a request's body once its headers are in
+    body_timeout: float = 60.0
+    #: TCP connections open at once on this node; past it a new one is closed at once
+    #: (lowered at start to what the file descriptor limit leaves, see collab/listener.py)
+    max_connections: int = 10_000
+    #: TCP connections open at once from one address (IPv6: one /64); a trusted proxy
+    #: counts only toward max_connections
+    max_connections_per_ip: int = 256
+
     max_packet_bytes: int = 1_000_000
     max_document_bytes: int = 512 * 1024
     max_message_chars: int = 10_000
@@ -154,6 +166,10 @@ class Settings:
             TrustedProxies(self.trusted_proxies)
         except ValueError as exc:
             raise ConfigError(f"{_env('trusted_proxies')}: {exc}") from None
+        for name in ("header_timeout", "body_timeout", "max_connections",
+                     "max_connections_per_ip"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_env(name)}: must be positive")
 
 
 def _env(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -18,6 +19,8 @@ from . import fanout
 from .app import CollabApp
 from .config import Settings
 from .http import HealthzHandler, MetricsHandler, Readiness, ReadyzHandler
+from .listener import ConnectionLimits, Listener, connection_budget
+from .proxy import TrustedProxies
 from .registry import open_registry
 from .store import open_store
 
@@ -55,6 +58,43 @@ def make_tornado_app(app: CollabApp) -> tornado.web.Application:
     )
 
 
+@dataclasses.dataclass
+class Endpoint:
+    """One HTTP server and the listener that accepts its connections."""
+
+    http: tornado.httpserver.HTTPServer
+    listener: Listener
+    port: int
+
+    @classmethod
+    def start(
+        cls, application: tornado.web.Application, settings: Settings,
+        sockets: list[socket.socket], limits: ConnectionLimits,
+    ) -> Endpoint:
+        # No xheaders: request.remote_ip stays the TCP peer, and forwarded headers
+        # count only from a trusted proxy (collab/proxy.py).
+        http = tornado.httpserver.HTTPServer(
+            application,
+            max_buffer_size=settings.max_packet_bytes + 64 * 1024,
+            # Tornado's idle timeout is also its limit for receiving headers (1 h unset)
+            idle_connection_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+        )
+        listener = Listener(http, limits)
+        listener.add_sockets(sockets)
+        return cls(http, listener, sockets[0].getsockname()[1])
+
+
+def _main_limits(settings: Settings, proxies: TrustedProxies) -> ConnectionLimits:
+    budget = connection_budget(settings.max_connections)
+    if budget < settings.max_connections:
+        log.warning(
+            "max_connections lowered from %d to %d: the file descriptor limit "
+            "(ulimit -n) leaves no more", settings.max_connections, budget,
+        )
+    return ConnectionLimits(budget, settings.max_connections_per_ip, proxies)
+
+
 def _store_options(settings: Settings) -> dict[str, Any]:
     if not settings.storage_url.startswith("mongodb"):
         return {}
@@ -68,10 +108,11 @@ def _store_options(settings: Settings) -> dict[str, Any]:
 class Server:
     """A running collab node; ``await Server.start(settings)`` then ``await stop()``."""
 
-    def __init__(self, app: CollabApp, http: tornado.httpserver.HTTPServer, port: int) -> None:
+    def __init__(self, app: CollabApp, main: Endpoint) -> None:
         self.app = app
-        self.http = http
-        self.port = port
+        self.http = main.http
+        self.port = main.port
+        self._endpoints = [main]
 
     @classmethod
     async def start(cls, settings: Settings, sockets: list[socket.socket] | None = None) -> Server:
@@ -89,30 +130,27 @@ class Server:
         app = CollabApp(settings, store, registry, client_manager=manager)
         if hasattr(manager, "start_listening"):
             await manager.start_listening()  # hear other nodes before the first client
-        http = tornado.httpserver.HTTPServer(
-            make_tornado_app(app),
-            max_buffer_size=settings.max_packet_bytes + 64 * 1024,
-            # No xheaders: request.remote_ip stays the TCP peer, and forwarded headers
-            # count only from a trusted proxy (collab/proxy.py).
-        )
         if sockets is None:
             sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
-        http.add_sockets(sockets)
-        port = sockets[0].getsockname()[1]
+        main = Endpoint.start(
+            make_tornado_app(app), settings, sockets, _main_limits(settings, app.proxies)
+        )
         log.info(
             "collab serving on http://%s:%d (store %s, registry %s, node %s)",
-            settings.host, port, store.display_url, registry.display_url, settings.node_id,
+            settings.host, main.port, store.display_url, registry.display_url, settings.node_id,
         )
-        return cls(app, http, port)
+        return cls(app, main)
 
     async def stop(self) -> None:
         """Stop accepting, disconnect clients, then close the registry and the store."""
-        self.http.stop()
+        for endpoint in self._endpoints:
+            endpoint.listener.stop()
         await self.app.disconnect_all()
         await self.app.sio.shutdown()
         try:
             await asyncio.wait_for(
-                self.http.close_all_connections(), self.app.settings.shutdown_timeout
+                asyncio.gather(*(e.http.close_all_connections() for e in self._endpoints)),
+                self.app.settings.shutdown_timeout,
             )
         except asyncio.TimeoutError:
             log.warning("some HTTP connections did not close in time")

@@ -66,6 +66,16 @@ class CollabProcess(ServiceProcess):
     def output(self) -> str:
         return self.log_tail(lines=10_000)
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def log_file(self) -> Path:
+        """Where the child's stdout and stderr go."""
+        return self._log
+
     def terminate(self, timeout: float = 15) -> int:
         """SIGTERM and wait; returns the exit code."""
         assert self._proc is not None

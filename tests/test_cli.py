@@ -135,6 +135,10 @@ def test_bad_settings_are_named(env, named):
 
 @pytest.mark.parametrize("env, named", [
     ({"COLLAB_TRUSTED_PROXIES": "10.0.0.1,proxy.internal"}, "COLLAB_TRUSTED_PROXIES"),
+    ({"COLLAB_HEADER_TIMEOUT": "0"}, "COLLAB_HEADER_TIMEOUT"),
+    ({"COLLAB_BODY_TIMEOUT": "-1"}, "COLLAB_BODY_TIMEOUT"),
+    ({"COLLAB_MAX_CONNECTIONS": "0"}, "COLLAB_MAX_CONNECTIONS"),
+    ({"COLLAB_MAX_CONNECTIONS_PER_IP": "0"}, "COLLAB_MAX_CONNECTIONS_PER_IP"),
 ])
 def test_bad_connection_settings_are_named(env, named):
     env = {"COLLAB_JWT_SECRET": "x" * 32, **env}
