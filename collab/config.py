@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import socket
 import sys
@@ -70,6 +71,13 @@ class Settings:
     #: TCP connections open at once from one address (IPv6: one /64); a trusted proxy
     #: counts only toward max_connections
     max_connections_per_ip: int = 256
+
+    #: when set, GET /metrics answers 401 without "Authorization: Bearer <metrics_token>"
+    metrics_token: str = ""
+    #: serve /metrics on this port only, not on the main one; 0: on the main port
+    metrics_port: int = 0
+    #: address for metrics_port; empty: the same as host
+    metrics_host: str = ""
 
     max_packet_bytes: int = 1_000_000
     max_document_bytes: int = 512 * 1024
@@ -170,6 +178,16 @@ class Settings:
                      "max_connections_per_ip"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_env(name)}: must be positive")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"{_env('metrics_port')}: {self.metrics_port} is not a TCP port")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError(f"{_env('metrics_port')}: must differ from port (0: the same)")
+        # never echo the token: configuration errors are printed and logged
+        if self.metrics_token and not re.fullmatch(r"[!-~]{16,}", self.metrics_token):
+            raise ConfigError(
+                f"{_env('metrics_token')}: must be at least 16 printable ASCII characters "
+                "without spaces"
+            )
 
 
 def _env(name: str) -> str:

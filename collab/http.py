@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -96,9 +97,28 @@ class ReadyzHandler(tornado.web.RequestHandler):
 
 
 class MetricsHandler(tornado.web.RequestHandler):
-    def initialize(self, app: CollabApp) -> None:
+    """Prometheus text; with a ``token``, only for ``Authorization: Bearer <token>``."""
+
+    def initialize(self, app: CollabApp, token: str = "") -> None:
         self.app = app
+        self.token = token.encode()
 
     def get(self) -> None:
+        if self.token and not self._authorized():
+            # before any rendering: refusing must stay cheaper than answering
+            self.set_status(401)
+            self.set_header("WWW-Authenticate", 'Bearer realm="metrics"')
+            return
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(self.app.metrics.render())
+
+    def _authorized(self) -> bool:
+        scheme, _, credentials = self.request.headers.get("Authorization", "").partition(" ")
+        presented = credentials.strip().encode("latin-1")  # how Tornado decoded it
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented, self.token)
+
+    def _log(self) -> None:
+        # Tornado logs every 4xx as a warning; a flood of refused scrapes would be a
+        # flood of log lines (the token itself is never logged: headers are not)
+        if self.get_status() != 401:
+            super()._log()

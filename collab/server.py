@@ -26,6 +26,9 @@ from .store import open_store
 
 log = logging.getLogger("collab")
 
+#: connections open at once on a separate metrics_port: a scraper needs one or two
+METRICS_MAX_CONNECTIONS = 64
+
 
 def socket_handler(app: CollabApp) -> type:
     """python-socketio's Tornado handler, with our compression and origin policy."""
@@ -52,10 +55,14 @@ def make_tornado_app(app: CollabApp) -> tornado.web.Application:
             (r"/socket.io/", socket_handler(app)),
             (r"/healthz", HealthzHandler),
             (r"/readyz", ReadyzHandler, {"app": app, "readiness": Readiness()}),
-            (r"/metrics", MetricsHandler, {"app": app}),
+            *([] if app.settings.metrics_port else [make_metrics_route(app)]),
         ],
         websocket_max_message_size=app.settings.max_packet_bytes,
     )
+
+
+def make_metrics_route(app: CollabApp) -> tuple[str, type, dict[str, Any]]:
+    return (r"/metrics", MetricsHandler, {"app": app, "token": app.settings.metrics_token})
 
 
 @dataclasses.dataclass
@@ -108,11 +115,17 @@ def _store_options(settings: Settings) -> dict[str, Any]:
 class Server:
     """A running collab node; ``await Server.start(settings)`` then ``await stop()``."""
 
-    def __init__(self, app: CollabApp, main: Endpoint) -> None:
+    def __init__(self, app: CollabApp, main: Endpoint, metrics: Endpoint | None = None) -> None:
         self.app = app
         self.http = main.http
         self.port = main.port
-        self._endpoints = [main]
+        #: /metrics on its own port (settings.metrics_port), else None
+        self.metrics = metrics
+        self._endpoints = [main] if metrics is None else [main, metrics]
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics is not None else None
 
     @classmethod
     async def start(cls, settings: Settings, sockets: list[socket.socket] | None = None) -> Server:
@@ -130,8 +143,18 @@ class Server:
         app = CollabApp(settings, store, registry, client_manager=manager)
         if hasattr(manager, "start_listening"):
             await manager.start_listening()  # hear other nodes before the first client
+        metrics_sockets: list[socket.socket] = []
+        if settings.metrics_port:
+            metrics_sockets = tornado.netutil.bind_sockets(
+                settings.metrics_port, settings.metrics_host or settings.host
+            )
         if sockets is None:
-            sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+            try:
+                sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+            except BaseException:
+                for sock in metrics_sockets:
+                    sock.close()
+                raise
         main = Endpoint.start(
             make_tornado_app(app), settings, sockets, _main_limits(settings, app.proxies)
         )
@@ -139,7 +162,17 @@ class Server:
             "collab serving on http://%s:%d (store %s, registry %s, node %s)",
             settings.host, main.port, store.display_url, registry.display_url, settings.node_id,
         )
-        return cls(app, main)
+        metrics = None
+        if metrics_sockets:
+            # its own small cap: a flood on the main port must not shut the scraper out
+            limits = ConnectionLimits(METRICS_MAX_CONNECTIONS, METRICS_MAX_CONNECTIONS)
+            metrics = Endpoint.start(
+                tornado.web.Application([make_metrics_route(app)]), settings,
+                metrics_sockets, limits,
+            )
+            log.info("metrics on http://%s:%d/metrics",
+                     settings.metrics_host or settings.host, metrics.port)
+        return cls(app, main, metrics)
 
     async def stop(self) -> None:
         """Stop accepting, disconnect clients, then close the registry and the store."""

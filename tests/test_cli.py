@@ -139,11 +139,21 @@ def test_bad_settings_are_named(env, named):
     ({"COLLAB_BODY_TIMEOUT": "-1"}, "COLLAB_BODY_TIMEOUT"),
     ({"COLLAB_MAX_CONNECTIONS": "0"}, "COLLAB_MAX_CONNECTIONS"),
     ({"COLLAB_MAX_CONNECTIONS_PER_IP": "0"}, "COLLAB_MAX_CONNECTIONS_PER_IP"),
+    ({"COLLAB_METRICS_PORT": "65536"}, "COLLAB_METRICS_PORT"),
+    ({"COLLAB_METRICS_PORT": "8000"}, "COLLAB_METRICS_PORT"),  # the main port
 ])
 def test_bad_connection_settings_are_named(env, named):
     env = {"COLLAB_JWT_SECRET": "x" * 32, **env}
     with pytest.raises(ConfigError, match=named):
         load_settings(env=env).validate()
+
+
+@pytest.mark.parametrize("token", ["short-secret", "a secret with spaces in it"])
+def test_a_bad_metrics_token_is_named_and_never_echoed(token):
+    env = {"COLLAB_JWT_SECRET": "x" * 32, "COLLAB_METRICS_TOKEN": token}
+    with pytest.raises(ConfigError, match="COLLAB_METRICS_TOKEN") as raised:
+        load_settings(env=env).validate()
+    assert token not in str(raised.value)
 
 
 def test_trusted_proxies_take_addresses_and_networks():
