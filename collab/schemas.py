@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+#: \A and \Z: ``$`` would also match before a trailing newline ("report\n")
+ID_PATTERN = r"\A[A-Za-z0-9_.:-]{1,128}\Z"
 ID_MESSAGE = "Must be 1 to 128 characters from A-Z a-z 0-9 _ . : -"
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Iterator
 
+import pymongo
 import pytest
 from harness import Harness, make_settings
 
@@ -44,7 +47,7 @@ async def cancel_leftover_tasks():
 # or by key prefix / database number (Redis). Tests that stop a server to
 # simulate an outage start their own MongoServer / RedisServer instead.
 
-from services import start_mongo, start_redis  # noqa: E402
+from services import start_mongo, start_redis, with_database  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +63,16 @@ def mongodb_url(tmp_path_factory: pytest.TempPathFactory):
     url, stop = start_mongo(tmp_path_factory.mktemp("mongo"))
     yield url
     stop()
+
+
+@pytest.fixture
+def mongo_db(mongodb_url: str) -> Iterator[str]:
+    """A database of its own on the session's Mongo server, dropped afterwards."""
+    name = "e2e_" + uuid.uuid4().hex[:12]
+    url = with_database(mongodb_url, name)
+    yield url
+    with pymongo.MongoClient(url, serverSelectionTimeoutMS=2000) as client:
+        client.drop_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,16 +38,6 @@ QUICKLY = 5.0
 
 
 # -- fixtures ------------------------------------------------------------------
-
-
-@pytest.fixture
-def mongo_db(mongodb_url: str) -> Iterator[str]:
-    """A database of its own on the session's Mongo server, dropped afterwards."""
-    name = "e2e_" + uuid.uuid4().hex[:12]
-    url = with_database(mongodb_url, name)
-    yield url
-    with pymongo.MongoClient(url, serverSelectionTimeoutMS=2000) as client:
-        client.drop_database(name)
 
 
 @pytest.fixture
