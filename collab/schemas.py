@@ -37,11 +37,21 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+#: the integers both stores hold (SQLite INTEGER, BSON int64)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 class StrictInteger(fields.Integer):
-    """A JSON integer; ``true``, ``1.5`` and ``"1"`` are refused."""
+    """A JSON integer that fits in 64 bits; ``true``, ``1.5`` and ``"1"`` are refused.
+
+    A larger one is no seq, version or page size the server can have, and
+    would reach the store only to fail there as an overflow.
+    """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(strict=True, **kwargs)
+        self.validators.append(validate.Range(
+            min=INT64_MIN, max=INT64_MAX, error="Must fit in 64 bits ({min} to {max})."))
 
     def _validated(self, value):
         if isinstance(value, bool):

@@ -81,3 +81,41 @@ async def test_ids_beside_ones_with_a_newline_stay_distinct(server):
     await alice.fails("documents:create", {"document_id": "report\n"}, "INVALID_INPUT")
     await alice.fails("documents:create", {"document_id": "report"}, "ALREADY_EXISTS")
     assert await server.app.store.get_document("report\n") is None
+
+
+# -- integers: what the stores hold, 64-bit signed (defect 12) ----------------------
+
+INT64_MAX = 2**63 - 1
+TOO_LARGE = [2**63, 2**64, 10**30]
+
+INTEGER_FIELDS = [
+    ("documents:update", {"document_id": "d1", "content": "x"}, "version"),
+    ("chat:join", {"chat_id": "c1"}, "since_seq"),
+    ("chat:history", {"chat_id": "c1"}, "before_seq"),
+    ("chat:history", {"chat_id": "c1"}, "limit"),
+]
+
+
+@pytest.mark.parametrize("event, payload, field", INTEGER_FIELDS,
+                         ids=[f"{e}-{f}" for e, _, f in INTEGER_FIELDS])
+@pytest.mark.parametrize("value", TOO_LARGE, ids=["2^63", "2^64", "10^30"])
+async def test_an_integer_past_64_bits_is_invalid_input(server, event, payload, field, value):
+    alice = await setup(server)
+    await refused(alice, event, {**payload, field: value}, field)
+    await unchanged(server)
+    assert server.app.sio.rooms(alice.sid) == [alice.sid]  # the join did not enter the room
+
+
+async def test_the_largest_64_bit_integer_gets_the_natural_answer(server):
+    alice = await setup(server)
+    await alice.ok("chat:message", {"chat_id": "c1", "content": "m1"})
+    error = await alice.fails(
+        "documents:update", {"document_id": "d1", "content": "x", "version": INT64_MAX},
+        "VERSION_CONFLICT")
+    assert error["details"]["current_version"] == 0
+    joined = await alice.ok("chat:join", {"chat_id": "c1", "since_seq": INT64_MAX})
+    assert joined["messages"] == []
+    page = await alice.ok("chat:history", {"chat_id": "c1", "before_seq": INT64_MAX})
+    assert [m["content"] for m in page["messages"]] == ["m1"]
+    page = await alice.ok("chat:history", {"chat_id": "c1", "limit": INT64_MAX})
+    assert [m["content"] for m in page["messages"]] == ["m1"]
