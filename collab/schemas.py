@@ -14,18 +14,38 @@ ID_PATTERN = r"\A[A-Za-z0-9_.:-]{1,128}\Z"
 ID_MESSAGE = "Must be 1 to 128 characters from A-Z a-z 0-9 _ . : -"
 
 
+class Text(fields.String):
+    """A string that is Unicode text: every text field of the protocol is one.
+
+    JSON can spell a lone surrogate (``"\\ud800"``) and Python decodes it into
+    a ``str``, but it is no character: UTF-8, SQLite and BSON all refuse to
+    encode it, so it is refused here, before anything is stored or sent.
+    """
+
+    default_error_messages = {"surrogate": "Not valid Unicode text (a lone surrogate)."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text.isascii():  # isascii() is O(1); only other text needs the check
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise self.make_error("surrogate") from None
+        return text
+
+
 def Id(**kwargs) -> fields.String:  # noqa: N802 - reads like a field class
     """A resource id as the protocol defines it."""
-    return fields.String(validate=validate.Regexp(ID_PATTERN, error=ID_MESSAGE), **kwargs)
+    return Text(validate=validate.Regexp(ID_PATTERN, error=ID_MESSAGE), **kwargs)
 
 
 def UserId(**kwargs) -> fields.String:  # noqa: N802
     """A user id: whatever a token's ``sub`` may hold, within reason."""
-    return fields.String(validate=validate.Length(min=1, max=256), **kwargs)
+    return Text(validate=validate.Length(min=1, max=256), **kwargs)
 
 
 def Title() -> fields.String:  # noqa: N802
-    return fields.String(load_default="", validate=validate.Length(max=1000))
+    return Text(load_default="", validate=validate.Length(max=1000))
 
 
 class StrictBoolean(fields.Boolean):
@@ -67,13 +87,13 @@ class Payload(Schema):
 class DocumentCreate(Payload):
     document_id = Id()
     title = Title()
-    content = fields.String(load_default="")
+    content = Text(load_default="")
 
 
 class DocumentShare(Payload):
     document_id = Id(required=True)
     user_id = UserId(required=True)
-    role = fields.String(
+    role = Text(
         required=True, allow_none=True, validate=validate.OneOf(["editor", "viewer"])
     )
 
@@ -84,7 +104,7 @@ class DocumentRef(Payload):
 
 class DocumentUpdate(Payload):
     document_id = Id(required=True)
-    content = fields.String(required=True)
+    content = Text(required=True)
     version = StrictInteger(required=True, validate=validate.Range(min=1))
 
 
@@ -110,7 +130,7 @@ class ChatRef(Payload):
 
 class ChatMessage(Payload):
     chat_id = Id(required=True)
-    content = fields.String(required=True, validate=validate.Length(min=1))
+    content = Text(required=True, validate=validate.Length(min=1))
     client_id = Id()
 
 
@@ -126,4 +146,4 @@ class ChatTyping(Payload):
 
 
 class AuthRefresh(Payload):
-    token = fields.String(required=True, validate=validate.Length(min=1))
+    token = Text(required=True, validate=validate.Length(min=1))

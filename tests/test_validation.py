@@ -119,3 +119,58 @@ async def test_the_largest_64_bit_integer_gets_the_natural_answer(server):
     assert [m["content"] for m in page["messages"]] == ["m1"]
     page = await alice.ok("chat:history", {"chat_id": "c1", "limit": INT64_MAX})
     assert [m["content"] for m in page["messages"]] == ["m1"]
+
+
+# -- text: a lone surrogate is valid JSON but no text (defect 11) --------------------
+
+LONE_SURROGATE = "a\ud800b"  # sent as "a\\ud800b"; UTF-8, SQLite and BSON refuse it
+
+TEXT_FIELDS = [
+    ("documents:create", {"document_id": "d2", "title": LONE_SURROGATE}, "title"),
+    ("documents:create", {"document_id": "d2", "content": LONE_SURROGATE}, "content"),
+    ("documents:share", {"document_id": "d1", "user_id": LONE_SURROGATE, "role": "editor"},
+     "user_id"),
+    ("documents:update", {"document_id": "d1", "content": LONE_SURROGATE, "version": 1},
+     "content"),
+    ("chat:create", {"chat_id": "c2", "title": LONE_SURROGATE}, "title"),
+    ("chat:create", {"chat_id": "c2", "members": ["bob", LONE_SURROGATE]}, "members"),
+    ("chat:invite", {"chat_id": "c1", "user_id": LONE_SURROGATE}, "user_id"),
+    ("chat:message", {"chat_id": "c1", "content": LONE_SURROGATE}, "content"),
+    ("auth:refresh", {"token": LONE_SURROGATE}, "token"),
+]
+
+
+@pytest.mark.parametrize("event, payload, field", TEXT_FIELDS,
+                         ids=[f"{e}-{f}" for e, _, f in TEXT_FIELDS])
+async def test_a_lone_surrogate_in_a_text_field_is_invalid_input(server, event, payload, field):
+    alice = await setup(server)
+    identity = server.app.connections[alice.sid].identity
+    await refused(alice, event, payload, field)
+    await unchanged(server)
+    assert server.app.connections[alice.sid].identity is identity  # auth:refresh changed nothing
+
+
+@pytest.mark.parametrize("surrogate", ["\udfff", "\ud800\ud800", "\udc00\ud800"],
+                         ids=["low", "two-highs", "reversed-pair"])
+async def test_every_unpaired_surrogate_is_refused(server, surrogate):
+    alice = await setup(server)
+    await refused(alice, "chat:message", {"chat_id": "c1", "content": surrogate}, "content")
+    await unchanged(server)
+
+
+async def test_a_surrogate_pair_is_the_character_it_encodes(server):
+    alice = await setup(server)
+    # json.dumps sends the emoji as the escaped pair "\\ud83d\\ude00"
+    ack = await alice.ok("chat:message", {"chat_id": "c1", "content": "\U0001F600"})
+    assert ack["message"]["content"] == "\U0001F600"
+    stored = await server.app.store.messages_after("c1", 0, 10)
+    assert [m["content"] for m in stored] == ["\U0001F600"]
+
+
+async def test_a_lone_surrogate_in_an_unknown_field_name_is_answered(server):
+    """The name is echoed in ``details``: the answer must still encode."""
+    alice = await setup(server)
+    error = await alice.fails("chat:typing", {"chat_id": "c1", "typing": True,
+                                              LONE_SURROGATE: 1}, "INVALID_INPUT")
+    assert error["details"] == {LONE_SURROGATE: ["Unknown field."]}
+    await alice.ok("chat:typing", {"chat_id": "c1", "typing": False})
