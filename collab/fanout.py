@@ -26,10 +26,14 @@ busy) gets the packet appended to its queue in the same synchronous pass, so a
 broadcast is never interleaved with another one.
 
 Slow consumers: :func:`bounded_handler` caps each WebSocket's Tornado write
-buffer; a connection whose unsent bytes would pass the cap is aborted, on the
-direct path and on python-socketio's own path alike. A connection with more
-than ``max_queued`` packets waiting in its Engine.IO queue (a polling client
-that stopped polling) is closed by the fast path too.
+buffer; a connection that still holds more than the cap of unsent bytes when
+the next message is written to it is aborted, on the direct path and on
+python-socketio's own path alike. The message being written does not count:
+one larger than the cap (a big ack, a big document) says nothing about the
+consumer, so it is written, and a connection holds at most the cap plus one
+message. A connection with more than ``max_queued`` packets waiting in its
+Engine.IO queue (a polling client that stopped polling) is closed by the fast
+path too.
 
 For a pub/sub manager (Redis), :func:`fast_manager` mixes this class in below
 it, so the pub/sub ``emit``'s local delivery (``super(AsyncPubSubManager).emit``)
@@ -40,8 +44,10 @@ lands here: ``FastAsyncRedisManager -> AsyncRedisManager -> AsyncPubSubManager
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import socketio
@@ -220,7 +226,37 @@ def _send_frame(stream: Any, frame: bytes) -> None:
         if sent == len(frame):
             return
         frame = memoryview(frame)[sent:]
-    stream.write(frame)
+    _buffer(stream, frame)
+
+
+def _buffer(stream: Any, data: bytes | memoryview) -> None:
+    """``stream.write(data)``, refused (``StreamBufferFullError``) only when backlogged."""
+    if _backlogged(stream):
+        raise tornado.iostream.StreamBufferFullError("send buffer full")
+    with _uncapped(stream):
+        stream.write(data)
+
+
+def _backlogged(stream: Any) -> bool:
+    """Whether earlier messages hold more unsent bytes than the send cap
+    (``max_write_buffer_size``): the consumer does not keep up. The message about to
+    be written does not count, so one larger than the cap on its own is written."""
+    cap = stream.max_write_buffer_size
+    return cap is not None and len(stream._write_buffer) > cap
+
+
+@contextlib.contextmanager
+def _uncapped(stream: Any) -> Iterator[None]:
+    """Lift Tornado's write cap for one message: it would count the message itself.
+
+    It stays in force for the frames Tornado writes on its own (pongs, close),
+    so a peer that pings and never reads still cannot grow the buffer.
+    """
+    cap, stream.max_write_buffer_size = stream.max_write_buffer_size, None
+    try:
+        yield
+    finally:
+        stream.max_write_buffer_size = cap
 
 
 def _write(handler: Any, conn: Any, text: str | None, frame: bytes | None) -> None:
@@ -301,11 +337,14 @@ def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BU
             await super().open(*args, **kwargs)
 
         def write_message(self, message: Any, binary: bool = False) -> Any:
-            try:
+            conn = self.ws_connection
+            if conn is None:
+                return super().write_message(message, binary=binary)  # raises: closed
+            if _backlogged(conn.stream):
+                _overflow(self, conn)
+                raise tornado.websocket.WebSocketClosedError()
+            with _uncapped(conn.stream):
                 return super().write_message(message, binary=binary)
-            except tornado.iostream.StreamBufferFullError:
-                _overflow(self, self.ws_connection)
-                raise tornado.websocket.WebSocketClosedError() from None
 
         def on_close(self) -> None:
             if fast is not None and self._eio_sid \
