@@ -1,4 +1,5 @@
-"""A bare Engine.IO v4 / Socket.IO v5 WebSocket peer, for packets a client library won't send."""
+"""Bare Engine.IO v4 / Socket.IO v5 peers (WebSocket, long-polling), for packets a client
+library won't send and for the bytes exactly as the server sent them."""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ class RawSocket:
     async def send(self, packet: str) -> None:
         await self.ws.send_str("4" + packet)
 
+    async def packet(self, prefix: str, timeout: float = 5.0) -> str:
+        """The next Socket.IO packet starting with ``prefix``, as the text it came as
+        (a text frame's payload: its UTF-8 is what crossed the wire)."""
+        while True:
+            packet = await self.recv(timeout)
+            if packet.startswith(prefix):
+                return packet
+
     async def ack(self, ack_id: int, timeout: float = 5.0) -> Any:
         """Wait for the ack with ``ack_id`` and return its first argument."""
         prefix = f"3{ack_id}"
@@ -51,4 +60,53 @@ class RawSocket:
 
     async def close(self) -> None:
         await self.ws.close()
+        await self.session.close()
+
+
+class RawPolling:
+    """A bare Engine.IO v4 long-polling peer: each poll's HTTP body exactly as sent."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+        #: Engine.IO packets of the last poll not asked for yet
+        self.received: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, url: str, token: str) -> RawPolling:
+        session = aiohttp.ClientSession()
+        base = url + "/socket.io/?EIO=4&transport=polling"
+        async with session.get(base) as resp:
+            opening = await resp.text()  # Engine.IO OPEN
+        assert opening.startswith("0{"), opening
+        raw = cls(session, f"{base}&sid={json.loads(opening[1:])['sid']}")
+        await raw.send("0" + json.dumps({"token": token}))
+        connected = await raw.packet("0")  # Socket.IO CONNECT
+        assert connected.startswith(b"0{"), connected
+        return raw
+
+    async def send(self, packet: str) -> None:
+        async with self.session.post(self.url, data=("4" + packet).encode()) as resp:
+            assert resp.status == 200, resp.status
+
+    async def poll(self, timeout: float = 5.0) -> bytes:
+        """One poll's body: Engine.IO packets separated by ``\\x1e``."""
+        async with self.session.get(self.url, timeout=aiohttp.ClientTimeout(timeout)) as resp:
+            assert resp.status == 200, resp.status
+            return await resp.read()
+
+    async def packet(self, prefix: str, timeout: float = 5.0) -> bytes:
+        """The next Socket.IO packet starting with ``prefix``, as the bytes it came as,
+        answering Engine.IO pings on the way."""
+        while True:
+            if not self.received:
+                self.received = (await self.poll(timeout)).split(b"\x1e")
+            eio_packet = self.received.pop(0)
+            if eio_packet == b"2":
+                async with self.session.post(self.url, data=b"3") as resp:
+                    assert resp.status == 200, resp.status
+            elif eio_packet.startswith(b"4" + prefix.encode()):
+                return eio_packet[1:]
+
+    async def close(self) -> None:
         await self.session.close()
