@@ -86,6 +86,8 @@ class Settings:
     rate_limit_burst: int = 100
     history_limit: int = 50
     history_max: int = 200
+    #: encoded bytes of the messages in one chat:join or chat:history page (at least one)
+    history_page_bytes: int = 1024 * 1024
 
     websocket_compression: bool = False
     #: broadcast by writing one pre-framed message to each idle WebSocket (collab/fanout.py)
@@ -154,7 +156,8 @@ class Settings:
                 "(HMAC keys shorter than the hash are weak)"
             )
         for name in ("max_packet_bytes", "max_document_bytes", "max_message_chars",
-                     "history_limit", "history_max", "token_ttl", "max_send_buffer_bytes"):
+                     "history_limit", "history_max", "token_ttl", "max_send_buffer_bytes",
+                     "history_page_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_env(name)}: must be positive")
         for name in ("rate_limit_per_second", "rate_limit_burst", "jwt_leeway",
@@ -163,6 +166,10 @@ class Settings:
                 raise ConfigError(f"{_env(name)}: must not be negative")
         if self.history_limit > self.history_max:
             raise ConfigError(f"{_env('history_limit')}: must not exceed history_max")
+        if self.history_page_bytes >= self.max_send_buffer_bytes:
+            # a page must leave room for the broadcasts that follow it to its reader
+            raise ConfigError(f"{_env('history_page_bytes')}: must be below "
+                              f"max_send_buffer_bytes ({self.max_send_buffer_bytes})")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"{_env('log_level')}: {self.log_level!r} is not a log level")
 

@@ -192,12 +192,13 @@ async def test_join_returns_chat_users_and_messages(server):
     await post(alice, "c1", 3)
     bob = await server.connect("bob")
     ack = await bob.ok("chat:join", {"chat_id": "c1"})
-    assert set(ack) == {"ok", "chat", "users", "messages"}
+    assert set(ack) == {"ok", "chat", "users", "messages", "has_more"}
     assert ack["chat"]["id"] == "c1"
     assert ack["chat"]["members"] == ["alice", "bob"]
     assert sorted(ack["users"]) == ["alice", "bob"]
     assert seqs(ack["messages"]) == [1, 2, 3]
     assert [m["content"] for m in ack["messages"]] == ["m0", "m1", "m2"]
+    assert ack["has_more"] is False
     assert all(set(m) == MESSAGE_KEYS for m in ack["messages"])
 
 
@@ -573,14 +574,23 @@ class TestSmallHistoryPages:
         await post(alice, "c1", 5)
         ack = await alice.ok("chat:join", {"chat_id": "c1"})
         assert seqs(ack["messages"]) == [3, 4, 5]
+        assert ack["has_more"] is True  # older ones: page back with chat:history
 
     async def test_join_since_seq_is_capped(self, server):
         alice = await joined_owner(server)
         await post(alice, "c1", 7)
         ack = await alice.ok("chat:join", {"chat_id": "c1", "since_seq": 0})
         assert seqs(ack["messages"]) == [1, 2, 3, 4, 5]  # the client pages on from seq 5
+        assert ack["has_more"] is True  # newer ones
         ack = await alice.ok("chat:join", {"chat_id": "c1", "since_seq": 5})
         assert seqs(ack["messages"]) == [6, 7]
+        assert ack["has_more"] is False
+
+    async def test_join_since_seq_with_exactly_a_full_page_has_no_more(self, server):
+        alice = await joined_owner(server)
+        await post(alice, "c1", 5)
+        ack = await alice.ok("chat:join", {"chat_id": "c1", "since_seq": 0})
+        assert (seqs(ack["messages"]), ack["has_more"]) == ([1, 2, 3, 4, 5], False)
 
 
 # -- chat:typing -----------------------------------------------------------------

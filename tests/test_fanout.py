@@ -222,7 +222,8 @@ def test_a_client_that_stops_reading_is_disconnected(io_loop, fast):
     the bytes the server held for it never passed the cap by more than the one message
     that found the cap already full."""
     settings = make_settings(fast_broadcast=fast, rate_limit_per_second=0,
-                             max_send_buffer_bytes=256 * 1024, max_message_chars=200_000)
+                             max_send_buffer_bytes=256 * 1024, history_page_bytes=64 * 1024,
+                             max_message_chars=200_000)
 
     async def scenario() -> None:
         srv = await Server.start(settings)

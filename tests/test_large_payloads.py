@@ -17,7 +17,7 @@ EMOJI = "\U0001F600"  # 4 bytes in UTF-8, 12 as the JSON escape pair "\\ud83d\\u
 @pytest.fixture(params=[True, False], ids=["fast", "normal"])
 def settings(request):
     return make_settings(fast_broadcast=request.param, max_send_buffer_bytes=SEND_CAP,
-                         max_document_bytes=BIG)
+                         history_page_bytes=SEND_CAP // 2, max_document_bytes=BIG)
 
 
 async def test_acks_and_broadcasts_larger_than_the_send_cap_are_written(server):
@@ -87,3 +87,136 @@ async def test_acks_and_broadcasts_are_utf8_on_long_polling(server):
             assert_utf8(packet, content)
     finally:
         await raw.close()
+
+
+# -- pages bounded by bytes ----------------------------------------------------------
+
+
+def page_bytes(messages: list[dict]) -> int:
+    """What ``messages`` take in a packet: a JSON array in UTF-8, as the server sends it."""
+    return len(json.dumps(messages, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def seqs(messages: list[dict]) -> list[int]:
+    return [m["seq"] for m in messages]
+
+
+async def page_back(client, first_page: dict, max_bytes: int) -> list[dict]:
+    """Every message from ``first_page`` back to the first, via chat:history; each page
+    within ``max_bytes``."""
+    pages = [first_page["messages"]]
+    has_more = first_page["has_more"]
+    while has_more:
+        page = await client.ok("chat:history", {"chat_id": "c1", "limit": 200,
+                                                "before_seq": pages[-1][0]["seq"]})
+        pages.append(page["messages"])
+        has_more = page["has_more"]
+    for page in pages:
+        assert len(page) == 1 or page_bytes(page) <= max_bytes
+    return [m for page in reversed(pages) for m in page]
+
+
+async def page_forward(client, since_seq: int, max_bytes: int) -> list[dict]:
+    """Every message after ``since_seq``, via chat:join with since_seq, page by page;
+    each page within ``max_bytes``."""
+    messages: list[dict] = []
+    while True:
+        ack = await client.ok("chat:join", {"chat_id": "c1", "since_seq": since_seq})
+        assert len(ack["messages"]) == 1 or page_bytes(ack["messages"]) <= max_bytes
+        messages += ack["messages"]
+        if not ack["has_more"]:
+            return messages
+        since_seq = ack["messages"][-1]["seq"]
+
+
+class TestAChatOfBigMessages:
+    """50 messages of 10,000 emoji (the character limit) are 2 MB as UTF-8 (and were
+    6 MB with ensure_ascii): more than a page may take, with the default settings."""
+
+    @pytest.fixture
+    def settings(self):
+        return make_settings()
+
+    async def test_join_and_history_answer_in_pages_within_the_bound(self, server):
+        settings = server.app.settings
+        alice = await server.connect("alice")
+        await alice.ok("chat:create", {"chat_id": "c1", "members": ["bob"]})
+        sent = [(await alice.ok("chat:message", {"chat_id": "c1",
+                                                 "content": f"{i:02d}" + EMOJI * 9998}))["message"]
+                for i in range(50)]
+        assert page_bytes(sent) > settings.history_page_bytes
+        raw = await RawSocket.connect(server.url, make_token("bob"))
+        try:  # the join's ack as it crosses the wire: the page plus the chat and users
+            await raw.send("21" + json.dumps(["chat:join", {"chat_id": "c1"}]))
+            frame = (await raw.packet("31[")).encode()
+            assert len(frame) <= settings.history_page_bytes + 1000
+            assert json.loads(frame[2:])[0]["has_more"] is True
+        finally:
+            await raw.close()
+
+        bob = await server.connect("bob")
+        joined = await bob.ok("chat:join", {"chat_id": "c1"})
+        latest = joined["messages"]
+        assert 1 < len(latest) < 50 and latest == sent[-len(latest):]
+        assert page_bytes(latest) <= settings.history_page_bytes
+        assert joined["has_more"] is True
+        history = await bob.ok("chat:history", {"chat_id": "c1"})
+        assert (history["messages"], history["has_more"]) == (latest, True)
+        assert page_bytes(sent[-len(latest) - 1:]) > settings.history_page_bytes  # full
+        assert await page_back(bob, joined, settings.history_page_bytes) == sent  # once each
+        assert await page_forward(bob, 0, settings.history_page_bytes) == sent
+        assert set(server.app.connections) == {alice.sid, bob.sid}  # nobody was closed
+
+
+class TestMessagesOverThePageBound:
+    """A page bound below one message's size: every page holds exactly one message."""
+
+    @pytest.fixture
+    def settings(self):
+        return make_settings(history_page_bytes=1000)
+
+    async def test_every_page_holds_one_message_and_has_more_tells_the_rest(self, server):
+        alice = await server.connect("alice")
+        await alice.ok("chat:create", {"chat_id": "c1"})
+        sent = [(await alice.ok("chat:message", {"chat_id": "c1", "content": c * 2000}))["message"]
+                for c in "abc"]
+        joined = await alice.ok("chat:join", {"chat_id": "c1"})
+        assert (seqs(joined["messages"]), joined["has_more"]) == ([3], True)
+        page = await alice.ok("chat:history", {"chat_id": "c1", "before_seq": 3})
+        assert (seqs(page["messages"]), page["has_more"]) == ([2], True)
+        page = await alice.ok("chat:history", {"chat_id": "c1", "before_seq": 2})
+        assert (seqs(page["messages"]), page["has_more"]) == ([1], False)
+        for since, expected, more in [(0, [1], True), (1, [2], True), (2, [3], False),
+                                      (3, [], False)]:
+            ack = await alice.ok("chat:join", {"chat_id": "c1", "since_seq": since})
+            assert (seqs(ack["messages"]), ack["has_more"]) == (expected, more), since
+        assert await page_forward(alice, 0, 1000) == sent
+        assert await page_back(alice, joined, 1000) == sent
+
+    async def test_small_messages_fill_the_page(self, server):
+        alice = await server.connect("alice")
+        await alice.ok("chat:create", {"chat_id": "c1"})
+        sent = [(await alice.ok("chat:message", {"chat_id": "c1", "content": f"m{i}"}))["message"]
+                for i in range(30)]
+        page = await alice.ok("chat:history", {"chat_id": "c1"})
+        n = len(page["messages"])
+        assert 1 < n < 30 and page["messages"] == sent[-n:] and page["has_more"] is True
+        assert page_bytes(sent[-n:]) <= 1000 < page_bytes(sent[-n - 1:])
+        forward = await alice.ok("chat:join", {"chat_id": "c1", "since_seq": 0})
+        n = len(forward["messages"])
+        assert forward["messages"] == sent[:n] and forward["has_more"] is True
+        assert page_bytes(sent[:n]) <= 1000 < page_bytes(sent[:n + 1])
+        assert await page_back(alice, page, 1000) == sent
+        assert await page_forward(alice, 0, 1000) == sent
+
+
+@pytest.mark.parametrize("overrides", [
+    {"history_page_bytes": 0},
+    {"history_page_bytes": 4 * 1024 * 1024},  # the default send cap: a page could fill it
+    {"history_page_bytes": 64 * 1024, "max_send_buffer_bytes": 64 * 1024},
+])
+def test_a_page_bound_that_cannot_work_is_refused_at_start(overrides):
+    from collab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="COLLAB_HISTORY_PAGE_BYTES"):
+        make_settings(**overrides)
