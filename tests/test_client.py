@@ -270,6 +270,28 @@ async def test_reconnects_rejoins_and_delivers_what_was_missed_exactly_once(serv
     assert gate.calls == 2  # the first token, then one at the start of the reconnection
 
 
+async def test_recovery_of_more_than_a_page_of_bytes_delivers_each_message_once(server):
+    """50 messages at the character limit (10,000 emoji, 2 MB in all) missed while
+    away: the rejoin's pages are bounded by bytes, and the client gets every one."""
+    gate = Gate()
+    alice = manager(server.url, token_provider=gate, reconnect_delay=0.01)
+    seen = Recorder(alice, "chat:message", "connected")
+    await alice.connect()
+    chat_id = await chat_with(alice, "bob")
+    gate.open.clear()
+    await server.app.sio.disconnect(alice.sid)
+    await asyncio.wait_for(gate.asked.wait(), WAIT)
+    missed = [f"{i:02d}" + "\U0001F600" * 9998 for i in range(50)]
+    await post(server.url, "bob", chat_id, missed)
+    gate.open.set()
+    await seen.count("connected", 2)
+    await seen.count("chat:message", 50)
+    assert seen.contents() == missed
+    assert seen.seqs() == list(range(1, 51))
+    assert all(d["recovered"] is True for d in seen.seen["chat:message"])
+    await alice.disconnect()
+
+
 async def test_a_room_closed_to_the_user_meanwhile_is_forgotten(server):
     gate = Gate()
     alice = manager(server.url, token_provider=gate, reconnect_delay=0.01)
