@@ -131,11 +131,14 @@ async def page_forward(client, since_seq: int, max_bytes: int) -> list[dict]:
 
 class TestAChatOfBigMessages:
     """50 messages of 10,000 emoji (the character limit) are 2 MB as UTF-8 (and were
-    6 MB with ensure_ascii): more than a page may take, with the default settings."""
+    6 MB with ensure_ascii): more than a page may take, with the default settings,
+    on either store."""
 
-    @pytest.fixture
-    def settings(self):
-        return make_settings()
+    @pytest.fixture(params=["sqlite", pytest.param("mongodb", marks=pytest.mark.mongo)])
+    def settings(self, request):
+        if request.param == "sqlite":
+            return make_settings()
+        return make_settings(storage_url=request.getfixturevalue("mongo_db"))
 
     async def test_join_and_history_answer_in_pages_within_the_bound(self, server):
         settings = server.app.settings
