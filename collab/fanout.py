@@ -274,6 +274,11 @@ def _write(handler: Any, conn: Any, text: str | None, frame: bytes | None) -> No
         conn.stream.close()
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _overflow(handler: Any, conn: Any) -> None:
     log.warning("closing a WebSocket that does not keep up (send buffer full): %s",
                 handler.request.remote_ip)
@@ -344,7 +349,12 @@ def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BU
                 _overflow(self, conn)
                 raise tornado.websocket.WebSocketClosedError()
             with _uncapped(conn.stream):
-                return super().write_message(message, binary=binary)
+                future = super().write_message(message, binary=binary)
+            # Engine.IO never awaits it; when the stream closes with this message
+            # unsent (a slow consumer dropped) it fails, and would be logged as a
+            # "Task exception was never retrieved" traceback.
+            future.add_done_callback(_retrieve)
+            return future
 
         def on_close(self) -> None:
             if fast is not None and self._eio_sid \
