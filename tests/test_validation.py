@@ -158,6 +158,14 @@ async def test_every_unpaired_surrogate_is_refused(server, surrogate):
     await unchanged(server)
 
 
+@pytest.mark.parametrize("event, payload, field", ID_FIELDS,
+                         ids=[f"{e}-{f}" for e, _, f in ID_FIELDS])
+async def test_a_lone_surrogate_in_an_id_field_is_invalid_input(server, event, payload, field):
+    alice = await setup(server)
+    await refused(alice, event, {**payload, field: LONE_SURROGATE}, field)
+    await unchanged(server)
+
+
 async def test_a_surrogate_pair_is_the_character_it_encodes(server):
     alice = await setup(server)
     # json.dumps sends the emoji as the escaped pair "\\ud83d\\ude00"
