@@ -103,7 +103,8 @@ class FastEmitManager(socketio.AsyncManager):
         self.compression = compression
         self.max_queued = max_queued
         if "ws_handlers" not in self.__dict__:
-            #: eio sid -> Tornado handler, for connections upgraded from polling
+            #: eio sid -> Tornado handler, for connections upgraded from polling (set once
+            #: Engine.IO has accepted the upgrade, see bounded_handler)
             self.ws_handlers: dict[str, Any] = {}
             #: eio sid -> (handler, WebSocket connection), found once per connection
             self.sinks: dict[str, tuple[Any, Any]] = {}
@@ -321,12 +322,16 @@ def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BU
     TCP_NODELAY, as Node's socket.io has).
 
     It also tells a :class:`FastEmitManager` which WebSocket carries a
-    connection that was upgraded from long-polling (the ``sid`` query argument).
+    connection that was upgraded from long-polling, once Engine.IO has
+    accepted it as that connection's upgrade; the ``sid`` in its query string
+    alone proves nothing (anyone who saw a polling URL knows it).
     """
     fast = manager if isinstance(manager, FastEmitManager) else None
 
     class BoundedHandler(base):  # type: ignore[misc, valid-type]
         _eio_sid: str | None = None
+        #: an upgrade not decided yet: the messages Engine.IO has read from it so far
+        _upgrade_read: list[Any] | None = None
 
         async def open(self, *args: Any, **kwargs: Any) -> None:
             if self.ws_connection is not None:
@@ -335,11 +340,30 @@ def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BU
                 # earlier one is unacknowledged then waits for the peer's delayed ACK
                 # (up to 40 ms). Node's ws and socket.io turn it off; so do we.
                 self.set_nodelay(True)
-            sid = self.get_query_argument("sid", None)
-            if fast is not None and sid:
+            if fast is not None and self.get_query_argument("sid", None):
+                self._upgrade_read = []
+            await super().open(*args, **kwargs)
+
+        async def get_next_message(self) -> Any:
+            if self._upgrade_read is not None and len(self._upgrade_read) == 2:
+                self._upgrade_accepted(self._upgrade_read)
+            message = await super().get_next_message()
+            if self._upgrade_read is not None:
+                self._upgrade_read.append(message)
+            return message
+
+        def _upgrade_accepted(self, read: list[Any]) -> None:
+            """Engine.IO asks for a third message: it has taken the probe and UPGRADE."""
+            self._upgrade_read = None
+            sid = self.get_query_argument("sid")
+            sock = fast.server.eio.sockets.get(sid)
+            # Engine.IO reads a third message from an upgrading WebSocket only once it
+            # took the first two as probe and UPGRADE; the rest is belt and braces
+            if read == ["2probe", "5"] and sock is not None and sock.upgraded \
+                    and not sock.closed and self.ws_connection is not None:
                 self._eio_sid = sid
                 fast.ws_handlers[sid] = self
-            await super().open(*args, **kwargs)
+                fast.sinks.pop(sid, None)
 
         def write_message(self, message: Any, binary: bool = False) -> Any:
             conn = self.ws_connection

@@ -15,7 +15,7 @@ import tornado.netutil
 import tornado.web
 from engineio.async_drivers.tornado import translate_request
 
-from . import fanout
+from . import fanout, transport
 from .app import CollabApp
 from .config import Settings
 from .http import HealthzHandler, MetricsHandler, Readiness, ReadyzHandler
@@ -32,9 +32,8 @@ METRICS_MAX_CONNECTIONS = 64
 
 def socket_handler(app: CollabApp) -> type:
     """python-socketio's Tornado handler, with our compression and origin policy."""
-    base = fanout.bounded_handler(
-        socketio.get_tornado_handler(app.sio), app.sio.manager, app.settings.max_send_buffer_bytes
-    )
+    guarded = transport.guarded_handler(socketio.get_tornado_handler(app.sio), app.sio.eio)
+    base = fanout.bounded_handler(guarded, app.sio.manager, app.settings.max_send_buffer_bytes)
     compression = app.settings.websocket_compression
 
     class SocketHandler(base):  # type: ignore[misc, valid-type]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import cancel_leftover_tasks
 from harness import WAIT, Harness, make_settings, make_token
+from rawsocket import RawSocket
 
 from collab.fanout import FastEmitManager, ws_text_frame
 from collab.server import Server
@@ -333,3 +334,35 @@ async def test_a_polling_client_that_stops_polling_is_closed_by_the_queue_cap(io
         await server.close_clients()
         await srv.stop()
         await cancel_leftover_tasks()
+
+
+async def test_a_session_id_is_not_enough_to_receive_its_broadcasts(server, settings):
+    """A WebSocket that asks to carry someone's session (``sid`` in the query) without
+    Engine.IO accepting it as that session's upgrade is closed and never becomes the
+    session's sink: the victim, upgraded from long-polling, keeps every broadcast."""
+    check_manager(server, settings)
+    alice = await server.connect("alice")
+    victim = await server.connect("bob", transports=["polling", "websocket"])
+    chat_id = await make_chat(alice, ["bob"])
+    await victim.ok("chat:join", {"chat_id": chat_id})
+    eio_sid = victim.sio.eio.sid
+    assert victim.sio.eio.current_transport == "websocket"
+    assert server.app.sio.eio.sockets[eio_sid].upgraded
+    manager = server.app.sio.manager
+    sink = manager.ws_handlers.get(eio_sid) if settings.fast_broadcast else None
+    attacker = await RawSocket.open(server.url, f"&sid={eio_sid}")
+    try:
+        await alice.ok("chat:message", {"chat_id": chat_id, "content": "for bob only"})
+        got = await victim.next("chat:message")
+        assert got["message"]["content"] == "for bob only"
+        assert await attacker.closed(timeout=WAIT) == []
+    finally:
+        await attacker.close()
+    direct = getattr(manager, "direct_writes", 0)
+    await alice.ok("chat:message", {"chat_id": chat_id, "content": "still bob's"})
+    assert (await victim.next("chat:message"))["message"]["content"] == "still bob's"
+    if settings.fast_broadcast:  # the accepted upgrade is the sink: bob's frames go direct
+        handler = manager.ws_handlers[eio_sid]
+        assert handler is sink and handler.ws_connection is not None
+        assert manager.sinks[eio_sid] == (handler, handler.ws_connection)
+        assert manager.direct_writes - direct == 1  # bob, the only member in the room

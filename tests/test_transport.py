@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from harness import make_settings
+from harness import WAIT, make_settings
+from rawsocket import RawSocket
 
 
 async def negotiated_extensions(url: str) -> str | None:
@@ -26,3 +27,13 @@ class TestCompressionConfigured:
 
     async def test_permessage_deflate_when_configured(self, server):
         assert "permessage-deflate" in await negotiated_extensions(server.url)
+
+
+async def test_a_refused_websocket_is_closed(server):
+    """Engine.IO cannot answer a WebSocket it refuses (Tornado has sent 101 already) and
+    left it open; the server closes it at once."""
+    raw = await RawSocket.open(server.url, "&sid=no-such-session")
+    try:
+        assert await raw.closed(timeout=WAIT) == []
+    finally:
+        await raw.close()
