@@ -32,7 +32,9 @@ METRICS_MAX_CONNECTIONS = 64
 
 def socket_handler(app: CollabApp) -> type:
     """python-socketio's Tornado handler, with our compression and origin policy."""
-    guarded = transport.guarded_handler(socketio.get_tornado_handler(app.sio), app.sio.eio)
+    guarded = transport.guarded_handler(
+        socketio.get_tornado_handler(app.sio), app.sio.eio, app.settings.max_packet_bytes
+    )
     base = fanout.bounded_handler(guarded, app.sio.manager, app.settings.max_send_buffer_bytes)
     compression = app.settings.websocket_compression
 

@@ -2,8 +2,12 @@
 
 python-engineio trusts what reaches its handler in ways a server on the open
 internet cannot: a WebSocket it refuses is left open (it cannot answer one
-once Tornado has sent 101). :func:`guarded_handler` takes care of that at the
-Tornado level.
+once Tornado has sent 101), and a polling POST over its size limit is
+answered only after a poll that may never come (its disconnect waits for the
+client to collect CLOSE), holding the request and its body meanwhile.
+:func:`guarded_handler` checks those at the Tornado level, before Engine.IO
+sees them, and :func:`close_session` ends a session without waiting on its
+client.
 """
 
 from __future__ import annotations
@@ -17,12 +21,31 @@ import engineio
 log = logging.getLogger("collab.transport")
 
 
-def guarded_handler(base: type, server: engineio.AsyncServer) -> type:
+async def close_session(server: engineio.AsyncServer, sid: str) -> bool:
+    """Close Engine.IO session ``sid`` at once and forget it; False if there was none.
+
+    The disconnect handlers run and the client is sent CLOSE, but unlike
+    ``AsyncServer.disconnect`` nothing waits for the client to collect it: the
+    session's queue is ended, so a WebSocket's writer closes the WebSocket
+    after writing CLOSE and a waiting poll returns.
+    """
+    sock = server.sockets.pop(sid, None)
+    if sock is None:
+        return False
+    if not sock.closed and not sock.closing:
+        await sock.close(wait=False, abort=False, reason=server.reason.TRANSPORT_ERROR)
+    sock.queue.put_nowait(None)
+    return True
+
+
+def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> type:
     """``base`` (Engine.IO's Tornado handler for ``server``) with checks before Engine.IO.
 
     - A WebSocket is closed as soon as Engine.IO is done with it: when it
       refused the request (an unknown or already upgraded ``sid``, a bad
       version) that is at once, where Engine.IO itself would leave it open.
+    - A polling POST over ``max_body`` bytes is answered 413 at once and its
+      session is closed.
     """
 
     class GuardedHandler(base):  # type: ignore[misc, valid-type]
@@ -41,5 +64,24 @@ def guarded_handler(base: type, server: engineio.AsyncServer) -> type:
                             type(exc).__name__)
             finally:
                 self.close()  # no-op when Engine.IO closed it already
+
+        async def post(self, *args: Any, **kwargs: Any) -> None:
+            if len(self.request.body) > max_body:
+                await self._refuse_post(413, "payload too large")
+                return
+            await super().post(*args, **kwargs)
+
+        async def _refuse_post(self, status: int, reason: str) -> None:
+            # answer first: the client, and the memory its body holds, are let go at once
+            self.set_status(status)
+            self.finish()
+            sid = self.get_query_argument("sid", None)
+            sock = server.sockets.get(sid) if sid else None
+            # only a session Engine.IO would take this POST for: one on WebSocket refuses
+            # HTTP requests, and must not be closed by whoever learnt its id
+            if sock is not None and sock.connected and not sock.upgraded:
+                await close_session(server, sid)
+                log.warning("closed a polling session from %s: %s", self.request.remote_ip,
+                            reason)  # (never a session id: it is all a hijacker needs)
 
     return GuardedHandler

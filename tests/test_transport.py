@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import aiohttp
 import pytest
-from harness import WAIT, make_settings
-from rawsocket import RawSocket
+from harness import WAIT, make_settings, make_token
+from rawsocket import RawPolling, RawSocket
 
 
 async def negotiated_extensions(url: str) -> str | None:
@@ -37,3 +40,43 @@ async def test_a_refused_websocket_is_closed(server):
         assert await raw.closed(timeout=WAIT) == []
     finally:
         await raw.close()
+
+
+class TestOversizedPollingPost:
+    @pytest.fixture
+    def settings(self):
+        return make_settings(max_packet_bytes=20_000)
+
+    async def test_answered_413_at_once_and_the_session_is_gone(self, server):
+        """A body over max_packet_bytes (but under Tornado's buffer) used to wait for a
+        poll that never came; it is answered 413 at once and its session is closed."""
+        bob = await server.connect("bob")
+        polling = await RawPolling.connect(server.url, make_token("carol"))
+        try:
+            carol = next(s for s, c in server.app.connections.items() if c.user_id == "carol")
+            body = "42" + json.dumps(["chat:message", {"chat_id": "c", "content": "x" * 30_000}])
+            assert 20_000 < len(body) < server.app.settings.max_packet_bytes + 64 * 1024
+            status, _ = await asyncio.wait_for(polling.post(body), 2)
+            assert status == 413
+            assert polling.eio_sid not in server.app.sio.eio.sockets
+            assert carol not in server.app.connections  # its disconnect has run
+            status, _ = await asyncio.wait_for(polling.get(), 2)
+            assert status == 400  # the session is unknown now
+        finally:
+            await polling.close()
+        await bob.ok("chat:create", {"chat_id": "still-serving"})
+
+    async def test_without_a_session_413_too(self, server):
+        async with aiohttp.ClientSession() as session:
+            url = f"{server.url}/socket.io/?EIO=4&transport=polling&sid=nope"
+            async with session.post(url, data="4" + "x" * 30_000) as resp:
+                assert resp.status == 413
+
+    async def test_a_websocket_session_is_not_closed_by_a_post_naming_it(self, server):
+        bob = await server.connect("bob")
+        async with aiohttp.ClientSession() as session:
+            url = f"{server.url}/socket.io/?EIO=4&transport=polling&sid={bob.sio.eio.sid}"
+            async with session.post(url, data="4" + "x" * 30_000) as resp:
+                assert resp.status == 413
+        assert bob.sio.eio.sid in server.app.sio.eio.sockets
+        await bob.ok("chat:create", {"chat_id": "still-connected"})
