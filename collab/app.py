@@ -25,6 +25,7 @@ from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
 from .registry.base import Registry
 from .sequencer import Sequencer
+from .sioserver import GuardedServer
 from .store.base import Store
 
 log = logging.getLogger("collab")
@@ -73,7 +74,7 @@ class CollabApp:
         #: per room: chat messages leave in seq order, document updates in version
         #: order, while the store calls behind them overlap
         self.room_order = Sequencer()
-        self.sio = socketio.AsyncServer(
+        self.sio = GuardedServer(
             async_mode="tornado",
             client_manager=client_manager,
             serializer=CollabPacket,

@@ -1,9 +1,15 @@
-"""The Socket.IO packet class the server uses, with a JSON decoder that cannot crash it.
+"""The Socket.IO packet class the server uses, with a decoder that cannot crash it.
 
 A payload nested beyond what Python's decoder can take (or otherwise not
 JSON) is turned into the event :data:`MALFORMED_EVENT`, which the dispatcher
-answers with ``INVALID_INPUT`` on the packet's own ack id. A CONNECT packet
-with such a payload ends up with no usable token and is refused.
+answers with ``INVALID_INPUT`` on the packet's own ack id. So is an event
+whose data is not ``[name, *args]`` with a string name. A CONNECT packet with
+a payload that is not JSON ends up with no usable token and is refused.
+
+A packet that cannot be read far enough to know what it is or which ack id
+it carries (a bad type, an ack id too long to be one) raises
+:class:`MalformedPacket`: there is nothing to answer, and the server closes
+that connection (collab/sioserver.py).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from socketio import packet
 MALFORMED_EVENT = "\x00malformed"
 #: deeper than any payload of the protocol needs, far below Python's recursion limit
 MAX_DEPTH = 64
+
+#: packet types a client may send (CONNECT_ERROR goes from server to client only)
+CLIENT_TYPES = frozenset((packet.CONNECT, packet.DISCONNECT, packet.EVENT, packet.ACK,
+                          packet.BINARY_EVENT, packet.BINARY_ACK))
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
@@ -75,5 +85,40 @@ class SafeJSON:
             return [MALFORMED_EVENT, "payload is not valid JSON"]
 
 
+class MalformedPacket(ValueError):
+    """A client's packet read too little of to be answered."""
+
+
+def event_problem(data: Any) -> str | None:
+    """Why an EVENT or BINARY_EVENT cannot be dispatched, or None."""
+    if not isinstance(data, list) or not data:
+        return "event data must be a list: the event name, then its arguments"
+    if not isinstance(data[0], str):
+        return "the event name must be a string"
+    return None
+
+
 class CollabPacket(packet.Packet):
     json = SafeJSON
+
+    def decode(self, encoded_packet: str) -> int:
+        """python-socketio's decode, for packets from a client: see the module docstring."""
+        try:
+            attachments = super().decode(encoded_packet)
+        except (ValueError, TypeError):  # a bad type digit, ack id or attachment count
+            raise MalformedPacket("a packet that cannot be decoded") from None
+        kind = self.packet_type
+        if kind not in CLIENT_TYPES:
+            raise MalformedPacket("a packet type a client may not send")
+        if kind in (packet.ACK, packet.BINARY_ACK):
+            if not isinstance(self.data, list):
+                raise MalformedPacket("ack data must be a list")
+        elif kind in (packet.EVENT, packet.BINARY_EVENT):
+            problem = event_problem(self.data)
+            if problem is not None and kind == packet.BINARY_EVENT:
+                raise MalformedPacket("a binary event that is not a list with a name")
+            if problem is not None:
+                self.packet_type = packet.EVENT
+                self.data = [MALFORMED_EVENT, problem]
+                return 0
+        return attachments

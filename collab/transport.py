@@ -4,7 +4,9 @@ python-engineio trusts what reaches its handler in ways a server on the open
 internet cannot: a WebSocket it refuses is left open (it cannot answer one
 once Tornado has sent 101), and a polling POST over its size limit is
 answered only after a poll that may never come (its disconnect waits for the
-client to collect CLOSE), holding the request and its body meanwhile.
+client to collect CLOSE), holding the request and its body meanwhile, and a
+frame that is not Engine.IO at all raises out of its reader with a traceback
+(a POST body's, after which it waits for that poll too).
 :func:`guarded_handler` checks those at the Tornado level, before Engine.IO
 sees them, and :func:`close_session` ends a session without waiting on its
 client.
@@ -13,12 +15,24 @@ client.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 from typing import Any
 
 import engineio
+from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 
 log = logging.getLogger("collab.transport")
+
+#: Engine.IO packets a client may POST: what ``AsyncSocket.receive`` takes (it raises
+#: for the others, and Engine.IO then closes the session the way that never ends)
+CLIENT_PACKET_TYPES = frozenset(
+    (eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE, eio_packet.UPGRADE)
+)
+#: how a text WebSocket message Engine.IO can decode starts: a packet type digit. Binary
+#: data travels as binary messages on a WebSocket, never as base64 text.
+_WS_TEXT_TYPES = frozenset("0123456")
 
 
 async def close_session(server: engineio.AsyncServer, sid: str) -> bool:
@@ -38,14 +52,26 @@ async def close_session(server: engineio.AsyncServer, sid: str) -> bool:
     return True
 
 
+def payload_problem(body: bytes) -> str | None:
+    """Why Engine.IO could not take this polling POST body, or None if it can."""
+    try:
+        packets = eio_payload.Payload(encoded_payload=body.decode("utf-8")).packets
+    except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
+        return "the body is not an Engine.IO payload"
+    if any(pkt.packet_type not in CLIENT_PACKET_TYPES for pkt in packets):
+        return "the body holds an Engine.IO packet a client may not send"
+    return None
+
+
 def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> type:
     """``base`` (Engine.IO's Tornado handler for ``server``) with checks before Engine.IO.
 
     - A WebSocket is closed as soon as Engine.IO is done with it: when it
       refused the request (an unknown or already upgraded ``sid``, a bad
       version) that is at once, where Engine.IO itself would leave it open.
-    - A polling POST over ``max_body`` bytes is answered 413 at once and its
-      session is closed.
+    - A WebSocket message that is not an Engine.IO packet closes that WebSocket.
+    - A polling POST over ``max_body`` bytes is answered 413 at once, one that
+      is not an Engine.IO payload 400; either way its session is closed.
     """
 
     class GuardedHandler(base):  # type: ignore[misc, valid-type]
@@ -65,9 +91,22 @@ def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> 
             finally:
                 self.close()  # no-op when Engine.IO closed it already
 
+        async def on_message(self, message: Any) -> None:
+            if isinstance(message, str) and (not message or message[0] not in _WS_TEXT_TYPES):
+                log.warning("closing a WebSocket from %s: not an Engine.IO packet",
+                            self.request.remote_ip)
+                self.close(1002, "not an Engine.IO packet")
+                return
+            await super().on_message(message)
+
         async def post(self, *args: Any, **kwargs: Any) -> None:
-            if len(self.request.body) > max_body:
+            body = self.request.body
+            if len(body) > max_body:
                 await self._refuse_post(413, "payload too large")
+                return
+            problem = payload_problem(body)
+            if problem is not None:
+                await self._refuse_post(400, problem)
                 return
             await super().post(*args, **kwargs)
 
@@ -81,7 +120,8 @@ def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> 
             # HTTP requests, and must not be closed by whoever learnt its id
             if sock is not None and sock.connected and not sock.upgraded:
                 await close_session(server, sid)
-                log.warning("closed a polling session from %s: %s", self.request.remote_ip,
-                            reason)  # (never a session id: it is all a hijacker needs)
+                # INFO: Tornado's access log has a line for the 4xx already (one a request)
+                log.info("closed a polling session from %s: %s", self.request.remote_ip,
+                         reason)  # (never a session id: it is all a hijacker needs)
 
     return GuardedHandler

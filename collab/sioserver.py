@@ -1,0 +1,95 @@
+"""python-socketio's server, answering what a client may not send instead of raising.
+
+python-socketio dispatches a client's packets trusting their shape: a bad
+type digit, an event that is not a list, a BINARY_ACK nobody asked for, a
+packet for a namespace the client never joined, each raise out of
+``_handle_eio_message`` and Engine.IO logs a traceback, per packet, answering
+nothing.
+
+:class:`GuardedServer` checks each packet before dispatching it to the
+library's own handlers (``_handle_connect``, ``_handle_event``, ...). What
+carries an ack id on a connected namespace is answered there as
+:data:`~collab.packet.MALFORMED_EVENT` (``INVALID_INPUT``, see
+collab/packet.py); anything else closes that connection alone, with one log
+line and no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import socketio
+from socketio import packet
+
+from .packet import CollabPacket, MalformedPacket
+from .transport import close_session
+
+log = logging.getLogger("collab.sioserver")
+
+
+class GuardedServer(socketio.AsyncServer):
+    """An ``AsyncServer`` whose packet dispatch refuses malformed client packets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not issubclass(self.packet_class, CollabPacket):
+            raise TypeError("GuardedServer needs serializer=CollabPacket (or a subclass)")
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.closing or sock.closed:
+            return  # closed for an earlier packet: the rest of its frames mean nothing
+        pending = self._binary_packet.get(eio_sid)
+        if pending is not None:
+            if isinstance(data, bytes):
+                return await self._attachment(eio_sid, pending, data)
+            return await self._close(eio_sid, "a packet where a binary attachment was due")
+        if isinstance(data, bytes):
+            return await self._close(eio_sid, "a binary attachment no packet announced")
+        if not data:  # (the packet class would not even decode it: an EVENT without data)
+            return await self._close(eio_sid, "an empty packet")
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except MalformedPacket as exc:
+            return await self._close(eio_sid, str(exc))
+        namespace = pkt.namespace or "/"
+        kind = pkt.packet_type
+        if kind == packet.CONNECT:
+            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+                return await self._close(eio_sid, "a second CONNECT to the same namespace")
+            return await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return await self._close(eio_sid, "a packet for a namespace it is not connected to")
+        if kind in (packet.ACK, packet.BINARY_ACK) and not self._awaits_ack(sid, pkt.id):
+            return await self._close(eio_sid, "an ack the server did not ask for")
+        if kind == packet.EVENT:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind == packet.ACK:
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind == packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        else:  # BINARY_EVENT, BINARY_ACK: wait for the attachments
+            self._binary_packet[eio_sid] = pkt
+
+    async def _attachment(self, eio_sid: str, pkt: CollabPacket, data: bytes) -> None:
+        if not pkt.add_attachment(data):
+            return
+        del self._binary_packet[eio_sid]
+        if pkt.packet_type == packet.BINARY_EVENT:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        else:
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+
+    def _awaits_ack(self, sid: str, ack_id: int | None) -> bool:
+        # ids start at 1; the manager keeps its id counter under 0
+        return bool(ack_id) and ack_id in self.manager.callbacks.get(sid, ())
+
+    async def _close(self, eio_sid: str, reason: str) -> None:
+        """Close one connection for a packet it may not send: one line, no traceback."""
+        self._binary_packet.pop(eio_sid, None)
+        handler = self.environ.get(eio_sid, {}).get("tornado.handler")
+        peer = handler.request.remote_ip if handler is not None else "?"
+        log.warning("closing a connection from %s: %s", peer, reason)  # (no session id)
+        await close_session(self.eio, eio_sid)
