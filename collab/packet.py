@@ -3,8 +3,9 @@
 A payload nested beyond what Python's decoder can take (or otherwise not
 JSON) is turned into the event :data:`MALFORMED_EVENT`, which the dispatcher
 answers with ``INVALID_INPUT`` on the packet's own ack id. So is an event
-whose data is not ``[name, *args]`` with a string name. A CONNECT packet with
-a payload that is not JSON ends up with no usable token and is refused.
+whose data is not ``[name, *args]`` with a string name, and a binary event
+announcing more attachments than the protocol uses. A CONNECT packet with a
+payload that is not JSON ends up with no usable token and is refused.
 
 A packet that cannot be read far enough to know what it is or which ack id
 it carries (a bad type, an ack id too long to be one) raises
@@ -23,6 +24,11 @@ from socketio import packet
 MALFORMED_EVENT = "\x00malformed"
 #: deeper than any payload of the protocol needs, far below Python's recursion limit
 MAX_DEPTH = 64
+#: binary attachments one packet may announce. Protocol v1 uses none; v2's live
+#: documents at most three (state_vector, update, awareness). A header may announce
+#: up to 9,999,999,999, and python-socketio would keep every later frame of the
+#: connection as one of them.
+MAX_ATTACHMENTS = 8
 
 #: packet types a client may send (CONNECT_ERROR goes from server to client only)
 CLIENT_TYPES = frozenset((packet.CONNECT, packet.DISCONNECT, packet.EVENT, packet.ACK,
@@ -89,17 +95,43 @@ class MalformedPacket(ValueError):
     """A client's packet read too little of to be answered."""
 
 
-def event_problem(data: Any) -> str | None:
-    """Why an EVENT or BINARY_EVENT cannot be dispatched, or None."""
+def _placeholders_fit(data: Any, count: int) -> bool:
+    """Whether every attachment placeholder in ``data`` (as python-socketio finds them
+    when it puts the attachments in) names one of ``count`` attachments.
+
+    Recursion is safe: :class:`SafeJSON` refused anything nested deeper than MAX_DEPTH.
+    """
+    if isinstance(data, list):
+        return all(_placeholders_fit(item, count) for item in data)
+    if isinstance(data, dict):
+        if data.get("_placeholder") and "num" in data:
+            num = data["num"]
+            return type(num) is int and 0 <= num < count
+        return all(_placeholders_fit(value, count) for value in data.values())
+    return True
+
+
+def event_problem(data: Any, attachments: int | None) -> str | None:
+    """Why an EVENT (``attachments`` None) or BINARY_EVENT cannot be dispatched, or None."""
     if not isinstance(data, list) or not data:
         return "event data must be a list: the event name, then its arguments"
     if not isinstance(data[0], str):
         return "the event name must be a string"
+    if attachments is not None:
+        if not 1 <= attachments <= MAX_ATTACHMENTS:
+            return f"a packet may carry 1 to {MAX_ATTACHMENTS} binary attachments"
+        if not _placeholders_fit(data, attachments):
+            return "a binary placeholder names no attachment"
     return None
 
 
 class CollabPacket(packet.Packet):
     json = SafeJSON
+    #: a BINARY_EVENT refused at its header (now a MALFORMED_EVENT): attachments the
+    #: client sends for it are skipped, not kept
+    refused_attachments = False
+    #: bytes of the attachments received so far (the server bounds them)
+    attachment_bytes = 0
 
     def decode(self, encoded_packet: str) -> int:
         """python-socketio's decode, for packets from a client: see the module docstring."""
@@ -113,11 +145,13 @@ class CollabPacket(packet.Packet):
         if kind in (packet.ACK, packet.BINARY_ACK):
             if not isinstance(self.data, list):
                 raise MalformedPacket("ack data must be a list")
+            if kind == packet.BINARY_ACK and not 1 <= attachments <= MAX_ATTACHMENTS:
+                raise MalformedPacket(f"a packet may carry 1 to {MAX_ATTACHMENTS} attachments")
         elif kind in (packet.EVENT, packet.BINARY_EVENT):
-            problem = event_problem(self.data)
-            if problem is not None and kind == packet.BINARY_EVENT:
-                raise MalformedPacket("a binary event that is not a list with a name")
+            binary = kind == packet.BINARY_EVENT
+            problem = event_problem(self.data, attachments if binary else None)
             if problem is not None:
+                self.refused_attachments = binary
                 self.packet_type = packet.EVENT
                 self.data = [MALFORMED_EVENT, problem]
                 return 0

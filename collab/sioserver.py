@@ -4,7 +4,8 @@ python-socketio dispatches a client's packets trusting their shape: a bad
 type digit, an event that is not a list, a BINARY_ACK nobody asked for, a
 packet for a namespace the client never joined, each raise out of
 ``_handle_eio_message`` and Engine.IO logs a traceback, per packet, answering
-nothing.
+nothing. A BINARY_EVENT header may announce up to 9,999,999,999 attachments,
+and every later frame of the connection is kept as one of them.
 
 :class:`GuardedServer` checks each packet before dispatching it to the
 library's own handlers (``_handle_connect``, ``_handle_event``, ...). What
@@ -35,6 +36,9 @@ class GuardedServer(socketio.AsyncServer):
         super().__init__(*args, **kwargs)
         if not issubclass(self.packet_class, CollabPacket):
             raise TypeError("GuardedServer needs serializer=CollabPacket (or a subclass)")
+        #: eio sids whose binary packet was refused at its header: binary frames are
+        #: skipped (not kept) until the next text frame
+        self._skipping: set[str] = set()
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         sock = self.eio.sockets.get(eio_sid)
@@ -46,7 +50,10 @@ class GuardedServer(socketio.AsyncServer):
                 return await self._attachment(eio_sid, pending, data)
             return await self._close(eio_sid, "a packet where a binary attachment was due")
         if isinstance(data, bytes):
-            return await self._close(eio_sid, "a binary attachment no packet announced")
+            if eio_sid not in self._skipping:
+                await self._close(eio_sid, "a binary attachment no packet announced")
+            return
+        self._skipping.discard(eio_sid)
         if not data:  # (the packet class would not even decode it: an EVENT without data)
             return await self._close(eio_sid, "an empty packet")
         try:
@@ -64,6 +71,8 @@ class GuardedServer(socketio.AsyncServer):
             return await self._close(eio_sid, "a packet for a namespace it is not connected to")
         if kind in (packet.ACK, packet.BINARY_ACK) and not self._awaits_ack(sid, pkt.id):
             return await self._close(eio_sid, "an ack the server did not ask for")
+        if pkt.refused_attachments:
+            self._skipping.add(eio_sid)
         if kind == packet.EVENT:
             await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
         elif kind == packet.ACK:
@@ -74,6 +83,9 @@ class GuardedServer(socketio.AsyncServer):
             self._binary_packet[eio_sid] = pkt
 
     async def _attachment(self, eio_sid: str, pkt: CollabPacket, data: bytes) -> None:
+        pkt.attachment_bytes += len(data)
+        if pkt.attachment_bytes > self.eio.max_http_buffer_size:
+            return await self._close(eio_sid, "binary attachments over the packet limit")
         if not pkt.add_attachment(data):
             return
         del self._binary_packet[eio_sid]
@@ -89,7 +101,15 @@ class GuardedServer(socketio.AsyncServer):
     async def _close(self, eio_sid: str, reason: str) -> None:
         """Close one connection for a packet it may not send: one line, no traceback."""
         self._binary_packet.pop(eio_sid, None)
+        self._skipping.discard(eio_sid)
         handler = self.environ.get(eio_sid, {}).get("tornado.handler")
         peer = handler.request.remote_ip if handler is not None else "?"
         log.warning("closing a connection from %s: %s", peer, reason)  # (no session id)
         await close_session(self.eio, eio_sid)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        # python-socketio forgets a half-received binary packet only for a connected
+        # namespace; a refused or pending one would keep it after the socket is gone
+        self._binary_packet.pop(eio_sid, None)
+        self._skipping.discard(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)

@@ -1,4 +1,4 @@
-"""Malformed Socket.IO and Engine.IO frames (issue 10, item 10).
+"""Malformed Socket.IO and Engine.IO frames (issue 10, items 4 and 10).
 
 Each is answered ``INVALID_INPUT`` on its ack id (and with an ``error`` event
 when it has none), or closes its own connection; either way the log gets one
@@ -13,8 +13,11 @@ import json
 import logging
 
 import pytest
-from harness import WAIT, make_token
+from harness import WAIT, make_settings, make_token
 from rawsocket import RawPolling, RawSocket
+
+from collab.errors import Unavailable
+from collab.packet import MAX_ATTACHMENTS
 
 ANSWERED = "answered"  # INVALID_INPUT on ack id 9 (after the error event)
 ERROR_EVENT = "error event"  # no ack id: the error event alone
@@ -57,6 +60,15 @@ FRAMES = [
     pytest.param('42/admin,9["documents:create",{}]', True, CLOSED, id="unknown-namespace"),
     pytest.param("41/admin,", True, CLOSED, id="disconnect-unknown-namespace"),
     pytest.param("44", True, CLOSED, id="connect-error-from-client"),
+    pytest.param(f'459999999999-9["documents:create",{PLACEHOLDER}]', True, ANSWERED,
+                 id="9999999999-attachments"),
+    pytest.param(f'45{MAX_ATTACHMENTS + 1}-9["documents:create",{PLACEHOLDER}]', True, ANSWERED,
+                 id="one-attachment-too-many"),
+    pytest.param('450-9["documents:create",{}]', True, ANSWERED, id="binary-without-attachments"),
+    pytest.param('451-9["documents:create",{"_placeholder":true,"num":1}]', True, ANSWERED,
+                 id="placeholder-out-of-range"),
+    pytest.param('451-9["documents:create",{"_placeholder":true,"num":"0"}]', True, ANSWERED,
+                 id="placeholder-not-a-number"),
     pytest.param(b"\x00\x01", True, CLOSED, id="attachment-without-packet"),
     pytest.param("x", True, CLOSED, id="not-engine-io"),
     pytest.param("bAAAA", True, CLOSED, id="base64-on-a-websocket"),
@@ -105,6 +117,23 @@ async def test_malformed_frame(server, caplog, frame, connected, outcome):
     assert ack["document"]["created_by"] == "bob"
 
 
+async def test_attachments_of_a_refused_header_are_skipped_not_kept(server, caplog):
+    """A BINARY_EVENT announcing 9,999,999,999 attachments is answered on its ack id;
+    the binary frames that follow are dropped as they come, not kept."""
+    raw = await RawSocket.connect(server.url, make_token("alice"))
+    try:
+        await raw.send(f'59999999999-3["documents:create",{PLACEHOLDER}]')
+        assert (await raw.ack(3))["error"]["code"] == "INVALID_INPUT"
+        for _ in range(50):
+            await raw.send_frame(b"\x00" * 10_000)
+        await raw.send('24["documents:create",{"document_id":"after"}]')
+        assert (await raw.ack(4))["ok"] is True  # read after every one of the 50 frames
+        assert server.app.sio._binary_packet == {}
+    finally:
+        await raw.close()
+    check_log(caplog, 0)
+
+
 async def test_a_binary_event_within_the_bounds_is_dispatched(server):
     """Attachments still work (v2 will use them): the event is put together and
     dispatched by its name."""
@@ -118,6 +147,54 @@ async def test_a_binary_event_within_the_bounds_is_dispatched(server):
         assert server.app.sio._binary_packet == {}
     finally:
         await raw.close()
+
+
+class TestAttachmentBytes:
+    @pytest.fixture
+    def settings(self):
+        return make_settings(max_packet_bytes=20_000)
+
+    async def test_attachments_over_the_packet_limit_close_the_connection(self, server, caplog):
+        bob = await server.connect("bob")
+        raw = await RawSocket.connect(server.url, make_token("alice"))
+        try:
+            two = '{"title":{"_placeholder":true,"num":0},"content":{"_placeholder":true,"num":1}}'
+            await raw.send(f'52-3["documents:create",{two}]')
+            await raw.send_frame(b"x" * 15_000)  # each under the limit, together over it
+            await raw.send_frame(b"x" * 15_000)
+            await raw.closed(timeout=WAIT)
+            assert server.app.sio._binary_packet == {}
+        finally:
+            await raw.close()
+        check_log(caplog, 1)
+        await bob.ok("documents:create", {})
+
+
+async def test_a_binary_header_during_a_pending_connect_is_not_kept(server, monkeypatch):
+    """While a polling client's CONNECT waits on the registry, a BINARY_EVENT header
+    sent beside it used to be kept, and (the connect then refused) kept after the
+    session closed. It closes the session; nothing is left."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_refusal(sid: str, user_id: str) -> None:
+        entered.set()
+        await release.wait()
+        raise Unavailable()
+
+    monkeypatch.setattr(server.app.registry, "add_connection", slow_refusal)
+    polling = await RawPolling.open(server.url)
+    try:
+        connect = asyncio.ensure_future(
+            polling.post("40" + json.dumps({"token": make_token("alice")})))
+        await asyncio.wait_for(entered.wait(), WAIT)
+        await polling.post(f'451-3["documents:create",{PLACEHOLDER}]')
+        release.set()
+        await asyncio.wait_for(connect, WAIT)
+        await polling.post("1")  # the client says goodbye (if the session is still there)
+        assert polling.eio_sid not in server.app.sio._binary_packet
+        assert polling.eio_sid not in server.app.sio.eio.sockets
+    finally:
+        await polling.close()
 
 
 @pytest.mark.parametrize("body", [
