@@ -98,6 +98,11 @@ def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> 
                 self.close(1002, "not an Engine.IO packet")
                 return
             await super().on_message(message)
+            if isinstance(message, str) and message[0] == str(eio_packet.CLOSE):
+                # Engine.IO closes the session but goes on reading the WebSocket until
+                # the client hangs up or the ping times out (45 s): a client that asked
+                # to close and stayed would keep its socket and our connection slot
+                self.close()
 
         async def post(self, *args: Any, **kwargs: Any) -> None:
             body = self.request.body
@@ -107,6 +112,15 @@ def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> 
             problem = payload_problem(body)
             if problem is not None:
                 await self._refuse_post(400, problem)
+                return
+            sid = self.get_query_argument("sid", None)
+            sock = server.sockets.get(sid) if sid else None
+            if sock is not None and sock.closed:
+                # Engine.IO's POST path looks such a session up outside its error
+                # handling and raises (a 500 with a traceback); its GET path says 400
+                server.sockets.pop(sid, None)
+                self.set_status(400)
+                self.finish()
                 return
             await super().post(*args, **kwargs)
 
