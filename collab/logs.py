@@ -42,7 +42,19 @@ def library_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     if logger.level == logging.NOTSET:
         logger.setLevel(LIBRARY_LEVEL)
+    logger.addFilter(_client_mistakes)  # (once: addFilter skips a filter already there)
     return logger
+
+
+def _client_mistakes(record: logging.LogRecord) -> bool:
+    """Drop python-engineio's "logged once" lines about a client's bad request.
+
+    It logs the first request for an unknown or closed session, or on the wrong
+    transport, at ERROR with the session id in it: a client's mistake (or a
+    probe for session ids), not the server's, already answered 400 and counted
+    in the access log.
+    """
+    return "further occurrences of this error will be logged" not in record.getMessage()
 
 
 def _in_utc(formatter: logging.Formatter) -> logging.Formatter:
