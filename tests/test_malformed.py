@@ -72,6 +72,14 @@ FRAMES = [
     pytest.param(b"\x00\x01", True, CLOSED, id="attachment-without-packet"),
     pytest.param("x", True, CLOSED, id="not-engine-io"),
     pytest.param("bAAAA", True, CLOSED, id="base64-on-a-websocket"),
+    # Engine.IO decodes these as JSON before Socket.IO sees them
+    pytest.param("4[1]", True, CLOSED, id="message-a-json-list"),
+    pytest.param('4{"a":1}', True, CLOSED, id="message-a-json-object"),
+    pytest.param("4null", True, CLOSED, id="message-json-null"),
+    pytest.param("4true", True, CLOSED, id="message-json-true"),
+    # Engine.IO CLOSE from the client: Engine.IO ended the session but kept reading
+    pytest.param("1", True, CLOSED, id="engine-io-close"),
+    pytest.param("1", False, CLOSED, id="pre-engine-io-close"),
 ]
 
 
