@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -80,3 +81,18 @@ class TestOversizedPollingPost:
                 assert resp.status == 413
         assert bob.sio.eio.sid in server.app.sio.eio.sockets
         await bob.ok("chat:create", {"chat_id": "still-connected"})
+
+
+async def test_a_post_for_a_session_the_client_closed_is_400(server, caplog):
+    """Engine.IO keeps a closed polling session until a poll collects its CLOSE; a POST in
+    between used to raise out of its handler (500 and a traceback)."""
+    polling = await RawPolling.connect(server.url, make_token("carol"))
+    try:
+        status, _ = await polling.post("1")  # Engine.IO CLOSE
+        assert status == 200
+        assert server.app.sio.eio.sockets[polling.eio_sid].closed
+        status, _ = await polling.post('42["chat:typing",{"chat_id":"c","typing":true}]')
+        assert status == 400
+    finally:
+        await polling.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
