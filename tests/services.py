@@ -18,6 +18,7 @@ Usage::
         url = with_database(mongo.url, "t1")   # mongodb://127.0.0.1:PORT/t1
         mongo.stop()                            # outage ...
         mongo.start()                           # ... and back, same port and data
+        mongo.pause(); mongo.resume()           # a hang (SIGSTOP) rather than a refusal
 
     url, stop = start_mongo(tmp_path)           # the same without a with-block
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -141,11 +143,25 @@ class ServiceProcess:
                     ) from exc
             time.sleep(0.05)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it keeps its port and connections but answers
+        nothing, as a hung process or a network partition does (not a refusal)."""
+        if not self.external and self.running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT), with everything it had."""
+        if not self.external and self.running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL); its data stays for a restart."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.send_signal(signal.SIGCONT)  # a paused process would never see the SIGTERM
         proc.terminate()
         try:
             proc.wait(STOP_TIMEOUT)

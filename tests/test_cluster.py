@@ -513,3 +513,44 @@ async def test_redis_outage_under_load(outage_cluster, connect):
             break
         except asyncio.TimeoutError:
             assert time.monotonic() < deadline, "no broadcast from A reached B after the outage"
+
+
+async def test_a_hung_redis_delays_neither_broadcasts_nor_refusals(outage_cluster, connect):
+    a, b = outage_cluster.nodes
+    alice, erin, dave = [await connect(a, user) for user in ("alice", "erin", "dave")]
+    bob = await connect(b, "bob")
+    chat_id = await shared_chat(alice, "bob", "erin", "dave")
+    for client in (alice, erin, bob):
+        await client.ok("chat:join", {"chat_id": chat_id})
+
+    outage_cluster.redis.pause()  # it hangs (a partition, a stopped process): nothing refuses
+    try:
+        start = time.monotonic()
+        acks = await asyncio.gather(*(
+            sender.call("chat:message", {"chat_id": chat_id, "content": f"{i}"}, timeout=10)
+            for i, sender in enumerate([alice, erin] * 4)))
+        took = time.monotonic() - start
+        assert all(ack["ok"] for ack in acks), acks
+        assert sorted(ack["message"]["seq"] for ack in acks) == list(range(1, 9))
+        assert took < 3.0, f"eight messages took {took:.1f} s"
+        for client in (alice, erin):  # this node's members, in seq order
+            got = [(await client.next("chat:message"))["message"]["seq"] for _ in range(8)]
+            assert got == list(range(1, 9))
+
+        start = time.monotonic()
+        await dave.fails("chat:join", {"chat_id": chat_id}, "UNAVAILABLE")
+        assert time.monotonic() - start < 2.5
+    finally:
+        outage_cluster.redis.resume()
+
+    # publishing resumes: node B hears node A again
+    deadline = time.monotonic() + 15
+    while True:
+        sent = await alice.ok("chat:message", {"chat_id": chat_id, "content": "back"})
+        try:
+            while (await bob.next("chat:message", timeout=1))["message"] != sent["message"]:
+                pass
+            break
+        except asyncio.TimeoutError:
+            assert time.monotonic() < deadline, "no broadcast from A reached B after the hang"
+

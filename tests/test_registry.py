@@ -12,7 +12,7 @@ from services import RedisServer
 
 from collab.errors import Unavailable
 from collab.registry import open_registry
-from collab.registry.redis import RedisRegistry
+from collab.registry.redis import SOCKET_TIMEOUT, RedisRegistry
 
 
 def unique(prefix: str) -> str:
@@ -328,3 +328,44 @@ async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path):
         await wrong.close()
     finally:
         server.stop()
+
+
+async def test_a_hung_redis_answers_unavailable_within_the_socket_timeout(own_redis):
+    reg = RedisRegistry(own_redis.url, unique("node"), heartbeat_interval=0.1)
+    await reg.open()
+    try:
+        room, other = unique("chat"), unique("document")
+        await reg.add_connection("a1", "alice")
+        await reg.add_connection("b1", "bob")
+        await reg.join("a1", room)
+
+        own_redis.pause()  # a hang, not a refusal: every call waits for a reply
+        try:
+            async def timed(call) -> float:
+                start = time.monotonic()
+                with pytest.raises(Unavailable):
+                    await call
+                return time.monotonic() - start
+
+            took = await asyncio.gather(
+                timed(reg.join("b1", other)), timed(reg.room_users(room)),
+                timed(reg.ping()), timed(reg.add_connection("c1", "carol")))
+            assert max(took) < SOCKET_TIMEOUT + 0.4, took
+            # undoing the failed join (the app does at once) does not wait for Redis again
+            start = time.monotonic()
+            assert await reg.leave("b1", other) is False
+            assert time.monotonic() - start < 0.1
+        finally:
+            own_redis.resume()
+
+        # the join may have reached Redis and run when it resumed: it is undone, unannounced
+        deadline = time.monotonic() + 10
+        while await reg.room_users(other) != [] or reg._undo:
+            assert time.monotonic() < deadline, "the failed join was never undone"
+            await asyncio.sleep(0.05)
+        assert await reg.room_users(room) == ["alice"]
+        assert await reg.join("b1", other) is True  # and a new join works as ever
+        assert await reg.room_users(other) == ["bob"]
+    finally:
+        await reg.close()
+

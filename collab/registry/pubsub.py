@@ -21,12 +21,20 @@ collab:
   durable and acked; clients on other nodes catch up with ``since_seq``).
   The listener reconnects within about 2 s once Redis answers again, where
   python-socketio's backs off up to a minute.
+- **Publishing never holds up local delivery.** python-socketio's ``emit``
+  delivers to this node's clients, then awaits the publish; a room's ordered
+  broadcasts go out one after another, so a Redis that hangs (rather than
+  refuses) would make each wait for a timeout in turn. Here ``_publish``
+  only queues the message: one task publishes the queue in order, in
+  batches. A publish that fails opens a circuit breaker: until a probe finds
+  Redis answering again, messages for other nodes are dropped at once.
 - **Fail fast.** Short socket timeouts, like the registry's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +50,12 @@ log = logging.getLogger("collab.pubsub")
 #: seconds a broadcast waits for the one before it before it is delivered anyway
 GAP_TIMEOUT = 2.0
 RECONNECT_MAX = 2.0
+#: seconds between checks of Redis while the breaker keeps publishing off
+PROBE_INTERVAL = 0.5
+#: messages waiting to be published; past this, they reach this node only
+MAX_OUTBOX = 10_000
+#: messages published in one round trip
+MAX_BATCH = 500
 
 #: event -> (resource key, position field) of broadcasts delivered in order
 ORDERED_EVENTS = {
@@ -89,7 +103,15 @@ class RedisPubSubManager(AsyncPubSubManager):
         self.room_position: PositionLookup | None = None
         self._publisher: aioredis.Redis | None = None
         self._orders: dict[str, _RoomOrder] = {}
-        self._publish_failing = False
+        #: encoded messages for the other nodes, each with a future for a caller that
+        #: waits for the outcome (None for a flush marker's payload)
+        self._outbox: collections.deque[tuple[str | None, asyncio.Future[bool] | None]] = (
+            collections.deque())
+        self._outbox_ready = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._publish_failing = False  # the breaker: open while Redis did not answer
+        self._outbox_full = False
         self._listen_failing = False
         self._started = False
         self._subscribed = asyncio.Event()
@@ -111,19 +133,113 @@ class RedisPubSubManager(AsyncPubSubManager):
 
     # -- pub/sub -----------------------------------------------------------
 
+    @property
+    def publishing(self) -> bool:
+        """False while the breaker is open: other nodes hear nothing from this one."""
+        return not self._publish_failing
+
     async def _publish(self, data: Any) -> None:
+        """Queue ``data`` for the other nodes; never waits for Redis."""
+        self._post(self.json.dumps(data), None)
+
+    async def publish_and_wait(self, data: Any) -> bool:
+        """Publish ``data`` after everything queued before it; True once Redis took it."""
+        done = asyncio.get_running_loop().create_future()
+        if not self._post(self.json.dumps(data), done):
+            return False
+        return await done
+
+    async def flush_outbox(self) -> None:
+        """Wait until everything queued so far was published or given up."""
+        if self._sender is None or self._sender.done():
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._outbox.append((None, done))
+        self._outbox_ready.set()
+        await done
+
+    def _post(self, payload: str, done: asyncio.Future[bool] | None) -> bool:
+        if self._publish_failing:
+            return False  # the probe closes the breaker once Redis answers
+        if len(self._outbox) >= MAX_OUTBOX:
+            if not self._outbox_full:
+                log.warning("%d broadcasts wait for Redis; the next reach this node only",
+                            len(self._outbox))
+                self._outbox_full = True
+            return False
+        self._outbox_full = False
+        self._outbox.append((payload, done))
+        self._outbox_ready.set()
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send_loop())
+        return True
+
+    async def _send_loop(self) -> None:
+        """Publish the outbox in order, a batch per round trip."""
+        batch: list[tuple[str | None, asyncio.Future[bool] | None]] = []
+        try:
+            while True:
+                if not self._outbox:
+                    self._outbox_ready.clear()
+                    await self._outbox_ready.wait()
+                    continue
+                count = min(len(self._outbox), MAX_BATCH)
+                batch = [self._outbox.popleft() for _ in range(count)]
+                sent = await self._send([p for p, _ in batch if p is not None])
+                self._settle(batch, sent)
+                batch = []
+                if not sent:  # the breaker is open: what waited behind goes nowhere either
+                    self._settle([self._outbox.popleft() for _ in range(len(self._outbox))],
+                                 False)
+        finally:  # cancelled by close()
+            self._settle(batch + list(self._outbox), False)
+            self._outbox.clear()
+
+    @staticmethod
+    def _settle(batch: list[tuple[str | None, asyncio.Future[bool] | None]],
+                sent: bool) -> None:
+        for _, done in batch:
+            if done is not None and not done.done():
+                done.set_result(sent)
+
+    async def _send(self, payloads: list[str]) -> bool:
+        if not payloads:
+            return True
         if self._publisher is None:
             self._publisher = aioredis.from_url(self.url, **connection_options())
         try:
-            await self._publisher.publish(self.channel, self.json.dumps(data))
+            if len(payloads) == 1:
+                await asyncio.wait_for(
+                    self._publisher.publish(self.channel, payloads[0]), SOCKET_TIMEOUT)
+            else:
+                pipe = self._publisher.pipeline(transaction=False)
+                for payload in payloads:
+                    pipe.publish(self.channel, payload)
+                await asyncio.wait_for(pipe.execute(), SOCKET_TIMEOUT)
         except OUTAGES as exc:
-            if not self._publish_failing:
-                log.warning("cannot publish to Redis; broadcasts reach this node only: %s", exc)
-                self._publish_failing = True
-            return
-        if self._publish_failing:
+            log.warning("cannot publish to Redis; broadcasts reach this node only "
+                        "until it answers again: %s", exc)
+            self._publish_failing = True
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.ensure_future(self._probe_until_answered())
+            return False
+        except Exception:  # noqa: BLE001 - a refused command: drop these, go on
+            log.exception("publishing %d broadcasts to Redis failed", len(payloads))
+            return False
+        return True
+
+    async def _probe_until_answered(self) -> None:
+        """The breaker's probe: one PING at a time until Redis answers, then close it."""
+        assert self._publisher is not None
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await asyncio.wait_for(self._publisher.ping(), SOCKET_TIMEOUT)
+            except Exception:  # noqa: BLE001 - any failure: still unreachable
+                continue
             log.info("publishing to Redis again")
             self._publish_failing = False
+            return
 
     async def _listen(self) -> AsyncIterator[Any]:
         delay = 0.1
@@ -156,7 +272,15 @@ class RedisPubSubManager(AsyncPubSubManager):
             delay = min(delay * 2, RECONNECT_MAX)
 
     async def close(self) -> None:
-        """Stop listening and release the connections."""
+        """Publish what is queued (a node's goodbye), stop listening, release the connections."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.flush_outbox(), SOCKET_TIMEOUT)
+        for task in (self._sender, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._sender = self._probe = None
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Future):
             thread.cancel()

@@ -19,6 +19,8 @@ Each node also keeps its own connections and rooms in memory. That is what
 it writes back when Redis comes back empty (or after it was purged while
 alive but unreachable), and where it remembers removals that failed during
 an outage so they still happen, and still announce ``user:left``, later.
+A join that got no answer is taken out again once Redis answers, since it
+may have run all the same.
 """
 
 from __future__ import annotations
@@ -70,18 +72,22 @@ def connection_options() -> dict[str, Any]:
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,
         "socket_keepalive": True,
-        # one retry replaces a pooled connection that died with a restarted Redis
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        # One retry replaces a pooled connection that died with a restarted Redis
+        # (that fails at once). A timeout is not retried: a Redis that hangs would
+        # cost every call twice the timeout.
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1,
+                       supported_errors=(RedisConnectionError,)),
     }
 
 
 def unavailable_on_outage(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn a lost or slow Redis into :class:`~collab.errors.Unavailable`."""
+    """Turn a lost or slow Redis into :class:`~collab.errors.Unavailable`, within
+    :data:`SOCKET_TIMEOUT` in all (a connect, a retry and a reply together)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return await fn(*args, **kwargs)
+            return await asyncio.wait_for(fn(*args, **kwargs), SOCKET_TIMEOUT)
         except OUTAGES as exc:
             raise Unavailable("Presence registry unavailable; retry") from exc
 
@@ -257,6 +263,8 @@ class RedisRegistry(Registry):
         self._users: dict[str, str] = {}  # sid -> user_id
         self._rooms: dict[str, set[str]] = {}  # sid -> rooms
         self._removals: set[str] = set()  # sids whose removal failed in an outage
+        #: (sid, room) of joins that failed but may have run: taken out again, unannounced
+        self._undo: set[tuple[str, str]] = set()
         # unsent announcements, oldest first
         self._backlog: collections.deque[tuple[str, str, str, list[str]]] = collections.deque()
         self._gate = _Gate()
@@ -319,6 +327,7 @@ class RedisRegistry(Registry):
         self._users.clear()
         self._rooms.clear()
         self._removals.clear()
+        self._undo.clear()
 
     def client_manager(self) -> Any:
         """Socket.IO's client manager over Redis pub/sub: broadcasts reach every node."""
@@ -340,7 +349,7 @@ class RedisRegistry(Registry):
         async with self._gate.shared():
             try:
                 await self._add(args=[sid, user_id, self.node_id])
-            except OUTAGES:
+            except BaseException:  # an outage, or the deadline
                 # refused, yet the script may have run before the reply was lost
                 self._removals.add(sid)
                 raise
@@ -351,20 +360,35 @@ class RedisRegistry(Registry):
         self._users.pop(sid, None)
         self._rooms.pop(sid, None)
         try:
-            async with self._gate.shared():
-                return _pairs(await self._remove(args=[sid]))
-        except OUTAGES as exc:
+            return await asyncio.wait_for(self._remove_now(sid), SOCKET_TIMEOUT)
+        except BaseException as exc:
             # the connection is gone either way: finish removing it once Redis is back
             self._removals.add(sid)
-            raise Unavailable("Presence registry unavailable; retry") from exc
+            if isinstance(exc, OUTAGES):
+                raise Unavailable("Presence registry unavailable; retry") from exc
+            raise
+
+    async def _remove_now(self, sid: str) -> list[tuple[str, str]]:
+        async with self._gate.shared():
+            return _pairs(await self._remove(args=[sid]))
 
     @unavailable_on_outage
     async def join(self, sid: str, room: str) -> bool:
         user_id = self._users.get(sid)
         if user_id is None:  # disconnected before the join ran
             return False
+        rejoin = room in self._rooms.get(sid, ())
+        self._undo.discard((sid, room))
         async with self._gate.shared():
-            first = await self._join(args=[sid, user_id, self.node_id, room])
+            try:
+                first = await self._join(args=[sid, user_id, self.node_id, room])
+            except BaseException:  # an outage, or the deadline
+                # No reply, yet the script may have run (or will, when a hung Redis
+                # wakes up): take the entry out again once Redis answers. Until then
+                # a leave of it has nothing to do, so undoing the join costs no wait.
+                if not rejoin:
+                    self._undo.add((sid, room))
+                raise
             rooms = self._rooms.get(sid)
             if rooms is None:
                 # disconnected while joining: undo it, and since the user is then
@@ -377,6 +401,8 @@ class RedisRegistry(Registry):
 
     @unavailable_on_outage
     async def leave(self, sid: str, room: str) -> bool:
+        if (sid, room) in self._undo:  # a failed join, never announced: undone later
+            return False
         async with self._gate.shared():
             gone = await self._leave(args=[sid, room])
             self._rooms.get(sid, set()).discard(room)
@@ -422,6 +448,7 @@ class RedisRegistry(Registry):
         if self._lost:
             await self.resync(announce=self._announce_return)
             self._lost = self._announce_return = False
+        await self._finish_undos()
         for sid in list(self._removals):
             gone = _pairs(await self._remove(args=[sid]))
             self._removals.discard(sid)
@@ -430,6 +457,18 @@ class RedisRegistry(Registry):
         if dead:
             log.info("purged connections of dead nodes: %d departures", len(dead))
         self._queue("user:left", dead)
+
+    async def _finish_undos(self) -> None:
+        """Take out again what joins that failed in an outage may have put in."""
+        if not self._undo:
+            return
+        async with self._gate.exclusive():  # no join of the same entry in between
+            for sid, room in list(self._undo):
+                if sid in self._users or sid in self._removals:  # the removal does the rest
+                    await self._leave(args=[sid, room])
+                else:  # removed since: a late join wrote the whole connection back
+                    await self._remove(args=[sid])
+                self._undo.discard((sid, room))
 
     async def resync(self, announce: bool = False) -> None:
         """Write this node's live connections and rooms back into Redis.
