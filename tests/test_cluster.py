@@ -554,3 +554,26 @@ async def test_a_hung_redis_delays_neither_broadcasts_nor_refusals(outage_cluste
         except asyncio.TimeoutError:
             assert time.monotonic() < deadline, "no broadcast from A reached B after the hang"
 
+
+async def test_a_user_who_left_while_redis_was_down_is_announced_when_it_returns_empty(
+        outage_cluster, connect):
+    a, b = outage_cluster.nodes
+    alice, bob = await connect(a, "alice"), await connect(a, "bob")
+    carol = await connect(b, "carol")
+    chat_id = await shared_chat(alice, "bob", "carol")
+    for client in (alice, bob, carol):
+        await client.ok("chat:join", {"chat_id": chat_id})
+
+    outage_cluster.redis.stop()
+    await bob.disconnect()
+    deadline = time.monotonic() + 10  # no event says that node A tried to remove bob
+    while "registry unavailable while removing" not in a.output():
+        assert time.monotonic() < deadline, a.output()
+        await asyncio.sleep(0.05)
+    outage_cluster.redis.start()  # a fresh Redis: nobody there remembers bob
+
+    left = {"user_id": "bob", "chat_id": chat_id}
+    assert await alice.next("user:left", timeout=PURGE_DEADLINE) == left
+    assert await carol.next("user:left", timeout=PURGE_DEADLINE) == left
+    ack = await carol.ok("chat:join", {"chat_id": chat_id})
+    assert ack["users"] == ["alice", "carol"]

@@ -369,3 +369,47 @@ async def test_a_hung_redis_answers_unavailable_within_the_socket_timeout(own_re
     finally:
         await reg.close()
 
+
+@pytest.mark.parametrize("closes", ["while-down", "before-the-return-is-noticed"])
+async def test_a_connection_closed_while_redis_was_down_is_announced_once_it_returns_empty(
+        own_redis, closes):
+    # two nodes; bob has a tab on each, in ``room``; only the tab on ``one`` is in ``other``
+    one = RedisRegistry(own_redis.url, unique("node"), heartbeat_interval=0.1, heartbeat_ttl=0.6)
+    two = RedisRegistry(own_redis.url, unique("node"), heartbeat_interval=0.1, heartbeat_ttl=0.6)
+    seen = [Presence(one), Presence(two)]
+    await one.open()
+    await two.open()
+    try:
+        room, other = unique("chat"), unique("document")
+        await one.add_connection("a1", "alice")
+        await one.add_connection("b1", "bob")
+        await two.add_connection("b2", "bob")
+        await one.add_connection("c1", "carol")
+        for sid, rooms in {"a1": [room], "b1": [room, other], "b2": [room], "c1": [other]}.items():
+            for r in rooms:
+                assert await (two if sid == "b2" else one).join(sid, r) in (True, False)
+
+        own_redis.stop()
+        if closes == "while-down":
+            with pytest.raises(Unavailable):
+                await one.remove_connection("b1")
+            with pytest.raises(Unavailable):
+                await one.remove_connection("c1")  # carol's only tab
+            own_redis.start()  # empty: nobody there remembers b1 or c1
+        else:  # Redis is back, empty, and the removals find nothing to remove
+            one._task.cancel()  # no heartbeat of ``one`` notices the return before them
+            own_redis.start()
+            assert await one.remove_connection("b1") == []
+            assert await one.remove_connection("c1") == []
+            one._task = asyncio.ensure_future(one._run())
+
+        events = [await seen[0].next(), await seen[0].next()]
+        assert sorted(events) == [("user:left", other, "bob", []),
+                                  ("user:left", other, "carol", [])]
+        assert await one.room_users(room) == await two.room_users(room) == ["alice", "bob"]
+        assert await one.room_users(other) == []
+        await asyncio.sleep(1.0)  # several heartbeats and sweeps: nothing more may come
+        assert seen[0].events.empty() and seen[1].events.empty()  # once, and bob stays in room
+    finally:
+        await one.close()
+        await two.close()

@@ -19,6 +19,9 @@ Each node also keeps its own connections and rooms in memory. That is what
 it writes back when Redis comes back empty (or after it was purged while
 alive but unreachable), and where it remembers removals that failed during
 an outage so they still happen, and still announce ``user:left``, later.
+When Redis no longer knows such a connection (it came back empty), the
+departure is announced once every live node has written its state back
+(one heartbeat TTL), in each room where its user then has no connection.
 A join that got no answer is taken out again once Redis answers, since it
 may have run all the same.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import uuid
@@ -155,10 +159,16 @@ _ADD = _LUA_LIB + "add(ARGV[1], ARGV[2], ARGV[3])\nreturn 1\n"
 # ARGV: sid, user, node, room. The connection is written again so that a join
 # also heals a node whose records were purged while it was unreachable.
 _JOIN = _LUA_LIB + "add(ARGV[1], ARGV[2], ARGV[3])\nreturn join(ARGV[1], ARGV[2], ARGV[4])\n"
-# ARGV: sid, room
-_LEAVE = _LUA_LIB + "if drop(ARGV[1], ARGV[2]) then return 1 end\nreturn 0\n"
+# ARGV: sid, room. Returns {1 if the sid was in the room, 1 if its user left}
+_LEAVE = _LUA_LIB + """
+local there = redis.call('HEXISTS', P .. 'room-sids:' .. ARGV[2], ARGV[1])
+if drop(ARGV[1], ARGV[2]) then return {there, 1} end
+return {there, 0}
+"""
 # ARGV: sid
 _REMOVE = _LUA_LIB + "return remove(ARGV[1], {})\n"
+# ARGV: sid. As _REMOVE, after {1 if Redis knew the connection else 0}
+_FORGET = _LUA_LIB + "return remove(ARGV[1], {redis.call('EXISTS', P .. 'conn:' .. ARGV[1])})\n"
 # ARGV: sid, user, node, rooms...; returns the rooms where the user is new
 _RESTORE = _LUA_LIB + """
 add(ARGV[1], ARGV[2], ARGV[3])
@@ -202,6 +212,15 @@ return out
 
 def _pairs(flat: list[str]) -> list[tuple[str, str]]:
     return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+@dataclasses.dataclass
+class _Removal:
+    """A connection that closed while Redis could not be told, and where it was."""
+
+    user_id: str | None
+    #: the rooms to announce its user's departure from, should Redis have lost them
+    rooms: frozenset[str] = frozenset()
 
 
 class _Gate:
@@ -262,7 +281,12 @@ class RedisRegistry(Registry):
         # this node's own state: what a resync writes back
         self._users: dict[str, str] = {}  # sid -> user_id
         self._rooms: dict[str, set[str]] = {}  # sid -> rooms
-        self._removals: set[str] = set()  # sids whose removal failed in an outage
+        self._removals: dict[str, _Removal] = {}  # sids whose removal failed in an outage
+        #: (room, user) departures Redis may have lost: announced unless the user is
+        #: present there once every node has written its state back
+        self._orphans: set[tuple[str, str]] = set()
+        #: loop time until which other nodes may still be writing back an emptied Redis
+        self._settled_at = 0.0
         #: (sid, room) of joins that failed but may have run: taken out again, unannounced
         self._undo: set[tuple[str, str]] = set()
         # unsent announcements, oldest first
@@ -290,6 +314,7 @@ class RedisRegistry(Registry):
             script = self._redis.register_script
             self._add, self._join, self._leave = script(_ADD), script(_JOIN), script(_LEAVE)
             self._remove, self._restore = script(_REMOVE), script(_RESTORE)
+            self._forget = script(_FORGET)
             self._heartbeat, self._sweep, self._purge = (
                 script(_HEARTBEAT), script(_SWEEP), script(_PURGE)
             )
@@ -327,6 +352,7 @@ class RedisRegistry(Registry):
         self._users.clear()
         self._rooms.clear()
         self._removals.clear()
+        self._orphans.clear()
         self._undo.clear()
 
     def client_manager(self) -> Any:
@@ -351,26 +377,36 @@ class RedisRegistry(Registry):
                 await self._add(args=[sid, user_id, self.node_id])
             except BaseException:  # an outage, or the deadline
                 # refused, yet the script may have run before the reply was lost
-                self._removals.add(sid)
+                self._removals.setdefault(sid, _Removal(user_id))
                 raise
             self._users[sid] = user_id
             self._rooms[sid] = set()
 
     async def remove_connection(self, sid: str) -> list[tuple[str, str]]:
-        self._users.pop(sid, None)
-        self._rooms.pop(sid, None)
+        user_id = self._users.pop(sid, None)
+        rooms = frozenset(self._rooms.pop(sid, ()))
         try:
-            return await asyncio.wait_for(self._remove_now(sid), SOCKET_TIMEOUT)
+            known, gone = await asyncio.wait_for(self._remove_now(sid), SOCKET_TIMEOUT)
         except BaseException as exc:
-            # the connection is gone either way: finish removing it once Redis is back
-            self._removals.add(sid)
+            # the connection is gone either way: finish removing it once Redis is back,
+            # and announce then the departures that could not be announced now
+            self._removals.setdefault(sid, _Removal(user_id, rooms))
             if isinstance(exc, OUTAGES):
                 raise Unavailable("Presence registry unavailable; retry") from exc
             raise
+        if not known and user_id is not None:
+            self._lost_departures(user_id, rooms)  # Redis came back empty, unnoticed yet
+        self._orphans.difference_update(gone)
+        return gone
 
-    async def _remove_now(self, sid: str) -> list[tuple[str, str]]:
+    async def _remove_now(self, sid: str) -> tuple[bool, list[tuple[str, str]]]:
         async with self._gate.shared():
-            return _pairs(await self._remove(args=[sid]))
+            known, *flat = await self._forget(args=[sid])
+        return bool(known), _pairs(flat)
+
+    def _lost_departures(self, user_id: str, rooms: frozenset[str]) -> None:
+        """Redis lost this user's connection in ``rooms``: nobody was told it left."""
+        self._orphans.update((room, user_id) for room in rooms)
 
     @unavailable_on_outage
     async def join(self, sid: str, room: str) -> bool:
@@ -403,9 +439,15 @@ class RedisRegistry(Registry):
     async def leave(self, sid: str, room: str) -> bool:
         if (sid, room) in self._undo:  # a failed join, never announced: undone later
             return False
+        user_id = self._users.get(sid)
         async with self._gate.shared():
-            gone = await self._leave(args=[sid, room])
-            self._rooms.get(sid, set()).discard(room)
+            there, gone = await self._leave(args=[sid, room])
+            rooms = self._rooms.get(sid, set())
+            if not there and room in rooms and user_id is not None:
+                self._lost_departures(user_id, frozenset((room,)))
+            rooms.discard(room)
+        if gone:
+            self._orphans.discard((room, user_id or ""))
         return bool(gone)
 
     @unavailable_on_outage
@@ -443,16 +485,21 @@ class RedisRegistry(Registry):
             # The same epoch: survivors purged this node (it could not beat in
             # time) and told everyone its users left, so their return is news.
             # A new one: Redis came back empty, and nobody was told anything.
-            self._announce_return |= epoch == self._epoch
+            if epoch == self._epoch:
+                self._announce_return = True
+                # the survivors announced the departures of every connection they purged
+                for removal in self._removals.values():
+                    removal.rooms = frozenset()
+                self._orphans.clear()
+            else:
+                # every live node beats, so writes its state back, within one TTL
+                self._settled_at = asyncio.get_running_loop().time() + self.heartbeat_ttl
         self._epoch = epoch
         if self._lost:
             await self.resync(announce=self._announce_return)
             self._lost = self._announce_return = False
         await self._finish_undos()
-        for sid in list(self._removals):
-            gone = _pairs(await self._remove(args=[sid]))
-            self._removals.discard(sid)
-            self._queue("user:left", gone)
+        await self._finish_removals()
         dead = _pairs(await self._sweep(args=[self.node_id]))
         if dead:
             log.info("purged connections of dead nodes: %d departures", len(dead))
@@ -469,6 +516,25 @@ class RedisRegistry(Registry):
                 else:  # removed since: a late join wrote the whole connection back
                     await self._remove(args=[sid])
                 self._undo.discard((sid, room))
+
+    async def _finish_removals(self) -> None:
+        """Remove what closed during an outage, and announce the departures."""
+        for sid, removal in list(self._removals.items()):
+            known, *flat = await self._forget(args=[sid])
+            del self._removals[sid]
+            if known:
+                self._queue("user:left", _pairs(flat))
+            elif removal.user_id is not None:
+                # Redis lost it (it came back empty) or removed it without a reply
+                # reaching us: either way nobody was told
+                self._lost_departures(removal.user_id, removal.rooms)
+        if not self._orphans or asyncio.get_running_loop().time() < self._settled_at:
+            return
+        assert self._redis is not None
+        for room, user_id in sorted(self._orphans):
+            if not await self._redis.hexists(PREFIX + "room-users:" + room, user_id):
+                self._queue("user:left", [(room, user_id)])  # no other tab of theirs there
+            self._orphans.discard((room, user_id))
 
     async def resync(self, announce: bool = False) -> None:
         """Write this node's live connections and rooms back into Redis.
