@@ -16,7 +16,15 @@ from marshmallow import ValidationError
 
 from .auth import Identity, TokenVerifier, token_from_handshake
 from .config import Settings
-from .errors import CollabError, ErrorCode, InvalidInput, RateLimited, Unauthorized
+from .errors import (
+    CollabError,
+    ErrorCode,
+    InvalidInput,
+    PermissionDenied,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from .handlers import EVENTS
 from .logs import library_logger
 from .metrics import Metrics, TimedStore
@@ -95,8 +103,12 @@ class CollabApp:
         # several nodes: presence changes the registry finds by itself, and where
         # a room's ordered broadcasts start (see collab/registry/pubsub.py)
         registry.on_presence = self.announce_presence
+        #: the pub/sub manager when broadcasts cross nodes (collab/registry/pubsub.py)
+        self.cluster: Any = None
         if hasattr(client_manager, "room_position"):
+            self.cluster = client_manager
             client_manager.room_position = self.room_position
+            client_manager.on_revoke = self.take_out
 
     # -- origins -----------------------------------------------------------
 
@@ -202,8 +214,12 @@ class CollabApp:
             first = await self.registry.join(conn.sid, room)
             result = await load()
             users = await self.registry.room_users(room)
+            if not self._in_room(conn.sid, room):
+                # revoked meanwhile (``load`` checks the role again once the connection
+                # is in the room, so a revocation cannot fall between check and entry)
+                raise PermissionDenied(f"Access was revoked while joining {room!r}")
         except BaseException:
-            if not rejoin:
+            if not rejoin or not self._in_room(conn.sid, room):
                 await self.sio.leave_room(conn.sid, room)
                 with contextlib.suppress(CollabError):
                     await self.registry.leave(conn.sid, room)
@@ -238,6 +254,62 @@ class CollabApp:
         await self.sio.leave_room(conn.sid, room)
         if gone:
             await self.sio.emit("user:left", {"user_id": conn.user_id, **subject}, room=room)
+
+    def _in_room(self, sid: str, room: str) -> bool:
+        return sid in self.sio.manager.rooms.get("/", {}).get(room, ())
+
+    # -- revocation --------------------------------------------------------
+
+    def check_can_revoke(self) -> None:
+        """Raise :class:`Unavailable` unless a revocation would reach every node.
+
+        Called before the role is removed, so that a refusal changes nothing.
+        """
+        if self.cluster is not None and not self.cluster.publishing:
+            raise Unavailable("Other nodes cannot be told of the change now; retry")
+
+    async def revoke(self, room: str, user_id: str) -> None:
+        """Take every connection of ``user_id`` out of ``room``, on every node.
+
+        For a user whose access was removed from the store. Here at once; the
+        other nodes before any broadcast published after this returns. If Redis
+        fails in between, :class:`Unavailable` asks the caller to retry (which
+        is safe: the role is already gone, the revocation is sent again).
+        """
+        await self.take_out(room, user_id)
+        if self.cluster is not None and not await self.cluster.revoke(room, user_id):
+            raise Unavailable("Access was removed, but not every node was told; retry")
+
+    async def take_out(self, room: str, user_id: str) -> None:
+        """Take this node's connections of ``user_id`` out of ``room``: access revoked.
+
+        Each leaves the Socket.IO room before anything else can be sent to it, is
+        told with an ``error`` (``PERMISSION_DENIED``), and leaves the registry's
+        presence: the node holding the user's last connection there announces
+        ``user:left``, as for a leave. Connections with an admin token keep their
+        access, so they stay.
+        """
+        sids = [sid for sid, _ in self.sio.manager.get_participants("/", room)
+                if (conn := self.connections.get(sid)) is not None
+                and conn.user_id == user_id and not conn.identity.is_admin]
+        if not sids:
+            return
+        subject = room_subject(room)
+        kind, _, rid = room.partition("_")
+        error = CollabError(ErrorCode.PERMISSION_DENIED,
+                            f"Access to {kind} {rid!r} was revoked", subject).to_dict()
+        for sid in sids:
+            await self.sio.leave_room(sid, room)
+        for sid in sids:
+            await self.sio.emit("error", error, to=sid, ignore_queue=True)
+        for sid in sids:
+            try:
+                gone = await self.registry.leave(sid, room)
+            except CollabError:
+                log.warning("registry unavailable while revoking %s in %s", sid, room)
+                continue
+            if gone:
+                await self.sio.emit("user:left", {"user_id": user_id, **subject}, room=room)
 
     # -- dispatch ----------------------------------------------------------
 

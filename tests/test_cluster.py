@@ -322,6 +322,39 @@ async def test_a_node_stopped_cleanly_says_goodbye_at_once(cluster, a, connect):
     assert (await bob.ok("chat:join", {"chat_id": chat_id}))["users"] == ["bob"]
 
 
+async def test_a_revoked_user_leaves_the_room_on_every_node(a, b, connect):
+    alice, carol = await connect(a, "alice"), await connect(b, "carol")
+    bob_tabs = [await connect(a, "bob"), await connect(b, "bob")]
+    document_id = await shared_document(alice, "bob", "carol")
+    chat_id = await shared_chat(carol, "bob")  # a later broadcast, to know nothing else came
+    for client in (alice, carol, *bob_tabs):
+        await client.ok("documents:join", {"document_id": document_id})
+    for client in (carol, *bob_tabs):
+        await client.ok("chat:join", {"chat_id": chat_id})
+
+    await alice.ok("documents:share", {"document_id": document_id, "user_id": "bob",
+                                       "role": None})
+    for tab in bob_tabs:
+        assert await tab.next("error") == {
+            "code": "PERMISSION_DENIED",
+            "message": f"Access to document {document_id!r} was revoked",
+            "details": {"document_id": document_id}}
+    left = {"user_id": "bob", "document_id": document_id}
+    assert await alice.next("user:left") == left
+    assert await carol.next("user:left") == left
+
+    update = {"document_id": document_id, "content": "after", "version": 1}
+    stored = (await carol.ok("documents:update", update))["document"]
+    assert await alice.next("documents:updated") == {"document": stored, "user_id": "carol"}
+    await carol.ok("chat:typing", {"chat_id": chat_id, "typing": True})  # after the update
+    for tab in bob_tabs:
+        await tab.next("chat:typing")
+        assert tab.pending("documents:updated") == []
+    assert alice.pending("user:left") == carol.pending("user:left") == []  # once
+    users = (await carol.ok("documents:join", {"document_id": document_id}))["users"]
+    assert users == ["alice", "carol"]
+
+
 # -- ordered delivery, in process ------------------------------------------------
 # Another node's broadcasts arrive on the Redis channel; these tests put them there
 # themselves, out of order, to see each node deliver them in order.
@@ -522,6 +555,8 @@ async def test_a_hung_redis_delays_neither_broadcasts_nor_refusals(outage_cluste
     chat_id = await shared_chat(alice, "bob", "erin", "dave")
     for client in (alice, erin, bob):
         await client.ok("chat:join", {"chat_id": chat_id})
+    document_id = await shared_document(alice, "bob")
+    await bob.ok("documents:join", {"document_id": document_id})
 
     outage_cluster.redis.pause()  # it hangs (a partition, a stopped process): nothing refuses
     try:
@@ -540,6 +575,11 @@ async def test_a_hung_redis_delays_neither_broadcasts_nor_refusals(outage_cluste
         start = time.monotonic()
         await dave.fails("chat:join", {"chat_id": chat_id}, "UNAVAILABLE")
         assert time.monotonic() - start < 2.5
+        # a revocation that node B would not hear of is refused (the owner retries)
+        revoke = {"document_id": document_id, "user_id": "bob", "role": None}
+        start = time.monotonic()
+        await alice.fails("documents:share", revoke, "UNAVAILABLE")
+        assert time.monotonic() - start < 2.5
     finally:
         outage_cluster.redis.resume()
 
@@ -553,6 +593,8 @@ async def test_a_hung_redis_delays_neither_broadcasts_nor_refusals(outage_cluste
             break
         except asyncio.TimeoutError:
             assert time.monotonic() < deadline, "no broadcast from A reached B after the hang"
+    await alice.ok("documents:share", revoke)
+    assert (await bob.next("error"))["code"] == "PERMISSION_DENIED"
 
 
 async def test_a_user_who_left_while_redis_was_down_is_announced_when_it_returns_empty(

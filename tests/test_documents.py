@@ -232,6 +232,114 @@ async def test_share_with_an_invalid_field_is_invalid_input(server, payload, fie
     assert set(error["details"]) == {field}
 
 
+# -- revocation -----------------------------------------------------------------
+
+
+def revoked_error(document_id: str = "doc") -> dict:
+    """What a connection is sent when its user's access to the document is revoked."""
+    return {"code": "PERMISSION_DENIED",
+            "message": f"Access to document {document_id!r} was revoked",
+            "details": {"document_id": document_id}}
+
+
+async def test_revoking_takes_every_connection_of_the_user_out_of_the_room(server):
+    alice, carol = await server.connect("alice"), await server.connect("carol")
+    bob_tabs = [await server.connect("bob") for _ in range(2)]
+    bob_elsewhere = await server.connect("bob")  # connected, never joined the document
+    await shared_doc(alice, bob="viewer", carol="editor")
+    for client in (alice, carol, *bob_tabs):
+        await client.ok("documents:join", {"document_id": "doc"})
+
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "bob", "role": None})
+    for tab in bob_tabs:
+        assert await tab.next("error") == revoked_error()
+    assert await alice.next("user:left") == {"user_id": "bob", "document_id": "doc"}
+    assert await carol.next("user:left") == {"user_id": "bob", "document_id": "doc"}
+
+    by_carol = (await update(carol, 1, "after the revocation"))["document"]
+    assert await alice.next("documents:updated") == {"document": by_carol, "user_id": "carol"}
+    for client in (*bob_tabs, bob_elsewhere):
+        await round_trip(client)
+        assert client.pending("documents:updated") == []
+    assert bob_elsewhere.pending("error") == []
+    assert alice.pending("user:left") == carol.pending("user:left") == []  # once
+    assert (await alice.ok("documents:join", {"document_id": "doc"}))["users"] == \
+        ["alice", "carol"]
+
+
+async def test_a_downgrade_or_an_admin_token_is_not_a_revocation(server):
+    alice, carol = await server.connect("alice"), await server.connect("carol")
+    bob = await server.connect("bob")
+    bob_admin = await server.connect("bob", roles=["admin"])
+    await shared_doc(alice, bob="editor", carol="editor")
+    for client in (alice, carol, bob, bob_admin):
+        await client.ok("documents:join", {"document_id": "doc"})
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "bob", "role": "viewer"})
+    first = (await update(carol, 1))["document"]
+    assert await bob.next("documents:updated") == {"document": first, "user_id": "carol"}
+
+    # the admin tab keeps its access whatever the stored role; the other tab loses it
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "bob", "role": None})
+    assert await bob.next("error") == revoked_error()
+    second = (await update(carol, 2))["document"]
+    assert [(await bob_admin.next("documents:updated"))["document"] for _ in range(2)] == \
+        [first, second]
+    await round_trip(bob)
+    assert bob.pending("documents:updated") == []
+    assert bob_admin.pending("error") == []
+    assert (await alice.ok("documents:join", {"document_id": "doc"}))["users"] == \
+        ["alice", "bob", "carol"]
+
+
+@pytest.mark.parametrize("lands", ["after-the-role-check", "while-reading-the-users"])
+async def test_a_join_in_flight_when_the_role_is_revoked_leaves_nothing_in_the_room(
+        server, monkeypatch, lands):
+    alice, bob, carol = [await server.connect(u) for u in ("alice", "bob", "carol")]
+    await shared_doc(alice, bob="viewer", carol="editor")
+    await carol.ok("documents:join", {"document_id": "doc"})
+    paused, revoked = asyncio.Event(), asyncio.Event()
+
+    async def pause_once() -> None:
+        if not paused.is_set():
+            paused.set()
+            await revoked.wait()  # the whole revocation runs meanwhile
+
+    if lands == "after-the-role-check":  # bob's join read the role (viewer) before it changed
+        read_role = server.app.store.get_document_role
+
+        async def role_then_pause(document_id: str, user_id: str) -> str | None:
+            role = await read_role(document_id, user_id)
+            if user_id == "bob":
+                await pause_once()
+            return role
+
+        monkeypatch.setattr(server.app.store, "get_document_role", role_then_pause)
+    else:  # ... and is in the room already, about to answer
+        read_users = server.app.registry.room_users
+
+        async def pause_then_users(room: str) -> list[str]:
+            await pause_once()
+            return await read_users(room)
+
+        monkeypatch.setattr(server.app.registry, "room_users", pause_then_users)
+
+    join = asyncio.ensure_future(bob.call("documents:join", {"document_id": "doc"}))
+    await paused.wait()
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "bob", "role": None})
+    revoked.set()
+    ack = await join
+    assert ack["ok"] is False, ack
+    assert ack["error"]["code"] in ("NOT_FOUND", "PERMISSION_DENIED")
+    monkeypatch.undo()
+
+    assert (await update(carol, 1))["ok"] is True
+    await round_trip(bob)
+    assert bob.pending("documents:updated") == []
+    assert carol.pending("user:joined") == []  # bob was never announced
+    assert (await alice.ok("documents:join", {"document_id": "doc"}))["users"] == \
+        ["alice", "carol"]
+
+
 # -- documents:join -------------------------------------------------------------
 
 
@@ -355,6 +463,8 @@ async def test_editor_losing_the_role_can_no_longer_update(server, new_role, cod
     await bob.ok("documents:join", {"document_id": "doc"})
     current = (await update(bob, version=1))["document"]
     await alice.ok("documents:share", {"document_id": "doc", "user_id": "bob", "role": new_role})
+    if new_role is None:  # taken out of the room, and told so
+        assert await bob.next("error") == revoked_error()
     await bob.fails("documents:update", {"document_id": "doc", "content": "x", "version": 2}, code)
     assert (await stored(server)) == current
 

@@ -38,7 +38,11 @@ async def share(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[
     await require_document_role(app.store, conn.identity, document_id, "owner")
     if await app.store.get_document_role(document_id, data["user_id"]) == "owner":
         raise InvalidInput("The owner's role cannot be changed", {"user_id": ["Is the owner."]})
+    if data["role"] is None:  # a revocation must reach every node, or not happen
+        app.check_can_revoke()
     acl = await app.store.set_document_role(document_id, data["user_id"], data["role"])
+    if data["role"] is None:  # a downgrade keeps read access, so it keeps the room
+        await app.revoke(room(document_id), data["user_id"])
     return {"document_id": document_id, "acl": acl}
 
 
@@ -47,6 +51,9 @@ async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[s
     await require_document_role(app.store, conn.identity, document_id, "viewer")
 
     async def load() -> dict[str, Any]:
+        # again, now that the connection is in the room: a revocation since the
+        # check above did not find it there to take it out
+        await require_document_role(app.store, conn.identity, document_id, "viewer")
         document = await app.store.get_document(document_id)
         if document is None:  # deleted underneath us
             raise NotFound(f"Document {document_id!r} not found")

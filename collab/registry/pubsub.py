@@ -29,6 +29,9 @@ collab:
   batches. A publish that fails opens a circuit breaker: until a probe finds
   Redis answering again, messages for other nodes are dropped at once.
 - **Fail fast.** Short socket timeouts, like the registry's.
+- **Revocations.** :meth:`RedisPubSubManager.revoke` asks every other node to
+  take a user's connections out of a room (``on_revoke``, set by the app);
+  each handles it in channel order, before any broadcast published after it.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ ORDERED_ROOMS = ("chat_", "document_")
 
 #: ``room -> its newest position`` (a chat's last seq, a document's version)
 PositionLookup = Callable[[str], Awaitable["int | None"]]
+#: ``(room, user_id)``: take this node's connections of the user out of the room
+RevokeHandler = Callable[[str, str], Awaitable[None]]
 
 
 def _position(message: dict[str, Any]) -> int | None:
@@ -101,6 +106,8 @@ class RedisPubSubManager(AsyncPubSubManager):
         self.url = url
         #: set by the app: how far a room's ordered broadcasts have gone
         self.room_position: PositionLookup | None = None
+        #: set by the app: what another node's revocation does here
+        self.on_revoke: RevokeHandler | None = None
         self._publisher: aioredis.Redis | None = None
         self._orders: dict[str, _RoomOrder] = {}
         #: encoded messages for the other nodes, each with a future for a caller that
@@ -141,6 +148,15 @@ class RedisPubSubManager(AsyncPubSubManager):
     async def _publish(self, data: Any) -> None:
         """Queue ``data`` for the other nodes; never waits for Redis."""
         self._post(self.json.dumps(data), None)
+
+    async def revoke(self, room: str, user_id: str) -> bool:
+        """Have every other node take ``user_id``'s connections out of ``room``.
+
+        True once Redis took the request: every node handles it before any
+        broadcast published after it. False when Redis cannot be reached.
+        """
+        return await self.publish_and_wait({"method": "revoke", "room": room,
+                                            "user_id": user_id, "host_id": self.host_id})
 
     async def publish_and_wait(self, data: Any) -> bool:
         """Publish ``data`` after everything queued before it; True once Redis took it."""
@@ -256,8 +272,16 @@ class RedisPubSubManager(AsyncPubSubManager):
                     self._listen_failing = False
                 delay = 0.1
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        yield message["data"]
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        data = self.json.loads(message["data"])
+                    except Exception:  # noqa: BLE001 - not ours; python-socketio skips it too
+                        continue
+                    if isinstance(data, dict) and data.get("method") == "revoke":
+                        await self._handle_revoke(data)  # python-socketio knows no such method
+                    else:
+                        yield data
             except OUTAGES as exc:
                 if not self._listen_failing:
                     log.warning("lost the Redis broadcast channel; retrying: %s", exc)
@@ -270,6 +294,16 @@ class RedisPubSubManager(AsyncPubSubManager):
                     await client.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _handle_revoke(self, message: dict[str, Any]) -> None:
+        room, user_id = message.get("room"), message.get("user_id")
+        if message.get("host_id") == self.host_id or self.on_revoke is None \
+                or not isinstance(room, str) or not isinstance(user_id, str):
+            return
+        try:
+            await self.on_revoke(room, user_id)
+        except Exception:  # noqa: BLE001 - keep listening
+            log.exception("revoking %s in %s failed", user_id, room)
 
     async def close(self) -> None:
         """Publish what is queued (a node's goodbye), stop listening, release the connections."""
