@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import socketio
 from marshmallow import ValidationError
@@ -130,22 +130,41 @@ class CollabApp:
     async def _on_connect(self, sid: str, environ: Any = None, auth: Any = None) -> Any:
         if sid in self.connections:  # a client emitting "connect" as an event
             return await self._fail(sid, "connect", InvalidInput("Unknown event 'connect'"))
+        # Every way out of here is an answer: a refusal is what lets python-socketio
+        # forget the pending connection (an exception would leave it behind).
         try:
             identity = self.verifier.verify(token_from_handshake(environ or {}, auth))
             await self.registry.add_connection(sid, identity.user_id)
+            if self.sio.manager.eio_sid_from_sid(sid, "/") not in self.sio.environ:
+                # the client left while the registry was written: its disconnect
+                # has run and found nothing to remove, so undo the entry here
+                await self.registry.remove_connection(sid)
+                log.debug("%s left during its handshake", sid)
+                return False
+            await self.sio.save_session(sid, identity.to_session())
         except CollabError as exc:
-            self.metrics.connects_refused.labels(exc.code.value).inc()
-            log.debug("refused %s: %s", sid, exc.message)
-            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
+            self._refuse(sid, exc)
+        except Exception as exc:  # noqa: BLE001 - the client still gets its connect_error
+            error_id = uuid.uuid4().hex[:16]
+            log.error("internal error %s connecting %s", error_id, sid, exc_info=exc)
+            with contextlib.suppress(Exception):
+                await self.registry.remove_connection(sid)
+            self._refuse(sid, CollabError(
+                ErrorCode.INTERNAL_ERROR, "Internal server error", {"error_id": error_id}))
         rate = self.settings.rate_limit_per_second
         bucket = TokenBucket(rate, self.settings.rate_limit_burst) if rate > 0 else None
         conn = Connection(sid, identity, bucket)
         self.connections[sid] = conn
         self._schedule_expiry(conn)
-        await self.sio.save_session(sid, identity.to_session())
         self.metrics.connections.inc()
         log.debug("connected %s as %s", sid, identity.user_id)
         return True
+
+    def _refuse(self, sid: str, exc: CollabError) -> NoReturn:
+        """Refuse a handshake: ``connect_error`` with ``exc`` as its data."""
+        self.metrics.connects_refused.labels(exc.code.value).inc()
+        log.debug("refused %s: %s", sid, exc.message)
+        raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
 
     async def _on_disconnect(self, sid: str, reason: Any = None, *_: Any) -> Any:
         if self.sio.manager.is_connected(sid, "/"):  # a client emitting "disconnect"

@@ -12,6 +12,16 @@ import jwt
 from .config import Settings
 from .errors import Unauthorized
 
+#: What parsing a hostile token can raise besides PyJWT's own errors: text that is
+#: not UTF-8 or holds a lone surrogate (UnicodeError, a ValueError), numbers no
+#: float or int conversion takes (OverflowError), JSON of the wrong shape
+#: (TypeError), nesting (RecursionError).
+MALFORMED: tuple[type[Exception], ...] = (ValueError, OverflowError, TypeError, RecursionError)
+
+#: The latest ``exp`` accepted: 9999-12-31T23:59:59Z, the last instant a datetime
+#: (the ``expires_at`` of ``auth:refresh``) can show. PyJWT accepts any integer.
+MAX_EXP = 253402300799
+
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
@@ -48,16 +58,25 @@ class TokenVerifier:
         self.leeway = settings.jwt_leeway
 
     def verify(self, token: Any) -> Identity:
-        """Return the token's identity or raise :class:`Unauthorized` saying why."""
+        """Return the token's identity or raise :class:`Unauthorized` saying why.
+
+        Nothing else escapes: the token is the client's, so whatever parsing it
+        raises (PyJWT's errors, :data:`MALFORMED`) is the token's fault, and an
+        exception that escaped would cost a traceback per attempt.
+        """
         if not isinstance(token, str) or not token:
             raise Unauthorized("A token is required")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except (jwt.DecodeError, *MALFORMED):
             raise Unauthorized("Malformed token") from None
+        except jwt.PyJWTError as exc:  # a non-string kid, a malformed crit, ...
+            raise Unauthorized(f"Invalid token header: {_quote(exc)}") from None
         alg = header.get("alg")
         if alg not in self.algorithms:
-            raise Unauthorized(f"Token algorithm {alg!r} is not accepted")
+            # a string is quoted, shortened; anything else is named (a repr can be huge or fail)
+            shown = f"{alg!r:.40}" if isinstance(alg, str) else f"of type {type(alg).__name__}"
+            raise Unauthorized(f"Token algorithm {shown} is not accepted")
         key = self.hmac_key if alg.startswith("HS") else self.public_key
         options = {"require": ["sub", "exp"]}
         try:
@@ -80,24 +99,55 @@ class TokenVerifier:
             raise Unauthorized("Token issuer is not accepted") from None
         except jwt.InvalidSignatureError:
             raise Unauthorized("Token signature is invalid") from None
-        except jwt.InvalidTokenError as exc:
-            raise Unauthorized(f"Invalid token: {exc}") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"Invalid token: {_quote(exc)}") from None
+        except MALFORMED:
+            raise Unauthorized("Malformed token") from None
         return _identity(claims)
+
+
+def _quote(exc: Exception) -> str:
+    """An exception's text safe to send: bounded, lone surrogates escaped.
+
+    PyJWT quotes header values (a ``crit`` entry) in its messages, and those
+    are the client's.
+    """
+    return str(exc)[:200].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _encodable(value: Any) -> bool:
+    """A string that UTF-8 can encode: JSON's ``"\\ud800"`` decodes to one that cannot,
+    and it would fail later, in a log line, the registry or an encoder."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _identity(claims: Mapping[str, Any]) -> Identity:
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
+    if not sub or not _encodable(sub):
         raise Unauthorized("Token 'sub' must be a non-empty string")
     name = claims.get("name")
+    if isinstance(name, str) and not _encodable(name):
+        raise Unauthorized("Token 'name' is not valid text")
     roles = claims.get("roles") or []
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+    if not isinstance(roles, list) or not all(_encodable(r) for r in roles):
         raise Unauthorized("Token 'roles' must be a list of strings")
+    try:
+        expires_at = float(claims["exp"])  # PyJWT has checked int(exp) only
+    except MALFORMED:
+        raise Unauthorized("Token 'exp' is out of range (after the year 9999)") from None
+    if not expires_at <= MAX_EXP:  # also NaN
+        raise Unauthorized("Token 'exp' is out of range (after the year 9999)")
     return Identity(
         user_id=sub,
         name=name if isinstance(name, str) else sub,
         roles=tuple(roles),
-        expires_at=float(claims["exp"]),
+        expires_at=expires_at,
     )
 
 

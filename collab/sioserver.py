@@ -13,6 +13,12 @@ carries an ack id on a connected namespace is answered there as
 :data:`~collab.packet.MALFORMED_EVENT` (``INVALID_INPUT``, see
 collab/packet.py); anything else closes that connection alone, with one log
 line and no traceback.
+
+python-socketio also registers a CONNECT as *pending* before it runs the
+connect handler, and removes that entry only when the handler returns or
+refuses: a CONNECT on a session that is already closing (Engine.IO CLOSE,
+then CONNECT, on one WebSocket), or any exception out of the handshake, left
+it behind for good, one per packet, with no token needed.
 """
 
 from __future__ import annotations
@@ -154,6 +160,18 @@ class GuardedServer(socketio.AsyncServer):
         self._skipping.discard(eio_sid)
         self.eio.end_pings(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        if eio_sid not in self.environ:  # the Engine.IO session is gone or going
+            return
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        except BaseException:
+            namespace = namespace or "/"
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None and self.manager.is_pre_connected(sid, namespace):
+                await self.manager.disconnect(sid, namespace, ignore_queue=True)
+            raise
 
     def _engineio_server_class(self) -> type:
         return EngineIOServer

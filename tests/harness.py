@@ -39,6 +39,42 @@ def make_token(user_id: str | None = "alice", ttl: float = 3600, key: str = SECR
     return jwt.encode(body, key, algorithm=algorithm)
 
 
+def leftovers(app: Any) -> dict[str, int]:
+    """What the server holds for connections, place by place; all 0 with nobody connected.
+
+    Beside our own tables, python-socketio's (the manager's rooms, which include
+    every sid's own room and pending connects, its ack callbacks, the handshake
+    environ, half-received binary packets) and Engine.IO's sockets.
+    """
+    sio = app.sio
+    manager = sio.manager
+    return {
+        "connections": len(app.connections),
+        "registry": app.registry.connection_count(),
+        "sio rooms": sum(len(room) for rooms in manager.rooms.values() for room in rooms.values()),
+        "sio pending connects": sum(map(len, manager.pending_connect.values())),
+        "sio pending disconnects": sum(map(len, manager.pending_disconnect.values())),
+        "sio callbacks": len(manager.callbacks),
+        "sio environ": len(sio.environ),
+        "sio binary packets": len(sio._binary_packet),
+        "eio sockets": len(sio.eio.sockets),
+    }
+
+
+async def settled(app: Any, timeout: float = WAIT) -> dict[str, int]:
+    """:func:`leftovers` once all are 0, or as they stand when ``timeout`` runs out.
+
+    Engine.IO drops a socket only after its transport has ended, a little after
+    the client left, and signals nothing when it does: this polls.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {place: n for place, n in leftovers(app).items() if n}
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.01)
+
+
 class Client:
     """An AsyncClient that records every server event for the test to await."""
 

@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from harness import SECRET, WAIT, make_settings, make_token
+from harness import SECRET, WAIT, leftovers, make_settings, make_token, settled
+from rawsocket import RawSocket
 
 OTHER_SECRET = "not-the-server-secret-0123456789-abcdef"
 ISSUER = "https://issuer.example"
@@ -66,6 +68,14 @@ def _b64url(data: dict[str, Any]) -> str:
 
 def _claims() -> dict[str, Any]:
     return {"sub": "alice", "exp": int(time.time() + 3600)}
+
+
+def signed(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """HS256 over any header and claims, with the server's secret: the signature is good."""
+    signing_input = f"{_b64url(header)}.{_b64url(claims)}"
+    digest = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256)
+    signature = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    return f"{signing_input}.{signature}"
 
 
 def unsigned_token() -> str:
@@ -197,6 +207,156 @@ async def test_bad_token_is_refused_with_unauthorized(server, handshake: Handsha
     assert reason in error["message"]
     assert_nothing_registered(server)
     assert refused_count(server) == before + 1
+
+
+# -- hostile tokens: refused like any bad token, nothing left behind -------------------
+
+HS256 = {"alg": "HS256", "typ": "JWT"}
+LONE_SURROGATE = "\ud800"  # valid JSON ("\\ud800"), not encodable as UTF-8
+
+# (token, a word the reason must contain); each raised something other than PyJWT's
+# InvalidTokenError out of the connect handler, or was accepted
+HOSTILE = [
+    pytest.param(lambda: signed({**HS256, "kid": 1}, _claims()), "header", id="kid-not-a-string"),
+    pytest.param(lambda: signed({**HS256, "kid": {"x": 1}}, _claims()), "header",
+                 id="kid-an-object"),
+    pytest.param(lambda: signed({**HS256, "crit": "b64"}, _claims()), "crit",
+                 id="crit-not-a-list"),
+    pytest.param(lambda: signed({**HS256, "crit": []}, _claims()), "crit", id="crit-empty"),
+    pytest.param(lambda: signed({**HS256, "crit": [7]}, _claims()), "crit",
+                 id="crit-not-strings"),
+    pytest.param(lambda: signed({**HS256, "crit": ["exp"]}, _claims()), "crit",
+                 id="crit-unsupported"),
+    pytest.param(lambda: signed({**HS256, "crit": [LONE_SURROGATE]}, _claims()), "crit",
+                 id="crit-lone-surrogate"),
+    pytest.param(lambda: LONE_SURROGATE, "Malformed", id="token-a-lone-surrogate"),
+    pytest.param(lambda: make_token() + LONE_SURROGATE, "Malformed",
+                 id="token-ending-in-a-lone-surrogate"),
+    pytest.param(lambda: signed(HS256, {**_claims(), "sub": LONE_SURROGATE}), "sub",
+                 id="sub-a-lone-surrogate"),
+    pytest.param(lambda: signed(HS256, {**_claims(), "name": "x" + LONE_SURROGATE}), "name",
+                 id="name-with-a-lone-surrogate"),
+    pytest.param(lambda: signed(HS256, {**_claims(), "roles": [LONE_SURROGATE]}), "roles",
+                 id="role-a-lone-surrogate"),
+    pytest.param(lambda: signed(HS256, {**_claims(), "exp": 10**400}), "exp",
+                 id="exp-10**400"),
+    pytest.param(lambda: signed(HS256, {**_claims(), "exp": "9" * 400}), "exp",
+                 id="exp-a-400-digit-string"),
+    pytest.param(lambda: signed(HS256, {**_claims(), "exp": 1e308}), "exp", id="exp-1e308"),
+    pytest.param(lambda: signed(HS256, {**_claims(), "exp": 253402300800}), "exp",
+                 id="exp-after-the-year-9999"),
+]
+ATTEMPTS = 5
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """ERROR records and tracebacks, from our logger or python-socketio's and Engine.IO's."""
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records
+            if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize("token, reason", HOSTILE)
+async def test_hostile_token_is_unauthorized_and_leaves_nothing(
+        server, caplog, token: Callable[[], str], reason: str):
+    before = refused_count(server)
+    for _ in range(ATTEMPTS):
+        error = await server.refused(auth={"token": token()})
+        assert error is not None, "no connect_error reached the client"
+        assert error["data"] == {"code": "UNAUTHORIZED", "message": error["message"]}
+        assert reason in error["message"]
+        error["message"].encode("utf-8")  # any encoder can send it: no lone surrogate
+    assert await settled(server.app) == {}
+    assert errors_logged(caplog) == []
+    assert refused_count(server) == before + ATTEMPTS
+    await server.connect("alice")  # and the server still serves
+
+
+@pytest.mark.parametrize("settings", [pytest.param(QUICK_POLL, id="quick-poll")], indirect=True)
+@pytest.mark.parametrize("token", [HOSTILE[0].values[0], HOSTILE[7].values[0],
+                                   HOSTILE[12].values[0]], ids=["kid", "surrogate", "exp"])
+async def test_hostile_token_over_polling_leaves_nothing(server, caplog, token):
+    for _ in range(ATTEMPTS):
+        error = await server.refused(auth={"token": token()}, transports=["polling"])
+        assert error["data"]["code"] == "UNAUTHORIZED"
+    assert await settled(server.app) == {}
+    assert errors_logged(caplog) == []
+
+
+async def test_hostile_tokens_retried_on_one_socket_leave_nothing(server, caplog):
+    """A raw client may send CONNECT again after each refusal, on the same session."""
+    raw = await RawSocket.open(server.url)
+    try:
+        for param in HOSTILE:
+            await raw.send("0" + json.dumps({"token": param.values[0]()}))
+            packet = await raw.recv()
+            assert packet.startswith("4{"), packet  # CONNECT_ERROR
+            assert json.loads(packet[1:])["data"]["code"] == "UNAUTHORIZED"
+        left = {k: n for k, n in leftovers(server.app).items() if n}
+        # the open Engine.IO session and its environ, nothing per attempt
+        assert left == {"sio environ": 1, "eio sockets": 1}
+    finally:
+        await raw.close()
+    assert await settled(server.app) == {}
+    assert errors_logged(caplog) == []
+
+
+async def test_connect_after_engineio_close_leaves_nothing(server, caplog):
+    """Engine.IO CLOSE, then CONNECT on the same WebSocket: the transport still delivers it
+    after python-socketio forgot the session; no token is needed to try."""
+    for _ in range(ATTEMPTS):
+        raw = await RawSocket.open(server.url)
+        await raw.ws.send_str("1")  # Engine.IO CLOSE
+        await raw.send("0" + json.dumps({"token": make_token("alice")}))
+        await raw.ws.send_str("2probe")  # handled after the CONNECT: it has been read
+        await raw.close()
+    assert await settled(server.app) == {}
+    assert errors_logged(caplog) == []
+
+
+async def test_unexpected_error_while_connecting_is_answered_and_leaves_nothing(
+        server, monkeypatch, caplog):
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("registry blew up")
+
+    monkeypatch.setattr(server.app.registry, "add_connection", broken)
+    for _ in range(ATTEMPTS):
+        error = await server.refused(auth={"token": make_token()})
+        assert error is not None, "no connect_error reached the client"
+        assert error["data"]["code"] == "INTERNAL_ERROR"
+        assert "blew" not in error["message"]
+        error_id = error["data"]["details"]["error_id"]
+        assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
+    assert await settled(server.app) == {}
+    monkeypatch.undo()
+    await server.connect("alice")
+
+
+@pytest.mark.parametrize("settings", [pytest.param({"ping_interval": 0.2, "ping_timeout": 0.3},
+                                             id="quick-ping")], indirect=True)
+async def test_client_gone_during_the_handshake_leaves_nothing(server, monkeypatch, caplog):
+    """The registry is slow (a hung Redis) and the client stops answering pings meanwhile:
+    Engine.IO ends the session before the connect handler has finished."""
+    release = asyncio.Event()
+    add_connection = server.app.registry.add_connection
+
+    async def slow(sid: str, user_id: str) -> None:
+        await release.wait()
+        await add_connection(sid, user_id)
+
+    monkeypatch.setattr(server.app.registry, "add_connection", slow)
+    raw = await RawSocket.open(server.url)
+    try:
+        await raw.send("0" + json.dumps({"token": make_token("alice")}))
+        # python-socketio forgets the handshake's environ when the session ends
+        deadline = time.monotonic() + WAIT
+        while server.app.sio.environ and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not server.app.sio.environ, "the session did not time out"
+        release.set()
+        assert await settled(server.app) == {}
+    finally:
+        await raw.close()
+    assert errors_logged(caplog) == []
 
 
 # -- the session -----------------------------------------------------------------------
