@@ -38,6 +38,9 @@ from .store.base import Store
 
 log = logging.getLogger("collab")
 
+#: the longest an expiry timer sleeps (seconds); a later expiry is re-armed on waking
+MAX_EXPIRY_DELAY = 24 * 3600.0
+
 
 @dataclasses.dataclass(eq=False)
 class Connection:
@@ -195,7 +198,9 @@ class CollabApp:
             conn.expiry.cancel()
         delay = conn.identity.expires_at + self.settings.jwt_leeway - time.time()
         loop = asyncio.get_running_loop()
-        conn.expiry = loop.call_later(max(0.0, delay), self._start_expire, conn)
+        # a token may be valid for centuries: wake at least daily, _expire re-arms
+        delay = min(max(0.0, delay), MAX_EXPIRY_DELAY)
+        conn.expiry = loop.call_later(delay, self._start_expire, conn)
 
     def _start_expire(self, conn: Connection) -> None:
         task = asyncio.ensure_future(self._expire(conn))

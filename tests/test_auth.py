@@ -480,3 +480,50 @@ async def test_failed_refresh_keeps_the_connection_and_user(
     ack = await client.ok("chat:create", {})
     assert ack["chat"]["created_by"] == "alice"
     assert_connected_as(server, client, "alice")
+
+
+YEAR_9999 = 253402300799  # 9999-12-31T23:59:59Z, the latest exp accepted
+# exps PyJWT accepts (int(exp) is in the future) that no timer or datetime can hold
+EXTREME_EXP = [10**400, "9" * 400, 1e308, 2**63, YEAR_9999 + 1]
+
+
+async def test_refresh_with_an_extreme_exp_is_unauthorized_and_changes_nothing(server):
+    client = await server.connect("alice", ttl=2)
+    gone = on_disconnect(client)
+    conn = server.app.connections[client.sid]
+    identity, expiry = conn.identity, conn.expiry
+    for exp in EXTREME_EXP:
+        error = await client.fails("auth:refresh", {"token": signed(
+            {"alg": "HS256", "typ": "JWT"}, {"sub": "alice", "exp": exp})}, "UNAUTHORIZED")
+        assert "exp" in error["message"]
+        assert conn.identity is identity and conn.expiry is expiry
+    # the first token's expiry still holds
+    error = await client.next("error")
+    assert error["code"] == "UNAUTHORIZED" and "expired" in error["message"]
+    await asyncio.wait_for(gone.wait(), WAIT)
+    assert_nothing_registered(server)
+
+
+async def test_refresh_to_the_latest_exp_arms_a_bounded_timer(server):
+    client = await server.connect("alice")
+    token = make_token("alice", ttl=YEAR_9999 - time.time())
+    ack = await client.ok("auth:refresh", {"token": token})
+    assert ack["expires_at"].startswith("9999-12-31T23:59:")
+    conn = server.app.connections[client.sid]
+    loop = asyncio.get_running_loop()
+    assert 0 < conn.expiry.when() - loop.time() <= 24 * 3600  # it wakes and re-arms
+    await client.ok("chat:create", {})
+
+
+async def test_capped_expiry_timer_rearms_until_the_token_expires(server, monkeypatch):
+    import collab.app
+
+    monkeypatch.setattr(collab.app, "MAX_EXPIRY_DELAY", 0.1)  # wakes several times first
+    token = make_token("alice", ttl=1.5)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    client = await server.connect(token=token)
+    gone = on_disconnect(client)
+    error = await client.next("error")
+    assert error["code"] == "UNAUTHORIZED"
+    assert time.time() >= exp  # not dropped early by a timer that woke before the expiry
+    await asyncio.wait_for(gone.wait(), WAIT)

@@ -18,9 +18,11 @@ async def refresh(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
         raise CollabError(
             ErrorCode.PERMISSION_DENIED, "The new token must be for the same user (sub)"
         )
-    app.renew(conn, identity)
+    # everything that can fail comes before the renewal: a failed refresh changes nothing
     expires = datetime.datetime.fromtimestamp(identity.expires_at, datetime.timezone.utc)
-    return {"expires_at": expires.isoformat().replace("+00:00", "Z")}
+    result = {"expires_at": expires.isoformat().replace("+00:00", "Z")}
+    app.renew(conn, identity)
+    return result
 
 
 EVENTS = {"auth:refresh": (schemas.AuthRefresh(), refresh)}
