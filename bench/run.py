@@ -83,6 +83,8 @@ class Running:
                 # the load is the point here: a bucket that never empties (still on the path)
                 "COLLAB_RATE_LIMIT_PER_SECOND": "1000000",
                 "COLLAB_RATE_LIMIT_BURST": "1000000",
+                "COLLAB_USER_RATE_LIMIT_PER_SECOND": "1000000",
+                "COLLAB_USER_RATE_LIMIT_BURST": "1000000",
                 "COLLAB_FAST_BROADCAST": "false" if name == "collab-slow" else "true",
                 "COLLAB_LOG_LEVEL": "WARNING",
                 "PYTHONPATH": os.pathsep.join(

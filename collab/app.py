@@ -35,6 +35,7 @@ from .registry.base import Registry
 from .sequencer import Sequencer
 from .sioserver import GuardedServer
 from .store.base import Store
+from .userlimits import UserLimits, UserShare
 
 log = logging.getLogger("collab")
 
@@ -49,6 +50,8 @@ class Connection:
     sid: str
     identity: Identity
     bucket: TokenBucket | None
+    #: this user's connection count and shared event bucket on this node
+    user: UserShare
     expiry: asyncio.TimerHandle | None = None
 
     @property
@@ -81,6 +84,11 @@ class CollabApp:
         self.verifier = TokenVerifier(settings)
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.connections: dict[str, Connection] = {}
+        self.user_limits = UserLimits(
+            settings.max_connections_per_user,
+            settings.user_rate_limit_per_second,
+            settings.user_rate_limit_burst,
+        )
         self._background: set[asyncio.Task] = set()
         #: per room: chat messages leave in seq order, document updates in version
         #: order, while the store calls behind them overlap
@@ -135,8 +143,12 @@ class CollabApp:
             return await self._fail(sid, "connect", InvalidInput("Unknown event 'connect'"))
         # Every way out of here is an answer: a refusal is what lets python-socketio
         # forget the pending connection (an exception would leave it behind).
+        held = None  # the user whose slot this handshake holds until it is admitted
+        admitted = False
         try:
             identity = self.verifier.verify(token_from_handshake(environ or {}, auth))
+            share = self.user_limits.acquire(identity.user_id)
+            held = identity.user_id
             await self.registry.add_connection(sid, identity.user_id)
             if self.sio.manager.eio_sid_from_sid(sid, "/") not in self.sio.environ:
                 # the client left while the registry was written: its disconnect
@@ -145,6 +157,7 @@ class CollabApp:
                 log.debug("%s left during its handshake", sid)
                 return False
             await self.sio.save_session(sid, identity.to_session())
+            admitted = True
         except CollabError as exc:
             self._refuse(sid, exc)
         except Exception as exc:  # noqa: BLE001 - the client still gets its connect_error
@@ -154,9 +167,12 @@ class CollabApp:
                 await self.registry.remove_connection(sid)
             self._refuse(sid, CollabError(
                 ErrorCode.INTERNAL_ERROR, "Internal server error", {"error_id": error_id}))
+        finally:
+            if held is not None and not admitted:
+                self.user_limits.release(held)
         rate = self.settings.rate_limit_per_second
         bucket = TokenBucket(rate, self.settings.rate_limit_burst) if rate > 0 else None
-        conn = Connection(sid, identity, bucket)
+        conn = Connection(sid, identity, bucket, share)
         self.connections[sid] = conn
         self._schedule_expiry(conn)
         self.metrics.connections.inc()
@@ -177,6 +193,7 @@ class CollabApp:
             return None
         if conn.expiry is not None:
             conn.expiry.cancel()
+        self.user_limits.release(conn.user_id)
         self.metrics.connections.dec()
         try:
             gone = await self.registry.remove_connection(sid)
@@ -352,6 +369,10 @@ class CollabApp:
                     wait_ms = conn.bucket.take()
                     if wait_ms:
                         raise RateLimited(wait_ms)
+                if conn.user.bucket is not None:  # all of this user's connections
+                    wait_ms = conn.user.bucket.take()
+                    if wait_ms:
+                        raise RateLimited(wait_ms, "Too many events from this user; slow down")
                 if conn.identity.expires_at + self.settings.jwt_leeway <= time.time():
                     # the expiry timer is due and will disconnect; refuse meanwhile
                     raise Unauthorized("Token has expired")

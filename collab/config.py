@@ -84,6 +84,10 @@ class Settings:
     max_message_chars: int = 10_000
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    #: per user, over all their connections on this node; 0 turns each off
+    max_connections_per_user: int = 100
+    user_rate_limit_per_second: float = 200.0
+    user_rate_limit_burst: int = 400
     history_limit: int = 50
     history_max: int = 200
     #: encoded bytes of the messages in one chat:join or chat:history page (at least one)
@@ -164,6 +168,15 @@ class Settings:
                      "shutdown_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_env(name)}: must not be negative")
+        for name in ("max_connections_per_user", "user_rate_limit_per_second",
+                     "user_rate_limit_burst"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_env(name)}: must not be negative (0 turns it off)")
+        if self.user_rate_limit_per_second > 0 and self.user_rate_limit_burst < 1:
+            raise ConfigError(
+                f"{_env('user_rate_limit_burst')}: must be at least 1 while "
+                f"{_env('user_rate_limit_per_second')} is on (a bucket of 0 refuses everything)"
+            )
         if self.history_limit > self.history_max:
             raise ConfigError(f"{_env('history_limit')}: must not exceed history_max")
         if self.history_page_bytes >= self.max_send_buffer_bytes:

@@ -80,11 +80,25 @@ class VersionConflict(CollabError):
 
 
 class RateLimited(CollabError):
-    def __init__(self, retry_after_ms: int) -> None:
+    def __init__(self, retry_after_ms: int, message: str = "Too many events; slow down") -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, message, {"retry_after_ms": retry_after_ms})
+
+
+class TooManyConnections(CollabError):
+    """A user already holds as many connections on this node as allowed.
+
+    ``RATE_LIMITED``, the code of a client that asks for too much too fast: retry
+    later, after closing a connection. ``retry_after_ms`` is there because clients
+    back off by it; no timer frees a slot, so it is a pace, not a promise.
+    """
+
+    RETRY_AFTER_MS = 5000
+
+    def __init__(self, limit: int) -> None:
         super().__init__(
             ErrorCode.RATE_LIMITED,
-            "Too many events; slow down",
-            {"retry_after_ms": retry_after_ms},
+            f"Too many connections for this user (at most {limit} on this server)",
+            {"retry_after_ms": self.RETRY_AFTER_MS, "limit": limit},
         )
 
 

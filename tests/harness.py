@@ -50,6 +50,7 @@ def leftovers(app: Any) -> dict[str, int]:
     manager = sio.manager
     return {
         "connections": len(app.connections),
+        "users": len(app.user_limits),
         "registry": app.registry.connection_count(),
         "sio rooms": sum(len(room) for rooms in manager.rooms.values() for room in rooms.values()),
         "sio pending connects": sum(map(len, manager.pending_connect.values())),
@@ -61,16 +62,19 @@ def leftovers(app: Any) -> dict[str, int]:
     }
 
 
-async def settled(app: Any, timeout: float = WAIT) -> dict[str, int]:
-    """:func:`leftovers` once all are 0, or as they stand when ``timeout`` runs out.
+async def settled(app: Any, like: dict[str, int] | None = None,
+                  timeout: float = WAIT) -> dict[str, int]:
+    """The non-zero :func:`leftovers` once they are ``like`` (nothing by default), or as
+    they stand when ``timeout`` runs out.
 
     Engine.IO drops a socket only after its transport has ended, a little after
     the client left, and signals nothing when it does: this polls.
     """
+    like = like or {}
     deadline = time.monotonic() + timeout
     while True:
         left = {place: n for place, n in leftovers(app).items() if n}
-        if not left or time.monotonic() > deadline:
+        if left == like or time.monotonic() > deadline:
             return left
         await asyncio.sleep(0.01)
 

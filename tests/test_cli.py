@@ -125,6 +125,9 @@ def test_bad_config_file_names_the_problem(tmp_path, text, named):
     ({"COLLAB_JWT_SECRET": "short"}, "COLLAB_JWT_SECRET"),
     ({"COLLAB_MAX_MESSAGE_CHARS": "0"}, "COLLAB_MAX_MESSAGE_CHARS"),
     ({"COLLAB_RATE_LIMIT_BURST": "-1"}, "COLLAB_RATE_LIMIT_BURST"),
+    ({"COLLAB_MAX_CONNECTIONS_PER_USER": "-1"}, "COLLAB_MAX_CONNECTIONS_PER_USER"),
+    ({"COLLAB_USER_RATE_LIMIT_PER_SECOND": "-5"}, "COLLAB_USER_RATE_LIMIT_PER_SECOND"),
+    ({"COLLAB_USER_RATE_LIMIT_BURST": "0"}, "COLLAB_USER_RATE_LIMIT_BURST"),
     ({"COLLAB_WEBSOCKET_COMPRESSION": "maybe"}, "COLLAB_WEBSOCKET_COMPRESSION"),
 ])
 def test_bad_settings_are_named(env, named):
