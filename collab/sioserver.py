@@ -71,11 +71,22 @@ class EngineIOServer(engineio.AsyncServer):
             task.cancel()
 
 
+#: seconds an Engine.IO session may stay open without a Socket.IO CONNECT that was
+#: accepted (Node's socket.io closes it after the same ``connectTimeout``): a refused
+#: or silent client would otherwise hold its socket and a connection slot while it
+#: answers pings
+CONNECT_TIMEOUT = 45.0
+
+
 class GuardedServer(socketio.AsyncServer):
     """An ``AsyncServer`` whose packet dispatch refuses malformed client packets."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connect_timeout: float = CONNECT_TIMEOUT,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.connect_timeout = connect_timeout
+        #: eio sid -> the timer that closes it unless it connected by then
+        self._connect_deadlines: dict[str, asyncio.TimerHandle] = {}
         if not issubclass(self.packet_class, CollabPacket):
             raise TypeError("GuardedServer needs serializer=CollabPacket (or a subclass)")
         #: eio sids whose binary packet was refused at its header: binary frames are
@@ -153,7 +164,22 @@ class GuardedServer(socketio.AsyncServer):
         log.warning("closing a connection from %s: %s", peer, reason)  # (no session id)
         await close_session(self.eio, eio_sid)
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        self._connect_deadlines[eio_sid] = asyncio.get_running_loop().call_later(
+            self.connect_timeout, self._connect_deadline, eio_sid)
+
+    def _connect_deadline(self, eio_sid: str) -> None:
+        self._connect_deadlines.pop(eio_sid, None)
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if eio_sid in self.eio.sockets and (sid is None or not self.manager.is_connected(sid, "/")):
+            self.start_background_task(
+                self._close, eio_sid, f"no accepted CONNECT within {self.connect_timeout:g} s")
+
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        deadline = self._connect_deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
         # python-socketio forgets a half-received binary packet only for a connected
         # namespace; a refused or pending one would keep it after the socket is gone
         self._binary_packet.pop(eio_sid, None)

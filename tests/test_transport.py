@@ -96,3 +96,44 @@ async def test_a_post_for_a_session_the_client_closed_is_400(server, caplog):
     finally:
         await polling.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+class TestConnectTimeout:
+    """An Engine.IO session without an accepted Socket.IO CONNECT is closed after
+    ``connect_timeout`` (as Node's socket.io does), instead of holding its socket for as
+    long as the client answers pings."""
+
+    @pytest.fixture
+    def settings(self):
+        return make_settings(ping_interval=0.2, ping_timeout=5)
+
+    @pytest.fixture(autouse=True)
+    def short_timeout(self, server):
+        server.app.sio.connect_timeout = 0.5
+
+    async def test_a_session_that_never_connects_is_closed(self, server):
+        raw = await RawSocket.open(server.url)
+        try:
+            await raw.closed(timeout=WAIT)  # (it answered every ping meanwhile)
+            assert raw.eio_sid not in server.app.sio.eio.sockets
+        finally:
+            await raw.close()
+
+    async def test_a_refused_session_is_closed(self, server):
+        raw = await RawSocket.open(server.url)
+        try:
+            await raw.send('0{"token":"not a token"}')
+            assert (await raw.recv()).startswith("4{")  # CONNECT_ERROR
+            await raw.closed(timeout=WAIT)
+        finally:
+            await raw.close()
+
+    async def test_a_connected_session_stays(self, server):
+        raw = await RawSocket.connect(server.url, make_token("alice"))
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await raw.closed(timeout=1.5)  # three times the connect timeout
+            await raw.send('21["chat:typing",{"chat_id":"c","typing":true}]')
+            assert (await raw.ack(1))["error"]["code"] == "NOT_FOUND"
+        finally:
+            await raw.close()
