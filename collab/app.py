@@ -59,6 +59,19 @@ class Connection:
         return self.identity.user_id
 
 
+def spend(conn: Connection) -> None:
+    """Take one event from the connection's bucket and its user's; :class:`RateLimited`
+    when either is empty."""
+    if conn.bucket is not None:
+        wait_ms = conn.bucket.take()
+        if wait_ms:
+            raise RateLimited(wait_ms)
+    if conn.user.bucket is not None:  # all of this user's connections
+        wait_ms = conn.user.bucket.take()
+        if wait_ms:
+            raise RateLimited(wait_ms, "Too many events from this user; slow down")
+
+
 def room_subject(room: str) -> dict[str, str]:
     """``document_x`` -> ``{"document_id": "x"}``, for presence events."""
     kind, _, rid = room.partition("_")
@@ -365,14 +378,7 @@ class CollabApp:
             try:
                 if conn is None:
                     raise Unauthorized("Not connected")
-                if conn.bucket is not None:
-                    wait_ms = conn.bucket.take()
-                    if wait_ms:
-                        raise RateLimited(wait_ms)
-                if conn.user.bucket is not None:  # all of this user's connections
-                    wait_ms = conn.user.bucket.take()
-                    if wait_ms:
-                        raise RateLimited(wait_ms, "Too many events from this user; slow down")
+                spend(conn)
                 if conn.identity.expires_at + self.settings.jwt_leeway <= time.time():
                     # the expiry timer is due and will disconnect; refuse meanwhile
                     raise Unauthorized("Token has expired")
@@ -392,6 +398,12 @@ class CollabApp:
         return dispatch
 
     async def _on_unknown(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
+        conn = self.connections.get(sid)
+        if conn is not None:  # unknown and malformed events count against the limits too
+            try:
+                spend(conn)
+            except RateLimited as exc:
+                return await self._fail(sid, "unknown", exc)
         if event == MALFORMED_EVENT:
             reason = args[0] if args else "malformed payload"
             return await self._fail(sid, "malformed", InvalidInput(f"Invalid packet: {reason}"))

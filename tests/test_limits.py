@@ -144,3 +144,18 @@ class TestMalformedPackets:
             assert ack["error"]["code"] == "INVALID_INPUT"
         finally:
             await raw.close()
+
+
+async def test_unknown_and_malformed_events_count_against_the_rate_limit(server):
+    alice = await server.connect("alice")
+    acks = await asyncio.gather(*(alice.call("no:such:event", {}) for _ in range(12)))
+    codes = [a["error"]["code"] for a in acks]
+    assert codes == ["INVALID_INPUT"] * 10 + ["RATE_LIMITED"] * 2
+    raw = await RawSocket.connect(server.url, make_token("bob"))
+    try:
+        for ack_id in range(1, 13):
+            await raw.send(f"2{ack_id}[1]")  # an event whose name is not a string
+        codes = [(await raw.ack(ack_id))["error"]["code"] for ack_id in range(1, 13)]
+        assert codes == ["INVALID_INPUT"] * 10 + ["RATE_LIMITED"] * 2
+    finally:
+        await raw.close()
