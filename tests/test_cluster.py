@@ -474,6 +474,20 @@ async def whole_history(client: Client, chat_id: str) -> list[dict]:
     return messages
 
 
+async def broadcasts_cross_again(sender: Client, receiver: Client, chat_id: str) -> None:
+    """Post until one of ``sender``'s messages reaches ``receiver`` on the other node
+    (within 15 s): Redis carries broadcasts again."""
+    deadline = time.monotonic() + 15
+    while True:
+        sent = await sender.ok("chat:message", {"chat_id": chat_id, "content": "back"})
+        try:
+            while (await receiver.next("chat:message", timeout=1))["message"] != sent["message"]:
+                pass
+            return
+        except asyncio.TimeoutError:
+            assert time.monotonic() < deadline, "no broadcast crossed the nodes within 15 s"
+
+
 async def test_redis_outage_under_load(outage_cluster, connect):
     a, b = outage_cluster.nodes
     alice, bob = await connect(a, "alice"), await connect(b, "bob")
@@ -536,16 +550,7 @@ async def test_redis_outage_under_load(outage_cluster, connect):
     for ack in acked:
         assert stored[ack["message"]["id"]] == ack["message"]
 
-    # broadcasts cross nodes again
-    deadline = time.monotonic() + 15
-    while True:
-        sent = await alice.ok("chat:message", {"chat_id": chat_id, "content": "back"})
-        try:
-            while (await bob.next("chat:message", timeout=1))["message"] != sent["message"]:
-                pass
-            break
-        except asyncio.TimeoutError:
-            assert time.monotonic() < deadline, "no broadcast from A reached B after the outage"
+    await broadcasts_cross_again(alice, bob, chat_id)  # after the outage
 
 
 async def test_a_hung_redis_delays_neither_broadcasts_nor_refusals(outage_cluster, connect):
@@ -583,16 +588,7 @@ async def test_a_hung_redis_delays_neither_broadcasts_nor_refusals(outage_cluste
     finally:
         outage_cluster.redis.resume()
 
-    # publishing resumes: node B hears node A again
-    deadline = time.monotonic() + 15
-    while True:
-        sent = await alice.ok("chat:message", {"chat_id": chat_id, "content": "back"})
-        try:
-            while (await bob.next("chat:message", timeout=1))["message"] != sent["message"]:
-                pass
-            break
-        except asyncio.TimeoutError:
-            assert time.monotonic() < deadline, "no broadcast from A reached B after the hang"
+    await broadcasts_cross_again(alice, bob, chat_id)  # publishing resumed after the hang
     await alice.ok("documents:share", revoke)
     assert (await bob.next("error"))["code"] == "PERMISSION_DENIED"
 
