@@ -1,0 +1,127 @@
+"""The library internals collab builds on are still there, with the shapes it expects.
+
+The fast broadcast path (collab/fanout.py), the packet guards
+(collab/sioserver.py, collab/packet.py, collab/transport.py), the listener
+(collab/listener.py) and the Redis manager (collab/registry/pubsub.py) reach
+below the public APIs of python-socketio, python-engineio, Tornado and
+asyncio. pyproject.toml pins those libraries to the minor versions these
+tests ran with; this file is what fails, naming the attribute and who needs
+it, when a new version moves one, so that raising a pin is a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import engineio
+import pytest
+import socketio
+import tornado.iostream
+import tornado.tcpserver
+import tornado.websocket
+from engineio.async_socket import AsyncSocket
+from socketio.async_pubsub_manager import AsyncPubSubManager
+
+from collab.fanout import FastEmitManager
+from collab.listener import CountedStream
+from collab.packet import CollabPacket
+from collab.registry.pubsub import RedisPubSubManager
+from collab.sioserver import EngineIOServer, GuardedServer
+
+#: (library class, method, the collab class that overrides or calls it)
+METHODS = [
+    (socketio.AsyncServer, "_handle_eio_message", GuardedServer),
+    (socketio.AsyncServer, "_handle_eio_connect", GuardedServer),
+    (socketio.AsyncServer, "_handle_eio_disconnect", GuardedServer),
+    (socketio.AsyncServer, "_handle_connect", GuardedServer),
+    (socketio.AsyncServer, "_handle_event", GuardedServer),
+    (socketio.AsyncServer, "_handle_ack", GuardedServer),
+    (socketio.AsyncServer, "_handle_disconnect", GuardedServer),
+    (socketio.AsyncServer, "_engineio_server_class", GuardedServer),
+    (engineio.AsyncServer, "start_background_task", EngineIOServer),
+    (AsyncSocket, "_send_ping", EngineIOServer),
+    (AsyncSocket, "close", None),
+    (socketio.packet.Packet, "decode", CollabPacket),
+    (socketio.packet.Packet, "add_attachment", None),
+    (socketio.AsyncManager, "emit", FastEmitManager),
+    (socketio.AsyncManager, "disconnect", FastEmitManager),
+    (socketio.AsyncManager, "get_participants", FastEmitManager),
+    (socketio.AsyncManager, "is_pre_connected", None),
+    (socketio.AsyncManager, "sid_from_eio_sid", None),
+    (socketio.AsyncManager, "eio_sid_from_sid", None),
+    (AsyncPubSubManager, "_publish", RedisPubSubManager),
+    (AsyncPubSubManager, "_listen", RedisPubSubManager),
+    (AsyncPubSubManager, "_handle_emit", RedisPubSubManager),
+    (AsyncPubSubManager, "enter_room", RedisPubSubManager),
+    (AsyncPubSubManager, "leave_room", RedisPubSubManager),
+    (tornado.iostream.BaseIOStream, "close_fd", CountedStream),
+    (tornado.iostream.BaseIOStream, "writing", None),
+    (tornado.tcpserver.TCPServer, "handle_stream", None),
+    (tornado.websocket.WebSocketHandler, "write_message", None),
+]
+
+
+def _parameters(function) -> list[str]:
+    return [name for name in inspect.signature(function).parameters if name != "self"]
+
+
+@pytest.mark.parametrize(("library", "name", "ours"), METHODS,
+                         ids=[f"{lib.__name__}.{name}" for lib, name, _ in METHODS])
+def test_library_method_is_there_with_the_parameters_we_use(library, name, ours):
+    where = f"{library.__module__}.{library.__qualname__}.{name}"
+    assert hasattr(library, name), (
+        f"{where} is gone; {ours.__qualname__ if ours else 'collab'} relies on it: "
+        "adapt collab or keep the library's version pin")
+    if ours is not None and name in vars(ours):
+        theirs, mine = _parameters(getattr(library, name)), _parameters(getattr(ours, name))
+        # our override accepts what the library passes (it may take more, with defaults)
+        assert mine[:len(theirs)] == theirs or "args" in mine, (
+            f"{where}{theirs} no longer matches {ours.__qualname__}.{name}{mine}")
+
+
+async def test_instance_internals_of_a_live_connection(server):
+    """The attributes the fast path and the guards read off live objects."""
+    alice = await server.connect("alice")
+    sio = server.app.sio
+    missing = []
+
+    def need(obj, attribute: str, who: str) -> None:
+        if not hasattr(obj, attribute):
+            missing.append(f"{type(obj).__module__}.{type(obj).__qualname__}.{attribute} "
+                           f"(used by {who})")
+
+    need(sio, "_binary_packet", "collab/sioserver.py")
+    need(sio, "environ", "collab/fanout.py, collab/sioserver.py")
+    need(sio, "packet_class", "collab/fanout.py")
+    need(sio.manager, "callbacks", "collab/sioserver.py")
+    need(sio.manager, "rooms", "collab/fanout.py, collab/app.py")
+    need(sio.eio, "sockets", "collab/fanout.py, collab/transport.py")
+    need(sio.eio, "max_http_buffer_size", "collab/sioserver.py")
+    need(sio.reason, "CLIENT_DISCONNECT", "collab/sioserver.py")
+    need(sio.eio.reason, "TRANSPORT_ERROR", "collab/transport.py")
+    eio_sid = sio.manager.eio_sid_from_sid(alice.sid, "/")
+    sock = sio.eio.sockets[eio_sid]
+    for attribute in ("upgraded", "upgrading", "closing", "closed", "connected", "queue"):
+        need(sock, attribute, "collab/fanout.py, collab/transport.py")
+    # asyncio.Queue's count of unfinished tasks: the fast path's "is anything in flight"
+    need(sock.queue, "_unfinished_tasks", "collab/fanout.py _queue_busy")
+    handler = sio.environ[eio_sid]["tornado.handler"]
+    need(handler, "ws_connection", "collab/fanout.py")
+    stream = handler.ws_connection.stream
+    for attribute in ("_write_buffer", "max_write_buffer_size", "socket"):
+        need(stream, attribute, "collab/fanout.py")
+    if hasattr(stream, "_write_buffer"):
+        assert isinstance(len(stream._write_buffer), int)
+    assert not missing, "library internals collab relies on are gone:\n" + "\n".join(missing)
+
+
+def test_asyncio_queue_counts_unfinished_tasks():
+    """collab/fanout.py reads ``Queue._unfinished_tasks`` to tell an idle queue."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    assert queue._unfinished_tasks == 0
+    queue.put_nowait(1)
+    assert queue._unfinished_tasks == 1
+    queue.get_nowait()
+    queue.task_done()
+    assert queue._unfinished_tasks == 0
