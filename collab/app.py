@@ -27,7 +27,7 @@ from .errors import (
 )
 from .handlers import EVENTS
 from .logs import library_logger
-from .metrics import Metrics, TimedStore
+from .metrics import ROOM_KINDS, Metrics, TimedStore, disconnect_label
 from .packet import MALFORMED_EVENT, CollabPacket
 from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
@@ -119,6 +119,7 @@ class CollabApp:
             logger=library_logger("socketio.server"),
             engineio_logger=library_logger("engineio.server"),
         )
+        self.metrics.count_rooms(self.local_rooms)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("*", self._on_unknown)
@@ -208,13 +209,14 @@ class CollabApp:
             conn.expiry.cancel()
         self.user_limits.release(conn.user_id)
         self.metrics.connections.dec()
+        self.metrics.disconnects.labels(disconnect_label(reason)).inc()
         try:
             gone = await self.registry.remove_connection(sid)
         except CollabError:
             log.warning("registry unavailable while removing %s", sid)
             return None
         for room, user_id in gone:
-            await self.sio.emit("user:left", {"user_id": user_id, **room_subject(room)}, room=room)
+            await self.broadcast("user:left", {"user_id": user_id, **room_subject(room)}, room)
         log.debug("disconnected %s (%s)", sid, reason)
         return None
 
@@ -279,8 +281,8 @@ class CollabApp:
                     await self.registry.leave(conn.sid, room)
             raise
         if first:
-            await self.sio.emit(
-                "user:joined", {"user_id": conn.user_id, **subject}, room=room, skip_sid=conn.sid
+            await self.broadcast(
+                "user:joined", {"user_id": conn.user_id, **subject}, room, skip_sid=conn.sid
             )
         return {**result, "users": users}
 
@@ -288,8 +290,8 @@ class CollabApp:
         self, event: str, room: str, user_id: str, skip_sids: list[str] | None = None
     ) -> None:
         """Send ``user:joined`` / ``user:left`` for a change no event caused (a node died)."""
-        await self.sio.emit(
-            event, {"user_id": user_id, **room_subject(room)}, room=room, skip_sid=skip_sids or None
+        await self.broadcast(
+            event, {"user_id": user_id, **room_subject(room)}, room, skip_sid=skip_sids or None
         )
 
     async def room_position(self, room: str) -> int | None:
@@ -307,7 +309,25 @@ class CollabApp:
         gone = await self.registry.leave(conn.sid, room)
         await self.sio.leave_room(conn.sid, room)
         if gone:
-            await self.sio.emit("user:left", {"user_id": conn.user_id, **subject}, room=room)
+            await self.broadcast("user:left", {"user_id": conn.user_id, **subject}, room)
+
+    async def broadcast(self, event: str, data: Any, room: str, skip_sid: Any = None) -> None:
+        """Send ``event`` to everyone in ``room``, on every node; counted once, here."""
+        self.metrics.broadcast(event)
+        await self.sio.emit(event, data, room=room, skip_sid=skip_sid)
+
+    def local_rooms(self) -> dict[str, int]:
+        """Rooms with at least one member on this node, by kind (read at each scrape)."""
+        counts = dict.fromkeys(ROOM_KINDS, 0)
+        for room, members in self.sio.manager.rooms.get("/", {}).items():
+            # python-socketio also keeps a room per sid (holding that sid) and one for
+            # everyone (None); a sid may contain "_"
+            if not isinstance(room, str) or not members or room in members:
+                continue
+            kind = room.partition("_")[0]
+            if kind in counts:
+                counts[kind] += 1
+        return counts
 
     def _in_room(self, sid: str, room: str) -> bool:
         return sid in self.sio.manager.rooms.get("/", {}).get(room, ())
@@ -363,7 +383,7 @@ class CollabApp:
                 log.warning("registry unavailable while revoking %s in %s", sid, room)
                 continue
             if gone:
-                await self.sio.emit("user:left", {"user_id": user_id, **subject}, room=room)
+                await self.broadcast("user:left", {"user_id": user_id, **subject}, room)
 
     # -- dispatch ----------------------------------------------------------
 

@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import socketio
@@ -62,6 +62,13 @@ log = logging.getLogger("collab.fanout")
 DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
 #: default cap on packets waiting in one connection's Engine.IO queue (fast path)
 DEFAULT_MAX_QUEUED = 10_000
+
+#: told once per connection closed for not keeping up (the slow consumer metric)
+SlowConsumerHook = Callable[[], None]
+
+
+def _ignore() -> None:
+    pass
 
 
 def ws_text_frame(payload: bytes) -> bytes:
@@ -90,6 +97,7 @@ class FastEmitManager(socketio.AsyncManager):
 
     compression = False
     max_queued = DEFAULT_MAX_QUEUED
+    on_slow_consumer: SlowConsumerHook = staticmethod(_ignore)
     direct_writes = 0
     queued_writes = 0
     flushed_writes = 0
@@ -98,10 +106,12 @@ class FastEmitManager(socketio.AsyncManager):
         super().__init__(*args, **kwargs)
         self.configure()
 
-    def configure(self, compression: bool = False, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
+    def configure(self, compression: bool = False, max_queued: int = DEFAULT_MAX_QUEUED,
+                  on_slow_consumer: SlowConsumerHook = _ignore) -> None:
         """Set the options; also what makes an existing manager (class swapped) usable."""
         self.compression = compression
         self.max_queued = max_queued
+        self.on_slow_consumer = on_slow_consumer
         if "ws_handlers" not in self.__dict__:
             #: eio sid -> Tornado handler, for connections upgraded from polling (set once
             #: Engine.IO has accepted the upgrade, see bounded_handler)
@@ -111,6 +121,9 @@ class FastEmitManager(socketio.AsyncManager):
             #: WebSocket connection -> [handler, frames...] waiting for this pass's flush
             self.corked: dict[Any, list[Any]] = {}
             self.flush_scheduled = False
+            #: eio sid -> the task closing it for too many queued packets: one close
+            #: (and one count) however many broadcasts find it full meanwhile
+            self.closing: dict[str, asyncio.Future[Any]] = {}
 
     def websocket_for(self, eio_sid: str) -> Any:
         """The open Tornado WebSocket handler carrying ``eio_sid``, or None."""
@@ -177,12 +190,12 @@ class FastEmitManager(socketio.AsyncManager):
                     handler, conn = sink
                     if not conn.is_closing():
                         if self.compression:
-                            _write(handler, conn, text, None)
+                            _write(handler, conn, text, None, self.on_slow_consumer)
                         else:
                             if frame is None:
                                 frame = ws_text_frame(text.encode())
                             if not cork:
-                                _write(handler, conn, None, frame)
+                                _write(handler, conn, None, frame, self.on_slow_consumer)
                             elif (pending := corked.get(conn)) is None:
                                 corked[conn] = [handler, frame]
                             else:
@@ -191,8 +204,8 @@ class FastEmitManager(socketio.AsyncManager):
                         continue
                     del sinks[eio_sid]
             if sock.queue.qsize() >= self.max_queued:
-                log.warning("closing %s: %d packets queued", eio_sid, sock.queue.qsize())
-                asyncio.ensure_future(sock.close(wait=False, abort=True))
+                if eio_sid not in self.closing:
+                    self._close_backlogged(eio_sid, sock)
                 continue
             sock.queue.put_nowait(eio_pkt)
             self.queued_writes += 1
@@ -200,13 +213,21 @@ class FastEmitManager(socketio.AsyncManager):
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
+    def _close_backlogged(self, eio_sid: str, sock: Any) -> None:
+        log.warning("closing %s: %d packets queued", eio_sid, sock.queue.qsize())
+        task = self.closing[eio_sid] = asyncio.ensure_future(
+            sock.close(wait=False, abort=True))
+        task.add_done_callback(lambda _: self.closing.pop(eio_sid, None))
+        self.on_slow_consumer()
+
     def flush(self) -> None:
         """End of the pass: write each connection's corked frames with one write."""
         corked, self.corked = self.corked, {}
         self.flush_scheduled = False
         for conn, (handler, *frames) in corked.items():
             if not conn.is_closing():
-                _write(handler, conn, None, frames[0] if len(frames) == 1 else b"".join(frames))
+                _write(handler, conn, None, frames[0] if len(frames) == 1 else b"".join(frames),
+                       self.on_slow_consumer)
                 self.flushed_writes += 1
 
 
@@ -260,7 +281,8 @@ def _uncapped(stream: Any) -> Iterator[None]:
         stream.max_write_buffer_size = cap
 
 
-def _write(handler: Any, conn: Any, text: str | None, frame: bytes | None) -> None:
+def _write(handler: Any, conn: Any, text: str | None, frame: bytes | None,
+           on_slow_consumer: SlowConsumerHook) -> None:
     try:
         if frame is not None:
             _send_frame(conn.stream, frame)
@@ -269,7 +291,7 @@ def _write(handler: Any, conn: Any, text: str | None, frame: bytes | None) -> No
     except (tornado.iostream.StreamClosedError, tornado.websocket.WebSocketClosedError):
         pass  # already going away; its disconnect runs on the close callback
     except tornado.iostream.StreamBufferFullError:
-        _overflow(handler, conn)
+        _overflow(handler, conn, on_slow_consumer)
     except Exception:  # one broken connection must not cost the rest of the room its frames
         log.exception("writing to %s failed; closing it", handler.request.remote_ip)
         conn.stream.close()
@@ -280,10 +302,13 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
-def _overflow(handler: Any, conn: Any) -> None:
+def _overflow(handler: Any, conn: Any, on_slow_consumer: SlowConsumerHook) -> None:
+    if conn.stream.closed():
+        return  # an earlier write found it full and closed it: told once
     log.warning("closing a WebSocket that does not keep up (send buffer full): %s",
                 handler.request.remote_ip)
     conn.stream.close()
+    on_slow_consumer()
 
 
 _FAST_CLASSES: dict[type, type] = {}
@@ -301,7 +326,8 @@ def fast_class(cls: type) -> type:
 
 
 def fast_manager(manager: socketio.AsyncManager | None, compression: bool = False,
-                 max_queued: int = DEFAULT_MAX_QUEUED) -> FastEmitManager:
+                 max_queued: int = DEFAULT_MAX_QUEUED,
+                 on_slow_consumer: SlowConsumerHook = _ignore) -> FastEmitManager:
     """The fast equivalent of a client manager (None means the default one).
 
     An existing manager (e.g. the Redis registry's ``AsyncRedisManager``) keeps its
@@ -313,11 +339,13 @@ def fast_manager(manager: socketio.AsyncManager | None, compression: bool = Fals
     else:
         manager.__class__ = fast_class(type(manager))
     assert isinstance(manager, FastEmitManager)
-    manager.configure(compression=compression, max_queued=max_queued)
+    manager.configure(compression=compression, max_queued=max_queued,
+                      on_slow_consumer=on_slow_consumer)
     return manager
 
 
-def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BUFFER) -> type:
+def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BUFFER,
+                    on_slow_consumer: SlowConsumerHook = _ignore) -> type:
     """python-socketio's Tornado handler with a capped send buffer per WebSocket (and
     TCP_NODELAY, as Node's socket.io has).
 
@@ -370,7 +398,7 @@ def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BU
             if conn is None:
                 return super().write_message(message, binary=binary)  # raises: closed
             if _backlogged(conn.stream):
-                _overflow(self, conn)
+                _overflow(self, conn, on_slow_consumer)
                 raise tornado.websocket.WebSocketClosedError()
             with _uncapped(conn.stream):
                 future = super().write_message(message, binary=binary)

@@ -20,6 +20,7 @@ from .app import CollabApp
 from .config import Settings
 from .http import HealthzHandler, MetricsHandler, Readiness, ReadyzHandler
 from .listener import ConnectionLimits, Listener, connection_budget
+from .metrics import Metrics
 from .proxy import TrustedProxies
 from .registry import open_registry
 from .store import open_store
@@ -35,7 +36,8 @@ def socket_handler(app: CollabApp) -> type:
     guarded = transport.guarded_handler(
         socketio.get_tornado_handler(app.sio), app.sio.eio, app.settings.max_packet_bytes
     )
-    base = fanout.bounded_handler(guarded, app.sio.manager, app.settings.max_send_buffer_bytes)
+    base = fanout.bounded_handler(guarded, app.sio.manager, app.settings.max_send_buffer_bytes,
+                                  on_slow_consumer=app.metrics.slow_consumers_closed.inc)
     compression = app.settings.websocket_compression
 
     class SocketHandler(base):  # type: ignore[misc, valid-type]
@@ -139,9 +141,11 @@ class Server:
             await store.close()
             raise
         manager = getattr(registry, "client_manager", lambda: None)()
+        metrics = Metrics()
         if settings.fast_broadcast:
-            manager = fanout.fast_manager(manager, compression=settings.websocket_compression)
-        app = CollabApp(settings, store, registry, client_manager=manager)
+            manager = fanout.fast_manager(manager, compression=settings.websocket_compression,
+                                          on_slow_consumer=metrics.slow_consumers_closed.inc)
+        app = CollabApp(settings, store, registry, client_manager=manager, metrics=metrics)
         if hasattr(manager, "start_listening"):
             await manager.start_listening()  # hear other nodes before the first client
         metrics_sockets: list[socket.socket] = []

@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 import socketio
+from tornado.httpclient import AsyncHTTPClient
 
 from collab.config import Settings, load_settings
 from collab.server import Server
@@ -76,6 +77,26 @@ async def settled(app: Any, like: dict[str, int] | None = None,
         left = {place: n for place, n in leftovers(app).items() if n}
         if left == like or time.monotonic() > deadline:
             return left
+        await asyncio.sleep(0.01)
+
+
+async def scrape(url: str) -> dict[str, float]:
+    """``GET url/metrics`` (no token): each sample line's series -> its value."""
+    response = await AsyncHTTPClient().fetch(url + "/metrics")
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in response.body.decode().splitlines() if line and not line.startswith("#")
+    }
+
+
+async def scraped(url: str, series: str, value: float, timeout: float = WAIT) -> float:
+    """The value of ``series`` once /metrics shows ``value``, or as it stands at ``timeout``
+    (for what the server does a little after the event a test can see, like a disconnect)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = (await scrape(url)).get(series)
+        if got == value or time.monotonic() > deadline:
+            return got
         await asyncio.sleep(0.01)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import cancel_leftover_tasks
-from harness import WAIT, Harness, make_settings, make_token
+from harness import WAIT, Harness, make_settings, make_token, scrape
 from rawsocket import RawSocket
 
 from collab.fanout import FastEmitManager, ws_text_frame
@@ -255,6 +255,7 @@ def test_a_client_that_stops_reading_is_disconnected(io_loop, fast, caplog):
             one_message = len(content) + 1000  # the frame: content plus the JSON around it
             assert held_max <= settings.max_send_buffer_bytes + one_message
             assert "carol" not in await app.registry.room_users(f"chat_{chat_id}")
+            assert (await scrape(server.url))["collab_slow_consumers_closed_total"] == 1
             # the others carry on
             await alice.ok("chat:message", {"chat_id": chat_id, "content": "after"})
             assert (await bob.next("chat:message"))["message"]["content"] == "after"
@@ -329,6 +330,8 @@ async def test_a_polling_client_that_stops_polling_is_closed_by_the_queue_cap(io
             await alice.ok("chat:history", {"chat_id": chat_id, "limit": 1})
         assert carol not in app.connections
         assert "carol" not in await app.registry.room_users(f"chat_{chat_id}")
+        # once, however many broadcasts found its queue full before the close ran
+        assert (await scrape(server.url))["collab_slow_consumers_closed_total"] == 1
     finally:
         await session.close()
         await server.close_clients()

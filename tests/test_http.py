@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 
 import pytest
-from harness import make_settings
+from harness import make_settings, make_token, scrape, scraped
+from rawsocket import RawPolling, RawSocket
 from services import free_port
 from tornado.httpclient import AsyncHTTPClient
+
+from collab import __version__
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 FREE_PORT = -1  # a metrics_port the settings fixture replaces with a free one
@@ -133,3 +137,115 @@ async def test_metrics_port_needs_the_token_too(server):
     own = f"http://127.0.0.1:{server.app.settings.metrics_port}"
     assert (await get(server, "/metrics", url=own)).code == 401
     assert (await get(server, "/metrics", bearer(METRICS_TOKEN), url=own)).code == 200
+
+
+# -- what the series say --------------------------------------------------------
+
+
+async def test_metrics_name_the_build_and_the_process(server):
+    samples = await scrape(server.url)
+    build = f'collab_build_info{{python="{platform.python_version()}",version="{__version__}"}}'
+    assert samples[build] == 1
+    assert samples["process_resident_memory_bytes"] > 0
+    assert samples["process_open_fds"] > 0
+    assert samples["process_start_time_seconds"] > 0
+    assert any(name.startswith("python_info{") for name in samples), samples
+
+
+async def test_metrics_have_no_created_series(server):
+    alice = await server.connect("alice")
+    await alice.ok("documents:create", {"document_id": "d"})
+    text = (await get(server, "/metrics")).body.decode()
+    assert "collab_events_total" in text
+    assert "_created" not in text
+
+
+async def test_rooms_count_the_rooms_with_a_member_here(server):
+    chat = 'collab_rooms{kind="chat"}'
+    document = 'collab_rooms{kind="document"}'
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    chat_id = (await alice.ok("chat:create", {"title": "t", "members": ["bob"]}))["chat"]["id"]
+    await alice.ok("documents:create", {"document_id": "d"})
+    assert {k: v for k, v in (await scrape(server.url)).items()
+            if k.startswith("collab_rooms")} == {chat: 0, document: 0}
+    await alice.ok("chat:join", {"chat_id": chat_id})
+    assert (await scrape(server.url))[chat] == 1
+    await bob.ok("chat:join", {"chat_id": chat_id})
+    assert (await scrape(server.url))[chat] == 1  # rooms, not members
+    await alice.ok("documents:join", {"document_id": "d"})
+    assert (await scrape(server.url))[document] == 1
+    await alice.ok("chat:leave", {"chat_id": chat_id})
+    assert (await scrape(server.url))[chat] == 1  # bob is still there
+    await alice.ok("documents:leave", {"document_id": "d"})
+    assert (await scrape(server.url))[document] == 0
+    await bob.disconnect()
+    assert await scraped(server.url, chat, 0) == 0
+
+
+async def test_broadcasts_are_counted_once_by_event(server):
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    carol = await server.connect("carol")
+    members = ["bob", "carol"]
+    chat_id = (await alice.ok("chat:create", {"title": "t", "members": members}))["chat"]["id"]
+    for client in (alice, bob, carol):
+        await client.ok("chat:join", {"chat_id": chat_id})
+    before = await scrape(server.url)
+    await alice.ok("chat:message", {"chat_id": chat_id, "content": "hi"})
+    await bob.next("chat:message")
+    await carol.next("chat:message")
+    await alice.fails("made:up", {}, "INVALID_INPUT")
+    after = await scrape(server.url)
+    series = 'collab_broadcasts_total{event="chat:message"}'
+    assert after[series] - before[series] == 1  # one broadcast, three recipients
+    assert before['collab_broadcasts_total{event="user:joined"}'] == 3  # one per join
+    events = {k for k in after if k.startswith("collab_broadcasts_total")}
+    assert events == {f'collab_broadcasts_total{{event="{e}"}}' for e in
+                      ("chat:message", "chat:typing", "documents:updated", "user:joined",
+                       "user:left", "other")}
+
+
+def disconnects(reason: str) -> str:
+    return f'collab_disconnects_total{{reason="{reason}"}}'
+
+
+async def test_a_client_disconnect_is_counted_as_such(server):
+    # (python-socketio's client closes its WebSocket before its DISCONNECT is written:
+    # the server sees a transport close, hence a raw peer here)
+    raw = await RawSocket.connect(server.url, make_token("alice"))
+    try:
+        await raw.send("1")  # Socket.IO DISCONNECT
+        assert await scraped(server.url, disconnects("client"), 1) == 1
+    finally:
+        await raw.close()
+    samples = await scrape(server.url)
+    assert samples[disconnects("server")] == 0
+    assert samples[disconnects("transport_close")] == 0
+
+
+@pytest.mark.parametrize("settings", [{"jwt_leeway": 0}], indirect=True)
+async def test_a_server_disconnect_is_counted_as_such(server):
+    alice = await server.connect("alice", ttl=2)  # the server ends it when it expires
+    assert (await alice.next("error"))["code"] == "UNAUTHORIZED"
+    assert await scraped(server.url, disconnects("server"), 1) == 1
+    assert (await scrape(server.url))[disconnects("client")] == 0
+
+
+async def test_a_dropped_transport_is_counted_as_such(server):
+    raw = await RawSocket.connect(server.url, make_token("alice"))
+    await raw.session.close()  # the TCP connection goes, no Socket.IO or Engine.IO goodbye
+    assert await scraped(server.url, disconnects("transport_close"), 1) == 1
+    assert (await scrape(server.url))[disconnects("client")] == 0
+
+
+@pytest.mark.parametrize("settings", [{"ping_interval": 0.1, "ping_timeout": 0.1}],
+                         indirect=True)
+async def test_a_ping_timeout_is_counted_as_such(server):
+    # long-polling: a silent WebSocket ends by Engine.IO's read timeout (interval plus
+    # timeout, a transport close) as often as by the ping check
+    raw = await RawPolling.connect(server.url, make_token("alice"))
+    try:  # never polls again, so never answers a ping
+        assert await scraped(server.url, disconnects("ping_timeout"), 1) == 1
+    finally:
+        await raw.session.close()

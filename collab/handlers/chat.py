@@ -111,7 +111,7 @@ async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
         )
         if created:  # a repeated client_id is neither stored nor broadcast again
             await ticket.release(stored["seq"], functools.partial(
-                app.sio.emit, "chat:message", {"message": stored}, room=room(chat_id)))
+                app.broadcast, "chat:message", {"message": stored}, room(chat_id)))
     return {"message": stored}
 
 
@@ -127,10 +127,10 @@ async def history(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
 async def typing(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
     await require_chat_role(app.store, conn.identity, chat_id, "member")
-    await app.sio.emit(
+    await app.broadcast(
         "chat:typing",
         {"chat_id": chat_id, "user_id": conn.user_id, "typing": data["typing"]},
-        room=room(chat_id),
+        room(chat_id),
         skip_sid=conn.sid,
     )
     return {}

@@ -78,10 +78,10 @@ async def update(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict
             document_id, data["content"], data["version"], conn.user_id
         )
         await ticket.release(document["version"], functools.partial(
-            app.sio.emit,
+            app.broadcast,
             "documents:updated",
             {"document": document, "user_id": conn.user_id},
-            room=room(document_id),
+            room(document_id),
             skip_sid=conn.sid,
         ))
     return {"document": document}
