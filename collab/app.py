@@ -27,11 +27,12 @@ from .errors import (
 )
 from .handlers import EVENTS
 from .logs import library_logger
-from .metrics import ROOM_KINDS, Metrics, TimedStore, disconnect_label
+from .metrics import Metrics, TimedStore, disconnect_label
 from .packet import MALFORMED_EVENT, CollabPacket
 from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
 from .registry.base import Registry
+from .rooms import KINDS, Room
 from .sequencer import Sequencer
 from .sioserver import GuardedServer
 from .store.base import Store
@@ -70,12 +71,6 @@ def spend(conn: Connection) -> None:
         wait_ms = conn.user.bucket.take()
         if wait_ms:
             raise RateLimited(wait_ms, "Too many events from this user; slow down")
-
-
-def room_subject(room: str) -> dict[str, str]:
-    """``document_x`` -> ``{"document_id": "x"}``, for presence events."""
-    kind, _, rid = room.partition("_")
-    return {f"{kind}_id": rid}
 
 
 class CollabApp:
@@ -133,7 +128,7 @@ class CollabApp:
         if hasattr(client_manager, "room_position"):
             self.cluster = client_manager
             client_manager.room_position = self.room_position
-            client_manager.on_revoke = self.take_out
+            client_manager.on_revoke = self._revoked_elsewhere
 
     # -- origins -----------------------------------------------------------
 
@@ -215,8 +210,9 @@ class CollabApp:
         except CollabError:
             log.warning("registry unavailable while removing %s", sid)
             return None
-        for room, user_id in gone:
-            await self.broadcast("user:left", {"user_id": user_id, **room_subject(room)}, room)
+        for name, user_id in gone:
+            if (room := Room.parse(name)) is not None:
+                await self.broadcast("user:left", {"user_id": user_id, **room.subject}, room)
         log.debug("disconnected %s (%s)", sid, reason)
         return None
 
@@ -255,8 +251,7 @@ class CollabApp:
     # -- rooms and presence ------------------------------------------------
 
     async def join_room(
-        self, conn: Connection, room: str, subject: dict[str, str],
-        load: Callable[[], Awaitable[dict[str, Any]]],
+        self, conn: Connection, room: Room, load: Callable[[], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
         """Enter a room, then ``load`` what the join returns; undo the entry if that fails.
 
@@ -264,25 +259,25 @@ class CollabApp:
         The user is announced only once the join has succeeded, and only if
         this is their first connection in the room.
         """
-        rejoin = room in self.sio.rooms(conn.sid)
-        await self.sio.enter_room(conn.sid, room)
+        rejoin = room.name in self.sio.rooms(conn.sid)
+        await self.sio.enter_room(conn.sid, room.name)
         try:
-            first = await self.registry.join(conn.sid, room)
+            first = await self.registry.join(conn.sid, room.name)
             result = await load()
-            users = await self.registry.room_users(room)
+            users = await self.registry.room_users(room.name)
             if not self._in_room(conn.sid, room):
                 # revoked meanwhile (``load`` checks the role again once the connection
                 # is in the room, so a revocation cannot fall between check and entry)
-                raise PermissionDenied(f"Access was revoked while joining {room!r}")
+                raise PermissionDenied(f"Access was revoked while joining {room.name!r}")
         except BaseException:
             if not rejoin or not self._in_room(conn.sid, room):
-                await self.sio.leave_room(conn.sid, room)
+                await self.sio.leave_room(conn.sid, room.name)
                 with contextlib.suppress(CollabError):
-                    await self.registry.leave(conn.sid, room)
+                    await self.registry.leave(conn.sid, room.name)
             raise
         if first:
             await self.broadcast(
-                "user:joined", {"user_id": conn.user_id, **subject}, room, skip_sid=conn.sid
+                "user:joined", {"user_id": conn.user_id, **room.subject}, room, skip_sid=conn.sid
             )
         return {**result, "users": users}
 
@@ -290,47 +285,46 @@ class CollabApp:
         self, event: str, room: str, user_id: str, skip_sids: list[str] | None = None
     ) -> None:
         """Send ``user:joined`` / ``user:left`` for a change no event caused (a node died)."""
-        await self.broadcast(
-            event, {"user_id": user_id, **room_subject(room)}, room, skip_sid=skip_sids or None
-        )
+        if (parsed := Room.parse(room)) is not None:
+            await self.broadcast(
+                event, {"user_id": user_id, **parsed.subject}, parsed, skip_sid=skip_sids or None
+            )
 
     async def room_position(self, room: str) -> int | None:
         """A chat's newest seq or a document's version: where its broadcasts stand."""
-        kind, _, rid = room.partition("_")
-        if kind == "chat":
-            latest, _ = await self.store.messages_before(rid, None, 1)
+        parsed = Room.parse(room)
+        if parsed is None:
+            return None
+        if parsed.kind == "chat":
+            latest, _ = await self.store.messages_before(parsed.id, None, 1)
             return latest[-1]["seq"] if latest else 0
-        if kind == "document":
-            document = await self.store.get_document(rid)
-            return document["version"] if document else None
-        return None
+        document = await self.store.get_document(parsed.id)
+        return document["version"] if document else None
 
-    async def leave_room(self, conn: Connection, room: str, subject: dict[str, str]) -> None:
-        gone = await self.registry.leave(conn.sid, room)
-        await self.sio.leave_room(conn.sid, room)
+    async def leave_room(self, conn: Connection, room: Room) -> None:
+        gone = await self.registry.leave(conn.sid, room.name)
+        await self.sio.leave_room(conn.sid, room.name)
         if gone:
-            await self.broadcast("user:left", {"user_id": conn.user_id, **subject}, room)
+            await self.broadcast("user:left", {"user_id": conn.user_id, **room.subject}, room)
 
-    async def broadcast(self, event: str, data: Any, room: str, skip_sid: Any = None) -> None:
+    async def broadcast(self, event: str, data: Any, room: Room, skip_sid: Any = None) -> None:
         """Send ``event`` to everyone in ``room``, on every node; counted once, here."""
         self.metrics.broadcast(event)
-        await self.sio.emit(event, data, room=room, skip_sid=skip_sid)
+        await self.sio.emit(event, data, room=room.name, skip_sid=skip_sid)
 
     def local_rooms(self) -> dict[str, int]:
         """Rooms with at least one member on this node, by kind (read at each scrape)."""
-        counts = dict.fromkeys(ROOM_KINDS, 0)
+        counts = dict.fromkeys(KINDS, 0)
         for room, members in self.sio.manager.rooms.get("/", {}).items():
             # python-socketio also keeps a room per sid (holding that sid) and one for
             # everyone (None); a sid may contain "_"
-            if not isinstance(room, str) or not members or room in members:
+            if not members or room in members or (parsed := Room.parse(room)) is None:
                 continue
-            kind = room.partition("_")[0]
-            if kind in counts:
-                counts[kind] += 1
+            counts[parsed.kind] += 1
         return counts
 
-    def _in_room(self, sid: str, room: str) -> bool:
-        return sid in self.sio.manager.rooms.get("/", {}).get(room, ())
+    def _in_room(self, sid: str, room: Room) -> bool:
+        return sid in self.sio.manager.rooms.get("/", {}).get(room.name, ())
 
     # -- revocation --------------------------------------------------------
 
@@ -342,7 +336,7 @@ class CollabApp:
         if self.cluster is not None and not self.cluster.publishing:
             raise Unavailable("Other nodes cannot be told of the change now; retry")
 
-    async def revoke(self, room: str, user_id: str) -> None:
+    async def revoke(self, room: Room, user_id: str) -> None:
         """Take every connection of ``user_id`` out of ``room``, on every node.
 
         For a user whose access was removed from the store. Here at once; the
@@ -351,10 +345,15 @@ class CollabApp:
         is safe: the role is already gone, the revocation is sent again).
         """
         await self.take_out(room, user_id)
-        if self.cluster is not None and not await self.cluster.revoke(room, user_id):
+        if self.cluster is not None and not await self.cluster.revoke(room.name, user_id):
             raise Unavailable("Access was removed, but not every node was told; retry")
 
-    async def take_out(self, room: str, user_id: str) -> None:
+    async def _revoked_elsewhere(self, name: str, user_id: str) -> None:
+        """Another node revoked ``user_id``'s access to the room named ``name``."""
+        if (room := Room.parse(name)) is not None:
+            await self.take_out(room, user_id)
+
+    async def take_out(self, room: Room, user_id: str) -> None:
         """Take this node's connections of ``user_id`` out of ``room``: access revoked.
 
         Each leaves the Socket.IO room before anything else can be sent to it, is
@@ -363,27 +362,26 @@ class CollabApp:
         ``user:left``, as for a leave. Connections with an admin token keep their
         access, so they stay.
         """
-        sids = [sid for sid, _ in self.sio.manager.get_participants("/", room)
+        sids = [sid for sid, _ in self.sio.manager.get_participants("/", room.name)
                 if (conn := self.connections.get(sid)) is not None
                 and conn.user_id == user_id and not conn.identity.is_admin]
         if not sids:
             return
-        subject = room_subject(room)
-        kind, _, rid = room.partition("_")
         error = CollabError(ErrorCode.PERMISSION_DENIED,
-                            f"Access to {kind} {rid!r} was revoked", subject).to_dict()
+                            f"Access to {room.kind} {room.id!r} was revoked",
+                            room.subject).to_dict()
         for sid in sids:
-            await self.sio.leave_room(sid, room)
+            await self.sio.leave_room(sid, room.name)
         for sid in sids:
             await self.sio.emit("error", error, to=sid, ignore_queue=True)
         for sid in sids:
             try:
-                gone = await self.registry.leave(sid, room)
+                gone = await self.registry.leave(sid, room.name)
             except CollabError:
                 log.warning("registry unavailable while revoking %s in %s", sid, room)
                 continue
             if gone:
-                await self.broadcast("user:left", {"user_id": user_id, **subject}, room)
+                await self.broadcast("user:left", {"user_id": user_id, **room.subject}, room)
 
     # -- dispatch ----------------------------------------------------------
 

@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .rooms import KINDS
 
 # prometheus_client adds a ``<name>_created`` series (the creation time) to every counter
 # and histogram: as many series again, which Prometheus' text format does not use. The
@@ -38,8 +39,6 @@ BROADCAST_EVENTS = (
 #: the label of a broadcast event missing from BROADCAST_EVENTS (a bug, not client input)
 OTHER = "other"
 
-#: the kinds of room a connection joins (``<kind>_<id>``): ``collab_rooms{kind}``
-ROOM_KINDS = ("document", "chat")
 
 #: python-socketio's disconnect reasons (engineio ``Server.reason``) -> our label
 DISCONNECT_REASONS = {
@@ -106,7 +105,7 @@ class Metrics:
 
     def count_rooms(self, count: Callable[[], Mapping[str, int]]) -> None:
         """Have ``collab_rooms`` read ``count()`` (kind -> rooms) at each scrape."""
-        for kind in ROOM_KINDS:
+        for kind in KINDS:  # collab_rooms{kind}
             self.rooms.labels(kind).set_function(lambda kind=kind: count().get(kind, 0))
 
     def render(self) -> bytes:

@@ -9,14 +9,15 @@ from .. import schemas
 from ..errors import NotFound, PayloadTooLarge
 from ..packet import SafeJSON
 from ..permissions import require_chat_role
+from ..rooms import Room
 from ..store.base import Message, new_id
 
 if TYPE_CHECKING:
     from ..app import CollabApp, Connection
 
 
-def room(chat_id: str) -> str:
-    return f"chat_{chat_id}"
+def room(chat_id: str) -> Room:
+    return Room.chat(chat_id)
 
 
 async def create(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -89,11 +90,11 @@ async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[s
             has_more = cut or len(found) > limit
         return {"chat": chat, "messages": messages, "has_more": has_more}
 
-    return await app.join_room(conn, room(chat_id), {"chat_id": chat_id}, load)
+    return await app.join_room(conn, room(chat_id), load)
 
 
 async def leave(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    await app.leave_room(conn, room(data["chat_id"]), {"chat_id": data["chat_id"]})
+    await app.leave_room(conn, room(data["chat_id"]))
     return {}
 
 
@@ -105,7 +106,7 @@ async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
     await require_chat_role(app.store, conn.identity, chat_id, "member")
     # Store calls overlap and may complete out of seq order; the room's
     # sequencer sends the broadcasts in seq order all the same.
-    with app.room_order.begin(room(chat_id)) as ticket:
+    with app.room_order.begin(room(chat_id).name) as ticket:
         stored, created = await app.store.add_message(
             chat_id, conn.user_id, data["content"], data.get("client_id")
         )

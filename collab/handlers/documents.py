@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING, Any
 from .. import schemas
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..permissions import require_document_role
+from ..rooms import Room
 from ..store.base import new_id
 
 if TYPE_CHECKING:
     from ..app import CollabApp, Connection
 
 
-def room(document_id: str) -> str:
-    return f"document_{document_id}"
+def room(document_id: str) -> Room:
+    return Room.document(document_id)
 
 
 def _check_size(app: CollabApp, content: str) -> None:
@@ -59,11 +60,11 @@ async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[s
             raise NotFound(f"Document {document_id!r} not found")
         return {"document": document}
 
-    return await app.join_room(conn, room(document_id), {"document_id": document_id}, load)
+    return await app.join_room(conn, room(document_id), load)
 
 
 async def leave(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    await app.leave_room(conn, room(data["document_id"]), {"document_id": data["document_id"]})
+    await app.leave_room(conn, room(data["document_id"]))
     return {}
 
 
@@ -73,7 +74,7 @@ async def update(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict
     await require_document_role(app.store, conn.identity, document_id, "editor")
     # Two updates' store calls can complete in either order (MongoDB's can):
     # the broadcasts still leave in version order.
-    with app.room_order.begin(room(document_id)) as ticket:
+    with app.room_order.begin(room(document_id).name) as ticket:
         document = await app.store.update_document(
             document_id, data["content"], data["version"], conn.user_id
         )

@@ -1,0 +1,52 @@
+"""Rooms: where a document's or a chat's broadcasts go.
+
+A room is named ``<kind>_<id>`` on the wire and in python-socketio and Redis
+(``document_report``, ``chat_general``); presence events name it by subject
+(``{"document_id": "report"}``). :class:`Room` is the one place that builds
+and parses those, so no other module splits strings on ``_``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: the kinds of room, as the protocol names them
+KINDS = ("document", "chat")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Room:
+    kind: str
+    id: str
+
+    @classmethod
+    def document(cls, document_id: str) -> Room:
+        return cls("document", document_id)
+
+    @classmethod
+    def chat(cls, chat_id: str) -> Room:
+        return cls("chat", chat_id)
+
+    @classmethod
+    def parse(cls, name: object) -> Room | None:
+        """The room a python-socketio room name stands for; None for any other name
+        (python-socketio also keeps one room per connection, named by its sid)."""
+        if not isinstance(name, str):
+            return None
+        kind, sep, rid = name.partition("_")
+        if not sep or not rid or kind not in KINDS:
+            return None
+        return cls(kind, rid)
+
+    @property
+    def name(self) -> str:
+        """The room's name in python-socketio, Redis and the protocol."""
+        return f"{self.kind}_{self.id}"
+
+    @property
+    def subject(self) -> dict[str, str]:
+        """How presence events and errors name it: ``{"document_id": id}``."""
+        return {f"{self.kind}_id": self.id}
+
+    def __str__(self) -> str:
+        return self.name
