@@ -109,6 +109,9 @@ class CollabApp:
             async_handlers=False,
             cors_allowed_origins=self.origin_allowed,
             max_http_buffer_size=settings.max_packet_bytes,
+            # (for our Engine.IO server class, collab/sioserver.py)
+            max_queued_bytes=settings.max_send_buffer_bytes,
+            on_slow_consumer=self.metrics.slow_consumers_closed.inc,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             logger=library_logger("socketio.server"),

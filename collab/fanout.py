@@ -56,6 +56,9 @@ import tornado.websocket
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from .sioserver import queue_backlogged
+from .transport import close_session
+
 log = logging.getLogger("collab.fanout")
 
 #: default cap on one WebSocket's unsent bytes held by the server
@@ -203,7 +206,8 @@ class FastEmitManager(socketio.AsyncManager):
                         self.direct_writes += 1
                         continue
                     del sinks[eio_sid]
-            if sock.queue.qsize() >= self.max_queued:
+            if sock.queue.qsize() >= self.max_queued \
+                    or queue_backlogged(sock, self.server.eio.max_queued_bytes):
                 if eio_sid not in self.closing:
                     self._close_backlogged(eio_sid, sock)
                 continue
@@ -214,9 +218,13 @@ class FastEmitManager(socketio.AsyncManager):
             asyncio.get_running_loop().call_soon(self.flush)
 
     def _close_backlogged(self, eio_sid: str, sock: Any) -> None:
-        log.warning("closing %s: %d packets queued", eio_sid, sock.queue.qsize())
+        environ = self.server.environ.get(eio_sid) or {}
+        handler = environ.get("tornado.handler")
+        log.warning("closing a connection from %s that does not collect what it is sent "
+                    "(%d packets queued)", handler.request.remote_ip if handler else "?",
+                    sock.queue.qsize())  # (never the session id: it is all a hijacker needs)
         task = self.closing[eio_sid] = asyncio.ensure_future(
-            sock.close(wait=False, abort=True))
+            close_session(self.server.eio, eio_sid))
         task.add_done_callback(lambda _: self.closing.pop(eio_sid, None))
         self.on_slow_consumer()
 

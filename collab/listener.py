@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ import tornado.ioloop
 import tornado.iostream
 import tornado.tcpserver
 
+from .logs import ThrottledWarning
 from .proxy import TrustedProxies, parse_address
 
 try:
@@ -42,8 +42,6 @@ ACCEPT_PAUSE = 0.5
 #: the same when that wake-up did accept some first: descriptors are coming free (the
 #: backlog often holds connections their clients gave up on, closed as soon as read)
 ACCEPT_RETRY = 0.05
-#: at most one warning per this many seconds for each kind of refusal
-LOG_INTERVAL = 60.0
 #: descriptors kept for what is not a client connection: the store, Redis, log files
 FD_RESERVE = 256
 
@@ -75,28 +73,6 @@ def connection_budget(wanted: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return wanted
     return max(1, min(wanted, soft - min(FD_RESERVE, soft // 4)))
-
-
-class ThrottledWarning:
-    """A warning at most once per interval; the next one says how many were held back."""
-
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._last = -math.inf
-        self._held = 0
-
-    def __call__(self, message: str, *args: Any) -> bool:
-        """Log unless one was logged within the interval; return whether it was."""
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._held += 1
-            return False
-        if self._held:
-            message += " (%d more since the last such warning)"
-            args = (*args, self._held)
-        self._last, self._held = now, 0
-        log.warning(message, *args)
-        return True
 
 
 class ConnectionLimits:

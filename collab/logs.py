@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
+from typing import Any
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -15,6 +17,9 @@ JSON_RENAME = {"asctime": "time", "levelname": "level", "name": "logger"}
 #: python-engineio and python-socketio log every packet at INFO, payloads (tokens) included,
 #: and each refused connection at WARNING: only their errors are worth a line.
 LIBRARY_LEVEL = logging.ERROR
+
+#: at most one warning of a kind per this many seconds (ThrottledWarning's default)
+LOG_INTERVAL = 60.0
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -73,3 +78,31 @@ def _json_formatter() -> logging.Formatter:
     from pythonjsonlogger.json import JsonFormatter
 
     return JsonFormatter(JSON_FIELDS, rename_fields=JSON_RENAME)
+
+
+class ThrottledWarning:
+    """A warning at most once per interval; the next one says how many were held back.
+
+    For what a client or the load can repeat without end (a refused connection, a
+    closed one): the operator sees that it happens and how often, not every time.
+    """
+
+    def __init__(self, interval: float = LOG_INTERVAL,
+                 logger: logging.Logger | None = None) -> None:
+        self.interval = interval
+        self.logger = logger or logging.getLogger("collab")
+        self._last = -math.inf
+        self._held = 0
+
+    def __call__(self, message: str, *args: Any) -> bool:
+        """Log unless one was logged within the interval; return whether it was."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._held += 1
+            return False
+        if self._held:
+            message += " (%d more since the last such warning)"
+            args = (*args, self._held)
+        self._last, self._held = now, 0
+        self.logger.warning(message, *args)
+        return True

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import engineio
@@ -32,25 +33,90 @@ import socketio
 from engineio.async_socket import AsyncSocket
 from socketio import packet
 
+from .logs import ThrottledWarning
 from .packet import CollabPacket, MalformedPacket
 from .transport import close_session
 
 log = logging.getLogger("collab.sioserver")
 
 
-class EngineIOServer(engineio.AsyncServer):
-    """Engine.IO's server, ending a closed session's ping task when the session closes.
+#: the default cap on the bytes waiting in one session's outgoing queue
+DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024
 
-    Between pings each session has a task asleep for ``ping_interval`` (25 s).
-    Engine.IO does not keep it, so a closed session's task, and with it the
-    socket, its queue and its handshake environ, lived on until it woke: about
-    3 KB for 25 s per connection, which a client closing connections as fast as
-    it opens them turns into memory without bound.
+
+class CountingQueue(asyncio.Queue):
+    """An Engine.IO session's outgoing queue that knows how many bytes it holds.
+
+    ``_put`` and ``_get`` are where asyncio's own queue kinds (LifoQueue,
+    PriorityQueue) hook in; the writer (WebSocket) or the next poll takes
+    packets out, and the bytes with them.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.bytes = 0
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self.bytes += _packet_size(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.bytes -= _packet_size(item)
+        return item
+
+
+def _packet_size(pkt: Any) -> int:
+    data = getattr(pkt, "data", None)
+    return len(data) if isinstance(data, (str, bytes)) else 0
+
+
+def queue_backlogged(sock: Any, max_bytes: int) -> bool:
+    """Whether a session's queue holds more than ``max_bytes`` not yet sent: its client
+    does not collect what it is sent (a poller that stopped polling, yet keeps the
+    session alive with POSTs)."""
+    return getattr(sock.queue, "bytes", 0) > max_bytes
+
+
+class EngineIOServer(engineio.AsyncServer):
+    """Engine.IO's server, with two bounds on what a session may hold.
+
+    - Outgoing bytes. Packets wait in a session's queue until its client takes
+      them; a poller that never polls (and keeps the session alive by POSTing
+      PONGs) made every ack and broadcast stay, 300 MB for 600 acks of a large
+      document. A packet sent while more than ``max_queued_bytes`` wait closes
+      the session, like a WebSocket over its send buffer (collab/fanout.py).
+    - The ping task. Between pings each session has a task asleep for
+      ``ping_interval`` (25 s). Engine.IO does not keep it, so a closed
+      session's task, and with it the socket, its queue and its handshake
+      environ, lived on until it woke: about 3 KB for 25 s per connection,
+      which a client closing connections as fast as it opens them turns into
+      memory without bound.
+    """
+
+    def __init__(self, *args: Any, max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+                 on_slow_consumer: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_queued_bytes = max_queued_bytes
+        self.on_slow_consumer = on_slow_consumer
         self._pings: dict[str, asyncio.Task] = {}
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue:
+        return CountingQueue(*args, **kwargs)
+
+    async def send_packet(self, sid: str, pkt: Any) -> None:
+        sock = self.sockets.get(sid)
+        if sock is not None and not sock.closing and queue_backlogged(sock, self.max_queued_bytes):
+            await self.close_slow_consumer(sid, sock)
+            return
+        await super().send_packet(sid, pkt)
+
+    async def close_slow_consumer(self, sid: str, sock: Any) -> None:
+        """Close a session whose client does not take what it is sent."""
+        log.warning("closing a session that does not collect what it is sent "
+                    "(%d bytes waiting)", sock.queue.bytes)
+        self.on_slow_consumer()
+        await close_session(self, sid)
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         task = super().start_background_task(target, *args, **kwargs)
@@ -76,6 +142,12 @@ class EngineIOServer(engineio.AsyncServer):
 #: or silent client would otherwise hold its socket and a connection slot while it
 #: answers pings
 CONNECT_TIMEOUT = 45.0
+#: refused CONNECTs after which the session is closed: a client whose token was
+#: refused gets a new one before it tries again, and each try costs a verification
+MAX_REFUSED_CONNECTS = 3
+#: at most one "closing a connection" line per this many seconds (with a count of the
+#: others): one per connection is still a flood when connections are cheap to make
+CLOSE_LOG_INTERVAL = 10.0
 
 
 class GuardedServer(socketio.AsyncServer):
@@ -87,6 +159,9 @@ class GuardedServer(socketio.AsyncServer):
         self.connect_timeout = connect_timeout
         #: eio sid -> the timer that closes it unless it connected by then
         self._connect_deadlines: dict[str, asyncio.TimerHandle] = {}
+        #: eio sid -> how many of its CONNECTs were refused
+        self._refused: dict[str, int] = {}
+        self._warn_close = ThrottledWarning(CLOSE_LOG_INTERVAL, log)
         if not issubclass(self.packet_class, CollabPacket):
             raise TypeError("GuardedServer needs serializer=CollabPacket (or a subclass)")
         #: eio sids whose binary packet was refused at its header: binary frames are
@@ -122,7 +197,13 @@ class GuardedServer(socketio.AsyncServer):
         if kind == packet.CONNECT:
             if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
                 return await self._close(eio_sid, "a second CONNECT to the same namespace")
-            return await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+            if self.manager.sid_from_eio_sid(eio_sid, namespace) is None:  # refused
+                refused = self._refused.get(eio_sid, 0) + 1
+                if refused >= MAX_REFUSED_CONNECTS:
+                    return await self._close(eio_sid, f"{refused} refused CONNECTs")
+                self._refused[eio_sid] = refused
+            return None
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
             return await self._close(eio_sid, "a packet for a namespace it is not connected to")
@@ -136,6 +217,7 @@ class GuardedServer(socketio.AsyncServer):
             await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
         elif kind == packet.DISCONNECT:
             await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+            self._arm_connect_deadline(eio_sid)  # the session stays: it must CONNECT again
         else:  # BINARY_EVENT, BINARY_ACK: wait for the attachments
             self._binary_packet[eio_sid] = pkt
 
@@ -161,11 +243,18 @@ class GuardedServer(socketio.AsyncServer):
         self._skipping.discard(eio_sid)
         handler = self.environ.get(eio_sid, {}).get("tornado.handler")
         peer = handler.request.remote_ip if handler is not None else "?"
-        log.warning("closing a connection from %s: %s", peer, reason)  # (no session id)
+        self._warn_close("closing a connection from %s: %s", peer, reason)  # (no session id)
         await close_session(self.eio, eio_sid)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
+        self._arm_connect_deadline(eio_sid)
+
+    def _arm_connect_deadline(self, eio_sid: str) -> None:
+        """Close the session in ``connect_timeout`` seconds unless it is connected then."""
+        previous = self._connect_deadlines.pop(eio_sid, None)
+        if previous is not None:
+            previous.cancel()
         self._connect_deadlines[eio_sid] = asyncio.get_running_loop().call_later(
             self.connect_timeout, self._connect_deadline, eio_sid)
 
@@ -180,6 +269,7 @@ class GuardedServer(socketio.AsyncServer):
         deadline = self._connect_deadlines.pop(eio_sid, None)
         if deadline is not None:
             deadline.cancel()
+        self._refused.pop(eio_sid, None)
         # python-socketio forgets a half-received binary packet only for a connected
         # namespace; a refused or pending one would keep it after the socket is gone
         self._binary_packet.pop(eio_sid, None)

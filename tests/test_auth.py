@@ -21,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from harness import SECRET, WAIT, leftovers, make_settings, make_token, settled
 from rawsocket import RawSocket
 
+from collab.auth import MAX_TOKEN_CHARS
+from collab.packet import MAX_CONNECT_CHARS
+from collab.sioserver import MAX_REFUSED_CONNECTS
+
 OTHER_SECRET = "not-the-server-secret-0123456789-abcdef"
 ISSUER = "https://issuer.example"
 AUDIENCE = "collab"
@@ -283,19 +287,26 @@ async def test_hostile_token_over_polling_leaves_nothing(server, caplog, token):
 
 
 async def test_hostile_tokens_retried_on_one_socket_leave_nothing(server, caplog):
-    """A raw client may send CONNECT again after each refusal, on the same session."""
-    raw = await RawSocket.open(server.url)
-    try:
-        for param in HOSTILE:
-            await raw.send("0" + json.dumps({"token": param.values[0]()}))
-            packet = await raw.recv()
-            assert packet.startswith("4{"), packet  # CONNECT_ERROR
-            assert json.loads(packet[1:])["data"]["code"] == "UNAUTHORIZED"
-        left = {k: n for k, n in leftovers(server.app).items() if n}
-        # the open Engine.IO session and its environ, nothing per attempt
-        assert left == {"sio environ": 1, "eio sockets": 1}
-    finally:
-        await raw.close()
+    """A raw client may send CONNECT again after a refusal, on the same session, until
+    MAX_REFUSED_CONNECTS refusals close it: each try costs a verification."""
+    params = list(HOSTILE)
+    for start in range(0, len(params), MAX_REFUSED_CONNECTS):
+        chunk = params[start:start + MAX_REFUSED_CONNECTS]
+        raw = await RawSocket.open(server.url)
+        try:
+            for tries, param in enumerate(chunk, 1):
+                await raw.send("0" + json.dumps({"token": param.values[0]()}))
+                packet = await raw.recv()
+                assert packet.startswith("4{"), packet  # CONNECT_ERROR
+                assert json.loads(packet[1:])["data"]["code"] == "UNAUTHORIZED"
+                if tries < MAX_REFUSED_CONNECTS:
+                    left = {k: n for k, n in leftovers(server.app).items() if n}
+                    # the open Engine.IO session and its environ, nothing per attempt
+                    assert left == {"sio environ": 1, "eio sockets": 1}
+            if len(chunk) == MAX_REFUSED_CONNECTS:
+                await raw.closed(timeout=WAIT)
+        finally:
+            await raw.close()
     assert await settled(server.app) == {}
     assert errors_logged(caplog) == []
 
@@ -527,3 +538,27 @@ async def test_capped_expiry_timer_rearms_until_the_token_expires(server, monkey
     assert error["code"] == "UNAUTHORIZED"
     assert time.time() >= exp  # not dropped early by a timer that woke before the expiry
     await asyncio.wait_for(gone.wait(), WAIT)
+
+
+async def test_a_token_over_the_length_limit_is_refused_before_it_is_parsed(server, caplog):
+    # a 700 KB token cost PyJWT 100 ms to refuse, a denial of service without a key
+    token = make_token("alice", pad="x" * MAX_TOKEN_CHARS)
+    assert len(token) > MAX_TOKEN_CHARS
+    # (in a CONNECT packet it would pass that packet's own limit: it comes as a header)
+    refused = await server.refused(headers={"Authorization": f"Bearer {token}"})
+    data = refused.get("data", refused)  # (python-socketio's client nests it here)
+    assert data["code"] == "UNAUTHORIZED" and "longer than" in data["message"]
+    assert await settled(server.app) == {}
+    assert errors_logged(caplog) == []
+
+
+async def test_a_connect_packet_over_the_limit_closes_the_session(server, caplog):
+    raw = await RawSocket.open(server.url)
+    try:
+        await raw.send("0" + json.dumps({"token": "x" * MAX_CONNECT_CHARS}))
+        # Engine.IO's CLOSE alone, no CONNECT_ERROR: nothing was decoded
+        assert await raw.closed(timeout=WAIT) == ["1"]
+    finally:
+        await raw.close()
+    assert await settled(server.app) == {}
+    assert errors_logged(caplog) == []

@@ -8,7 +8,7 @@ import logging
 
 import aiohttp
 import pytest
-from harness import WAIT, make_settings, make_token
+from harness import WAIT, make_settings, make_token, scrape
 from rawsocket import RawPolling, RawSocket
 
 
@@ -137,3 +137,44 @@ class TestConnectTimeout:
             assert (await raw.ack(1))["error"]["code"] == "NOT_FOUND"
         finally:
             await raw.close()
+
+
+async def test_a_namespace_disconnect_rearms_the_connect_timeout(server):
+    """A client that connected, then sent Socket.IO DISCONNECT, keeps its Engine.IO session:
+    it must CONNECT again within the timeout too."""
+    server.app.sio.connect_timeout = 0.5
+    raw = await RawSocket.connect(server.url, make_token("alice"))
+    try:
+        await asyncio.sleep(0.7)  # past the first deadline, while connected: it stays
+        assert raw.eio_sid in server.app.sio.eio.sockets
+        await raw.send("1")  # Socket.IO DISCONNECT from "/"
+        await raw.closed(timeout=WAIT)
+        assert raw.eio_sid not in server.app.sio.eio.sockets
+    finally:
+        await raw.close()
+
+
+class TestPollingBacklog:
+    """A poller that never polls, and keeps its session alive with POSTs, may not make the
+    server hold every ack it is sent: past max_send_buffer_bytes waiting, it is closed."""
+
+    @pytest.fixture
+    def settings(self):
+        return make_settings(max_send_buffer_bytes=1_500_000, history_page_bytes=100_000,
+                             rate_limit_per_second=0, user_rate_limit_per_second=0)
+
+    async def test_acks_nobody_collects_close_the_session(self, server):
+        owner = await server.connect("alice")
+        await owner.ok("documents:create", {"document_id": "big", "content": "a" * 400_000})
+        polling = await RawPolling.connect(server.url, make_token("alice"))
+        try:
+            for ack_id in range(1, 8):  # 7 acks of 400 KB, never collected
+                status, _ = await polling.post(
+                    f'42{ack_id}["documents:join",{{"document_id":"big"}}]')
+                if status != 200:
+                    break
+            assert polling.eio_sid not in server.app.sio.eio.sockets
+            assert (await scrape(server.url))["collab_slow_consumers_closed_total"] == 1
+        finally:
+            await polling.close()
+        await owner.ok("documents:leave", {"document_id": "big"})
