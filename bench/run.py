@@ -85,6 +85,9 @@ class Running:
                 "COLLAB_RATE_LIMIT_BURST": "1000000",
                 "COLLAB_USER_RATE_LIMIT_PER_SECOND": "1000000",
                 "COLLAB_USER_RATE_LIMIT_BURST": "1000000",
+                # every load generator connection comes from 127.0.0.1, many as one user
+                "COLLAB_MAX_CONNECTIONS_PER_IP": "1000000",
+                "COLLAB_MAX_CONNECTIONS_PER_USER": "0",
                 "COLLAB_FAST_BROADCAST": "false" if name == "collab-slow" else "true",
                 "COLLAB_LOG_LEVEL": "WARNING",
                 "PYTHONPATH": os.pathsep.join(
