@@ -1,18 +1,24 @@
-"""``collab serve`` and ``collab token``."""
+"""``collab serve``, ``collab token`` and ``collab config``.
+
+Exit status: 0 done; 2 a bad setting or argument (one line per bad setting, nothing
+started); 1 a start-up failure that is not a setting's value (the port is taken, the
+store or registry does not answer): one line naming the address and the setting.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
-import os
 import sys
 
 from . import __version__
 from .auth import mint_token
-from .config import ConfigError, Settings, ensure_secret, load_settings
+from .config import SECRETS, URLS, ConfigError, Settings, ensure_secret, load_settings, shown
 from .errors import CollabError
 from .logs import configure_logging
+from .urls import redacted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,14 +40,53 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", action="append", dest="roles", metavar="ROLE",
                        help="add a role claim, e.g. admin (repeatable)")
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default: token_ttl)")
+
+    config = sub.add_parser(
+        "config", help="print the effective settings, credentials masked, and their origin"
+    )
+    config.add_argument("--config", help="TOML settings file (default: $COLLAB_CONFIG)")
     return parser
 
 
 def _settings(args: argparse.Namespace, overrides: dict | None = None) -> Settings:
     settings = load_settings(args.config, overrides=overrides)
-    ensure_secret(settings, create=args.command == "serve")
-    settings.validate()
-    return settings
+    if args.command == "config":
+        try:
+            return ensure_secret(settings, create=False)
+        except ConfigError:
+            return settings  # shown empty: `collab serve` creates it
+    if args.command == "token" and not settings.uses_hmac:
+        algorithms = shown("jwt_algorithms", settings.jwt_algorithms)
+        raise ConfigError(
+            f"{settings.label('jwt_algorithms')}: {algorithms}: `collab token` signs with an "
+            "HS* algorithm and jwt_secret; "
+            "sign RS/ES tokens with your own private key"
+        )
+    return ensure_secret(settings, create=args.command == "serve")
+
+
+def print_config(settings: Settings) -> None:
+    """``key = value  # origin`` for every setting, in the order of config/collab.example.toml."""
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        origin = settings.origin(name)
+        if origin not in ("default", "file", "env", "flag"):
+            origin = f"file {origin}"  # the secret from <data_dir>/jwt_secret
+        elif origin != "default":
+            origin = f"{origin} {settings.label(name)}"
+        print(f"{name} = {_toml(name, value)}  # {origin}")
+
+
+def _toml(name: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(item) for item in value) + "]"
+    if name in SECRETS:
+        return json.dumps("***" if value else "")
+    return json.dumps(redacted(value) if name in URLS else value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = _settings(args)
     except ConfigError as exc:
-        print(f"collab: configuration error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"collab: configuration error: {line}", file=sys.stderr)
         return 2
+
+    if args.command == "config":
+        print_config(settings)
+        return 0
 
     if args.command == "token":
         if args.ttl is not None and args.ttl <= 0:
@@ -62,17 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         print(mint_token(settings, args.user_id, args.name, args.roles, args.ttl))
         return 0
 
-    # TODO(settings schema, issue 14 item 1): log_format becomes a field of Settings
-    # ("text" | "json", validated with the others); until then only its variable sets it.
-    log_format = os.environ.get("COLLAB_LOG_FORMAT", "text")
-    try:
-        configure_logging(settings.log_level, log_format)
-    except ValueError as exc:
-        print(f"collab: configuration error: COLLAB_LOG_FORMAT: {exc}", file=sys.stderr)
-        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from .server import StartupError
+
     try:
         asyncio.run(_serve(settings))
-    except (OSError, CollabError) as exc:
+    except (StartupError, OSError, CollabError) as exc:
         # a taken port, an unreachable store or registry: one clear line, no traceback
         logging.getLogger("collab").error("cannot start: %s", exc)
         return 1

@@ -18,14 +18,45 @@ from engineio.async_drivers.tornado import translate_request
 from . import fanout, transport
 from .app import CollabApp
 from .config import Settings
+from .errors import CollabError
 from .http import HealthzHandler, MetricsHandler, Readiness, ReadyzHandler
 from .listener import ConnectionLimits, Listener, connection_budget
 from .metrics import Metrics
 from .proxy import TrustedProxies
 from .registry import open_registry
 from .store import open_store
+from .urls import redacted, scrubbed
 
 log = logging.getLogger("collab")
+
+
+class StartupError(Exception):
+    """The node cannot start for a reason that is not a setting's value; the message names
+    the address or backend and the setting that points at it (credentials masked)."""
+
+
+def _bind(port: int, host: str, settings: Settings, names: tuple[str, str]) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(port, host)
+    except OSError as exc:  # in use, not ours to take, or a name that does not resolve
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        labels = " and ".join(settings.label(name) for name in names)
+        raise StartupError(f"cannot listen on {where} ({labels}): "
+                           f"{exc.strerror or exc}") from None
+
+
+def _unreachable(what: str, url: str, setting: str, exc: BaseException) -> StartupError:
+    """One line: which backend, at which URL (masked), named by which setting, and the
+    driver's own reason, shortened (ours, Unavailable, says only "retry")."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = " ".join(str(cause).split())
+    if not isinstance(cause, (CollabError, OSError)):
+        text = f"{type(cause).__name__}: {text}"
+    text = scrubbed(text, url)
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return StartupError(f"cannot open the {what} {redacted(url)} ({setting}): {text}")
+
 
 #: connections open at once on a separate metrics_port: a scraper needs one or two
 METRICS_MAX_CONNECTIONS = 64
@@ -133,12 +164,20 @@ class Server:
     @classmethod
     async def start(cls, settings: Settings, sockets: list[socket.socket] | None = None) -> Server:
         store = open_store(settings.storage_url, **_store_options(settings))
-        await store.open()
+        try:
+            await store.open()
+        except Exception as exc:  # a driver's own error too (bad credentials, a read-only disk)
+            await store.close()
+            raise _unreachable("store", settings.storage_url, settings.label("storage_url"),
+                               exc) from None
         registry = open_registry(settings.registry_url, settings.node_id)
         try:
             await registry.open()
-        except BaseException:
+        except BaseException as exc:
             await store.close()
+            if isinstance(exc, Exception):
+                raise _unreachable("registry", settings.registry_url,
+                                   settings.label("registry_url"), exc) from None
             raise
         manager = getattr(registry, "client_manager", lambda: None)()
         metrics = Metrics()
@@ -150,12 +189,13 @@ class Server:
             await manager.start_listening()  # hear other nodes before the first client
         metrics_sockets: list[socket.socket] = []
         if settings.metrics_port:
-            metrics_sockets = tornado.netutil.bind_sockets(
-                settings.metrics_port, settings.metrics_host or settings.host
+            metrics_sockets = _bind(
+                settings.metrics_port, settings.metrics_host or settings.host, settings,
+                ("metrics_host" if settings.metrics_host else "host", "metrics_port"),
             )
         if sockets is None:
             try:
-                sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+                sockets = _bind(settings.port, settings.host, settings, ("host", "port"))
             except BaseException:
                 for sock in metrics_sockets:
                     sock.close()

@@ -11,7 +11,7 @@ import jwt
 import socketio
 from tornado.httpclient import AsyncHTTPClient
 
-from collab.config import Settings, load_settings
+from collab.config import Settings, build_settings
 from collab.server import Server
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -19,16 +19,12 @@ WAIT = 5.0
 
 
 def make_settings(**overrides: Any) -> Settings:
-    settings = load_settings(env={}, overrides=None)
-    settings.host = "127.0.0.1"
-    settings.port = 0
-    settings.jwt_secret = SECRET
-    settings.storage_url = "sqlite://:memory:"
-    settings.registry_url = "memory://"
-    for key, value in overrides.items():
-        setattr(settings, key, value)
-    settings.validate()
-    return settings
+    """Validated, frozen settings for an in-process server: defaults (no environment, no
+    file), a free port, an in-memory store and registry, then ``overrides``."""
+    return build_settings({
+        "host": "127.0.0.1", "port": 0, "jwt_secret": SECRET,
+        "storage_url": "sqlite://:memory:", "registry_url": "memory://", **overrides,
+    })
 
 
 def make_token(user_id: str | None = "alice", ttl: float = 3600, key: str = SECRET,

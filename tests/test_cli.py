@@ -133,7 +133,7 @@ def test_bad_config_file_names_the_problem(tmp_path, text, named):
 def test_bad_settings_are_named(env, named):
     env = {"COLLAB_JWT_SECRET": "x" * 32, **env}
     with pytest.raises(ConfigError, match=named):
-        load_settings(env=env).validate()
+        load_settings(env=env)
 
 
 @pytest.mark.parametrize("env, named", [
@@ -148,38 +148,36 @@ def test_bad_settings_are_named(env, named):
 def test_bad_connection_settings_are_named(env, named):
     env = {"COLLAB_JWT_SECRET": "x" * 32, **env}
     with pytest.raises(ConfigError, match=named):
-        load_settings(env=env).validate()
+        load_settings(env=env)
 
 
 @pytest.mark.parametrize("token", ["short-secret", "a secret with spaces in it"])
 def test_a_bad_metrics_token_is_named_and_never_echoed(token):
     env = {"COLLAB_JWT_SECRET": "x" * 32, "COLLAB_METRICS_TOKEN": token}
     with pytest.raises(ConfigError, match="COLLAB_METRICS_TOKEN") as raised:
-        load_settings(env=env).validate()
+        load_settings(env=env)
     assert token not in str(raised.value)
 
 
 def test_trusted_proxies_take_addresses_and_networks():
     env = {"COLLAB_JWT_SECRET": "x" * 32, "COLLAB_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1"}
     settings = load_settings(env=env)
-    settings.validate()
     assert settings.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
 
 
 def test_example_config_documents_every_setting_with_its_default():
-    import dataclasses
     from pathlib import Path
 
     from collab.config import Settings, tomllib
 
     example = Path(__file__).parent.parent / "config" / "collab.example.toml"
     keys = set(tomllib.loads(example.read_text()))
-    assert keys == {field.name for field in dataclasses.fields(Settings)}
+    assert keys == set(Settings.model_fields)
     from_file = load_settings(str(example), env={})
     defaults = load_settings(env={})
-    for field in dataclasses.fields(Settings):
-        if field.name != "node_id":  # derived from the host and pid when empty
-            assert getattr(from_file, field.name) == getattr(defaults, field.name), field.name
+    for name in Settings.model_fields:
+        if name != "node_id":  # derived from the host and pid when empty
+            assert getattr(from_file, name) == getattr(defaults, name), name
 
 
 def test_unreachable_store_at_start_is_one_clear_line(tmp_path):

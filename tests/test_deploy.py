@@ -181,10 +181,9 @@ def test_the_image_runs_as_a_user_with_its_data_on_a_volume():
     volumes = [i.args for i in stage if i.keyword == "VOLUME"]
     assert volumes == [env["COLLAB_DATA_DIR"]]
     assert [i.args for i in stage if i.keyword == "EXPOSE"] == [env["COLLAB_PORT"]]
-    # what the image runs with is a configuration collab accepts
+    # what the image runs with is a configuration collab accepts (load_settings validates;
+    # the secret is created under /data at first start)
     settings = load_settings(env=env)
-    settings.jwt_secret = "x" * 32  # created under /data at first start
-    settings.validate()
     assert settings.storage_url == "sqlite:////data/collab.db"
 
 
@@ -292,8 +291,7 @@ def test_compose_secrets_come_from_the_environment_and_the_nodes_accept_their_se
             if "://" in value and urlsplit(value).password is not None:
                 assert VARIABLE.fullmatch(urlsplit(value).password), (key, value)
         env = {key: interpolate(str(value), fake) for key, value in environment.items()}
-        settings = load_settings(env=env)
-        settings.validate()
+        settings = load_settings(env=env)  # validated, or ConfigError
         assert settings.registry_url.startswith("redis://")
         assert settings.storage_url.startswith("mongodb://")
     for service in services.values():  # no literal password anywhere else either

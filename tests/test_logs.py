@@ -86,8 +86,7 @@ def test_an_unknown_log_format_is_a_configuration_error(tmp_path):
     result = collab("serve", cwd=tmp_path, env={"COLLAB_LOG_FORMAT": "xml"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "collab: configuration error: COLLAB_LOG_FORMAT: 'xml' is not a log format; "
-        "use text or json"
+        "collab: configuration error: COLLAB_LOG_FORMAT: 'xml': should be 'text' or 'json'"
     )
 
 

@@ -155,6 +155,13 @@ class MongoStore(Store):
         }
         if write_concern is not None:
             self._client_options["w"] = write_concern
+        # an option the connection string sets itself wins over these defaults (PyMongo
+        # would let a keyword argument override it, silently)
+        in_url = {key.lower() for key, _ in urllib.parse.parse_qsl(url.partition("?")[2])}
+        self._client_options = {
+            key: value for key, value in self._client_options.items()
+            if key.lower() not in in_url
+        }
         # Only plain lookups may go to secondaries; reads that decide a write
         # (the next seq, a retried client_id, a conflict's current document)
         # always go to the primary. None keeps the URL's readPreference.
