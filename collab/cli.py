@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         "config", help="print the effective settings, credentials masked, and their origin"
     )
     config.add_argument("--config", help="TOML settings file (default: $COLLAB_CONFIG)")
+    config.add_argument("--host", help="as for collab serve")
+    config.add_argument("--port", type=int, help="as for collab serve")
     return parser
 
 
@@ -92,7 +94,7 @@ def _toml(name: str, value: object) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "serve":
+        if args.command in ("serve", "config"):
             settings = _settings(args, {"host": args.host, "port": args.port})
         else:
             settings = _settings(args)

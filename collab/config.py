@@ -157,6 +157,10 @@ def _registry_url(url: str) -> str:
         parse_url(url)
     except (ValueError, TypeError) as exc:
         raise ValueError(scrubbed(str(exc), url).rstrip(".")) from None
+    # redis-py ignores a database that is not a number; we would use database 0 unasked
+    path = url.partition("://")[2].rpartition("@")[2].partition("?")[0].partition("/")[2]
+    if path and not path.isdigit():
+        raise ValueError("the database after the host should be a number: redis://host:6379/0")
     return url
 
 

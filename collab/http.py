@@ -12,6 +12,8 @@ import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.log import access_log
 
+from .urls import scrubbed
+
 if TYPE_CHECKING:
     from .app import CollabApp
 
@@ -42,14 +44,17 @@ class Readiness:
             log.info("ready again")
 
 
-def _reason(display_url: str, exc: BaseException) -> str:
-    """One line: where, what, and the backend's own error that caused it, shortened."""
+def _reason(display_url: str, exc: BaseException, url: str = "") -> str:
+    """One line: where, what, and the backend's own error that caused it, shortened, with
+    any credential of ``url`` (the configured one) that a driver's message repeats masked."""
     if isinstance(exc, asyncio.TimeoutError):
         return f"{display_url}: no answer within {READY_TIMEOUT:g} s"
     text = f"{type(exc).__name__}: {exc}"
     if exc.__cause__ is not None:
         text += f" ({type(exc.__cause__).__name__}: {exc.__cause__})"
     text = " ".join(text.split())
+    if url:
+        text = scrubbed(text, url)
     if len(text) > REASON_CHARS:
         text = text[: REASON_CHARS - 3] + "..."
     return f"{display_url}: {text}"
@@ -76,8 +81,10 @@ class ReadyzHandler(tornado.web.RequestHandler):
             *(asyncio.wait_for(t.ping(), READY_TIMEOUT) for t in targets.values()),
             return_exceptions=True,
         )
+        urls = {"store": self.app.settings.storage_url,
+                "registry": self.app.settings.registry_url}
         failures = {
-            name: _reason(targets[name].display_url, result)
+            name: _reason(targets[name].display_url, result, urls[name])
             for name, result in zip(targets, results, strict=True)
             if isinstance(result, BaseException)
         }

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from collab.errors import AlreadyExists, NotFound, Unavailable, VersionConflict
 from collab.store.base import Chat, Document, Message, Store, new_id, now_iso
+from collab.urls import redacted
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
@@ -85,7 +86,7 @@ def _message(row: sqlite3.Row) -> Message:
 class SqliteStore(Store):
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = sqlite_path(url)
-        self.display_url = url
+        self.display_url = redacted(url)
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: Conn | None = None
