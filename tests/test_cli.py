@@ -434,3 +434,28 @@ def test_scrubbed_masks_a_drivers_message_raw_and_decoded():
         "failed for mongodb://u:***@h/db?tlsCertificateKeyFilePassword=***: "
         "bad password *** / ***, key ***"
     )
+
+
+def test_configuration_md_documents_every_setting_and_collab_config():
+    from pathlib import Path
+
+    from collab.config import Settings
+
+    text = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for name in Settings.model_fields:
+        assert f"| `{name}` | `COLLAB_{name.upper()}` |" in text, name
+    assert "## collab config" in text
+
+
+def test_a_connection_string_option_wins_over_the_mongodb_settings_default():
+    from collab.store.mongodb import MongoStore
+
+    url = "mongodb://db/collab?serverSelectionTimeoutMS=5000&w=1&connectTimeoutMS=700"
+    options = MongoStore(url, server_selection_timeout_ms=2000, write_concern="majority")
+    assert options._client_options == {"socketTimeoutMS": 10000}  # the rest from the URL
+    plain = MongoStore("mongodb://db/collab", write_concern="majority")
+    assert plain._client_options == {"serverSelectionTimeoutMS": 2000,
+                                     "connectTimeoutMS": 2000, "socketTimeoutMS": 10000,
+                                     "w": "majority"}
+    settings = load_settings(env={"COLLAB_STORAGE_URL": url})  # defaults: no conflict
+    assert settings.mongodb_server_selection_timeout_ms == 2000
