@@ -55,6 +55,9 @@ class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         self.algorithms = list(settings.jwt_algorithms)
         self.hmac_key = settings.jwt_secret
+        if settings.uses_hmac and not self.hmac_key:
+            # empty means "from <data_dir>/jwt_secret": config.ensure_secret fills it in
+            raise ValueError("jwt_secret is empty: call collab.config.ensure_secret first")
         self.public_key = settings.public_key if not all(
             a.startswith("HS") for a in self.algorithms) else ""
         self.issuer = settings.jwt_issuer or None

@@ -429,7 +429,8 @@ def _label(name: str, origins: Mapping[str, str], config_file: str) -> str:
 def shown(name: str, value: Any) -> str:
     """``value`` of setting ``name`` as it may be printed: secrets hidden, URLs redacted,
     long values shortened."""
-    if name in SECRETS:
+    if name in SECRETS or (name == "jwt_public_key" and "PRIVATE" in str(value)):
+        # (a private key pasted where the public one goes is a secret all the same)
         return f"<{len(str(value).encode())} bytes, hidden>" if value else "''"
     if name in URLS and isinstance(value, str):
         value = redacted(value)

@@ -193,13 +193,16 @@ def test_unreachable_store_at_start_is_one_clear_line(tmp_path):
 
 # -- every bad setting: one line naming it, exit 2, no traceback --------------------------
 
-def _public_key(kind: str = "rsa") -> str:
+def _public_key(kind: str = "rsa", private: bool = False) -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    private = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
-               else ec.generate_private_key(ec.SECP256R1()))
-    return private.public_key().public_bytes(
+    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
+           else ec.generate_private_key(ec.SECP256R1()))
+    if private:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+    return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
 
@@ -228,6 +231,7 @@ BAD_SETTINGS = [
     ({**RS256, "COLLAB_JWT_PUBLIC_KEY": "garbage"}, "COLLAB_JWT_PUBLIC_KEY", None),
     ({"COLLAB_JWT_ALGORITHMS": "ES256", "COLLAB_JWT_PUBLIC_KEY": "<rsa>"},
      "COLLAB_JWT_PUBLIC_KEY", None),
+    ({**RS256, "COLLAB_JWT_PUBLIC_KEY": "<rsa-private>"}, "COLLAB_JWT_PUBLIC_KEY", "<body>"),
     ({**RS256, "COLLAB_JWT_PUBLIC_KEY_FILE": "/nonexistent/key.pem"},
      "COLLAB_JWT_PUBLIC_KEY_FILE", None),
     ({"COLLAB_JWT_ALGORITHMS": "HS256,none"}, "COLLAB_JWT_ALGORITHMS", None),
@@ -261,7 +265,10 @@ def assert_one_line(result, named: str, hidden: str | None = None, code: int = 2
                          ids=[next(iter(e)) + "=" + next(iter(e.values())) for e, _, _ in
                               BAD_SETTINGS])
 def test_every_bad_setting_is_one_line_naming_it(tmp_path, env, named, hidden):
-    env = {k: _public_key() if v == "<rsa>" else v for k, v in env.items()}
+    keys = {"<rsa>": _public_key(), "<rsa-private>": _public_key(private=True)}
+    env = {k: keys.get(v, v) for k, v in env.items()}
+    if hidden == "<body>":  # any line of the private key's base64 body
+        hidden = env["COLLAB_JWT_PUBLIC_KEY"].splitlines()[1][:16]
     result = collab("serve", cwd=tmp_path, env=env, timeout=20)
     line = assert_one_line(result, named, hidden)
     assert line.startswith(f"collab: configuration error: {named}: ")
