@@ -74,13 +74,32 @@ def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> 
       is not an Engine.IO payload 400; either way its session is closed.
     """
 
+    #: polling session id -> the one WebSocket trying to upgrade it. Engine.IO takes two
+    #: upgrades of one session at once (both probes answered, both writers on its queue)
+    upgrading: dict[str, Any] = {}
+
     class GuardedHandler(base):  # type: ignore[misc, valid-type]
         _serving: asyncio.Task | None = None
+        _claimed: str | None = None
 
         async def open(self, *args: Any, **kwargs: Any) -> None:
+            sid = self.get_query_argument("sid", None)
+            if sid:
+                if sid in upgrading:
+                    log.warning("closing a second WebSocket upgrading one session, from %s",
+                                self.request.remote_ip)
+                    self.close(1008, "this session is being upgraded already")
+                    return
+                upgrading[sid] = self
+                self._claimed = sid
             # instead of Engine.IO's open, which starts handle_request and forgets it;
             # Tornado reads no message until open returns, so run it as a task
             self._serving = asyncio.ensure_future(self._serve())
+
+        def on_close(self) -> None:
+            if self._claimed is not None and upgrading.get(self._claimed) is self:
+                del upgrading[self._claimed]
+            super().on_close()
 
         async def _serve(self) -> None:
             try:

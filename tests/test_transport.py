@@ -178,3 +178,18 @@ class TestPollingBacklog:
         finally:
             await polling.close()
         await owner.ok("documents:leave", {"document_id": "big"})
+
+
+async def test_a_second_websocket_upgrading_the_same_session_is_closed(server):
+    polling = await RawPolling.connect(server.url, make_token("carol"))
+    first = await RawSocket.open(server.url, f"&sid={polling.eio_sid}")
+    second = await RawSocket.open(server.url, f"&sid={polling.eio_sid}")
+    try:
+        await second.closed(timeout=WAIT)
+        await first.ws.send_str("2probe")
+        assert (await first.ws.receive_str(timeout=WAIT)) == "3probe"
+        assert polling.eio_sid in server.app.sio.eio.sockets  # the session lives on
+    finally:
+        for raw in (first, second):
+            await raw.close()
+        await polling.close()
