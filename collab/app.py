@@ -132,6 +132,7 @@ class CollabApp:
             self.cluster = client_manager
             client_manager.room_position = self.room_position
             client_manager.on_revoke = self._revoked_elsewhere
+            client_manager.on_resubscribed = self.recheck_access
 
     # -- origins -----------------------------------------------------------
 
@@ -355,6 +356,29 @@ class CollabApp:
         """Another node revoked ``user_id``'s access to the room named ``name``."""
         if (room := Room.parse(name)) is not None:
             await self.take_out(room, user_id)
+
+    async def recheck_access(self) -> None:
+        """Take out of each document room here whoever lost access to the document.
+
+        Run when this node gets the Redis channel back: a revocation published while
+        it was cut off never reaches it. One role look-up per user and room hosted
+        here. (Chats have no removal yet.)
+        """
+        for name, sids in list(self.sio.manager.rooms.get("/", {}).items()):
+            room = Room.parse(name)
+            if room is None or room.kind != "document":
+                continue
+            users = {conn.user_id for sid in list(sids)
+                     if (conn := self.connections.get(sid)) is not None
+                     and not conn.identity.is_admin}
+            for user_id in users:
+                try:
+                    role = await self.store.get_document_role(room.id, user_id)
+                except CollabError:
+                    log.warning("store unavailable while checking access to %s", room)
+                    return
+                if role is None:
+                    await self.take_out(room, user_id)
 
     async def take_out(self, room: Room, user_id: str) -> None:
         """Take this node's connections of ``user_id`` out of ``room``: access revoked.

@@ -615,3 +615,48 @@ async def test_a_user_who_left_while_redis_was_down_is_announced_when_it_returns
     assert await carol.next("user:left", timeout=PURGE_DEADLINE) == left
     ack = await carol.ok("chat:join", {"chat_id": chat_id})
     assert ack["users"] == ["alice", "carol"]
+
+
+async def test_a_revocation_redis_did_not_take_still_reaches_the_other_node(outage_cluster,
+                                                                            connect):
+    """Redis down: the owner's revocation is stored but cannot be published (UNAVAILABLE).
+    Once Redis is back, the revoked user's connection on the other node is taken out (the
+    node checks its rooms when it gets the channel back), before it sees another update."""
+    a, b = outage_cluster.nodes
+    alice = await connect(a, "alice")
+    bob, carol = await connect(b, "bob"), await connect(b, "carol")
+    document_id = await shared_document(alice, "bob", "carol")
+    for client in (bob, carol):
+        await client.ok("documents:join", {"document_id": document_id})
+
+    outage_cluster.redis.stop()
+    try:
+        revoke = {"document_id": document_id, "user_id": "bob", "role": None}
+        await alice.fails("documents:share", revoke, "UNAVAILABLE")
+    finally:
+        outage_cluster.redis.start()
+    error = await bob.next("error", timeout=30)
+    assert error["code"] == "PERMISSION_DENIED", error
+    assert error["details"] == {"document_id": document_id}
+
+    await broadcasts_cross_again_for(alice, carol, document_id)
+    assert bob.pending("documents:updated") == []  # carol got them; bob is out
+
+
+async def broadcasts_cross_again_for(owner: Client, watcher: Client, document_id: str) -> None:
+    """Update the document until an update reaches ``watcher`` on the other node."""
+    deadline = time.monotonic() + 15
+    version = (await owner.ok("documents:join", {"document_id": document_id}))["document"]
+    version = version["version"]
+    while True:
+        version += 1
+        await owner.ok("documents:update",
+                       {"document_id": document_id, "content": f"v{version}",
+                        "version": version})
+        try:
+            got = await watcher.next("documents:updated", timeout=1)
+            while got["document"]["version"] != version:
+                got = await watcher.next("documents:updated", timeout=1)
+            return
+        except asyncio.TimeoutError:
+            assert time.monotonic() < deadline, "no update crossed the nodes within 15 s"

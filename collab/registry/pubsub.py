@@ -108,6 +108,11 @@ class RedisPubSubManager(AsyncPubSubManager):
         self.room_position: PositionLookup | None = None
         #: set by the app: what another node's revocation does here
         self.on_revoke: RevokeHandler | None = None
+        #: set by the app: check who may still be in its rooms, after the channel was lost
+        self.on_resubscribed: Callable[[], Awaitable[None]] | None = None
+        self._recheck: asyncio.Future[None] | None = None
+        #: (room, user) revocations Redis did not take: sent once the breaker closes
+        self._unsent_revocations: dict[tuple[str, str], None] = {}
         self._publisher: aioredis.Redis | None = None
         self._orders: dict[str, _RoomOrder] = {}
         #: encoded messages for the other nodes, each with a future for a caller that
@@ -155,8 +160,13 @@ class RedisPubSubManager(AsyncPubSubManager):
         True once Redis took the request: every node handles it before any
         broadcast published after it. False when Redis cannot be reached.
         """
-        return await self.publish_and_wait({"method": "revoke", "room": room,
+        sent = await self.publish_and_wait({"method": "revoke", "room": room,
                                             "user_id": user_id, "host_id": self.host_id})
+        if not sent and len(self._unsent_revocations) < MAX_OUTBOX:
+            # the role is gone from the store already: tell the others once Redis answers
+            # (a node that lost the channel meanwhile checks its rooms when it is back)
+            self._unsent_revocations[(room, user_id)] = None
+        return sent
 
     async def publish_and_wait(self, data: Any) -> bool:
         """Publish ``data`` after everything queued before it; True once Redis took it."""
@@ -255,6 +265,9 @@ class RedisPubSubManager(AsyncPubSubManager):
                 continue
             log.info("publishing to Redis again")
             self._publish_failing = False
+            unsent, self._unsent_revocations = self._unsent_revocations, {}
+            for room, user_id in unsent:
+                await self.revoke(room, user_id)  # (kept again if it fails again)
             return
 
     async def _listen(self) -> AsyncIterator[Any]:
@@ -270,6 +283,9 @@ class RedisPubSubManager(AsyncPubSubManager):
                 if self._listen_failing:
                     log.info("receiving broadcasts from Redis again")
                     self._listen_failing = False
+                    if self.on_resubscribed is not None:
+                        # what was published meanwhile is lost, revocations included
+                        self._recheck = asyncio.ensure_future(self._resubscribed())
                 delay = 0.1
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
@@ -294,6 +310,13 @@ class RedisPubSubManager(AsyncPubSubManager):
                     await client.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _resubscribed(self) -> None:
+        assert self.on_resubscribed is not None
+        try:
+            await self.on_resubscribed()
+        except Exception:  # noqa: BLE001 - nobody awaits this; the next outage tries again
+            log.exception("checking access after the Redis channel came back failed")
 
     async def _handle_revoke(self, message: dict[str, Any]) -> None:
         room, user_id = message.get("room"), message.get("user_id")
