@@ -364,21 +364,25 @@ class CollabApp:
         it was cut off never reaches it. One role look-up per user and room hosted
         here. (Chats have no removal yet.)
         """
-        for name, sids in list(self.sio.manager.rooms.get("/", {}).items()):
-            room = Room.parse(name)
-            if room is None or room.kind != "document":
-                continue
-            users = {conn.user_id for sid in list(sids)
-                     if (conn := self.connections.get(sid)) is not None
-                     and not conn.identity.is_admin}
-            for user_id in users:
-                try:
-                    role = await self.store.get_document_role(room.id, user_id)
-                except CollabError:
-                    log.warning("store unavailable while checking access to %s", room)
-                    return
-                if role is None:
-                    await self.take_out(room, user_id)
+        delay = 0.5
+        while True:
+            try:
+                for name, sids in list(self.sio.manager.rooms.get("/", {}).items()):
+                    room = Room.parse(name)
+                    if room is None or room.kind != "document":
+                        continue
+                    users = {conn.user_id for sid in list(sids)
+                             if (conn := self.connections.get(sid)) is not None
+                             and not conn.identity.is_admin}
+                    for user_id in users:
+                        if await self.store.get_document_role(room.id, user_id) is None:
+                            await self.take_out(room, user_id)
+                return
+            except CollabError:  # the store is out too: all of it again, once it answers
+                log.warning("store unavailable while checking access after an outage; "
+                            "retrying in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def take_out(self, room: Room, user_id: str) -> None:
         """Take this node's connections of ``user_id`` out of ``room``: access revoked.

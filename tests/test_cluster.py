@@ -660,3 +660,24 @@ async def broadcasts_cross_again_for(owner: Client, watcher: Client, document_id
             return
         except asyncio.TimeoutError:
             assert time.monotonic() < deadline, "no update crossed the nodes within 15 s"
+
+
+async def test_a_dropped_subscriber_connection_is_noticed_and_access_checked(node, redis_url):
+    """Redis drops the node's subscriber connection (an output-buffer limit, CLIENT KILL, a
+    proxy reset): what was published meanwhile is lost, so the node must notice (not let
+    redis-py reconnect silently) and check access in its rooms once subscribed again."""
+    manager = node.app.cluster
+    checked = asyncio.Event()
+    recheck = manager.on_resubscribed
+
+    async def counting() -> None:
+        await recheck()
+        checked.set()
+
+    manager.on_resubscribed = counting
+    client = aioredis.from_url(redis_url)
+    try:
+        assert await client.client_kill_filter(_type="pubsub") >= 1
+    finally:
+        await client.aclose()
+    await asyncio.wait_for(checked.wait(), 10)

@@ -39,11 +39,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from .redis import OUTAGES, SOCKET_TIMEOUT, connection_options
@@ -160,20 +163,25 @@ class RedisPubSubManager(AsyncPubSubManager):
         True once Redis took the request: every node handles it before any
         broadcast published after it. False when Redis cannot be reached.
         """
-        sent = await self.publish_and_wait({"method": "revoke", "room": room,
-                                            "user_id": user_id, "host_id": self.host_id})
-        if not sent and len(self._unsent_revocations) < MAX_OUTBOX:
-            # the role is gone from the store already: tell the others once Redis answers
-            # (a node that lost the channel meanwhile checks its rooms when it is back)
-            self._unsent_revocations[(room, user_id)] = None
+        done = asyncio.get_running_loop().create_future()
+        sent = self._post(self._revocation(room, user_id), done) and await done
+        if not sent:
+            self._keep_unsent(room, user_id)
         return sent
 
-    async def publish_and_wait(self, data: Any) -> bool:
-        """Publish ``data`` after everything queued before it; True once Redis took it."""
-        done = asyncio.get_running_loop().create_future()
-        if not self._post(self.json.dumps(data), done):
-            return False
-        return await done
+    def _revocation(self, room: str, user_id: str) -> str:
+        return self.json.dumps({"method": "revoke", "room": room, "user_id": user_id,
+                                "host_id": self.host_id})
+
+    def _keep_unsent(self, room: str, user_id: str) -> None:
+        """The role is gone from the store already: tell the others once Redis answers
+        (a node that lost the channel meanwhile checks its rooms when it is back)."""
+        if len(self._unsent_revocations) < MAX_OUTBOX:
+            self._unsent_revocations[(room, user_id)] = None
+
+    def _resent(self, room: str, user_id: str, done: asyncio.Future[bool]) -> None:
+        if done.cancelled() or not done.result():
+            self._keep_unsent(room, user_id)
 
     async def flush_outbox(self) -> None:
         """Wait until everything queued so far was published or given up."""
@@ -265,16 +273,25 @@ class RedisPubSubManager(AsyncPubSubManager):
                 continue
             log.info("publishing to Redis again")
             self._publish_failing = False
+            # all queued at once, before anything else can be: ahead of every broadcast
+            # made from now on, and with no await that a new failure could fall into
             unsent, self._unsent_revocations = self._unsent_revocations, {}
             for room, user_id in unsent:
-                await self.revoke(room, user_id)  # (kept again if it fails again)
+                done = asyncio.get_running_loop().create_future()
+                if self._post(self._revocation(room, user_id), done):
+                    done.add_done_callback(functools.partial(self._resent, room, user_id))
+                else:
+                    self._keep_unsent(room, user_id)
             return
 
     async def _listen(self) -> AsyncIterator[Any]:
         delay = 0.1
         while True:
             # no read timeout: a quiet channel is not an outage
-            options = {**connection_options(), "socket_timeout": None}
+            # and no retry: redis-py would reconnect and subscribe again by itself, and
+            # what was published meanwhile (revocations too) would be lost unnoticed
+            options = {**connection_options(), "socket_timeout": None,
+                       "retry": Retry(NoBackoff(), 0)}
             client = aioredis.from_url(self.url, **options)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:

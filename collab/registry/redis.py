@@ -429,7 +429,11 @@ class RedisRegistry(Registry):
             if rooms is None:
                 # disconnected while joining: undo it, and since the user is then
                 # not announced as joined, do not announce them leaving either
-                gone = _pairs(await self._remove(args=[sid]))
+                try:
+                    gone = _pairs(await self._remove(args=[sid]))
+                except BaseException:
+                    self._undo.add((sid, room))  # (taken out, unannounced, once Redis answers)
+                    raise
                 self._queue("user:left", [p for p in gone if not first or p != (room, user_id)])
                 return False
             rooms.add(room)
