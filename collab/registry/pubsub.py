@@ -349,12 +349,12 @@ class RedisPubSubManager(AsyncPubSubManager):
         """Publish what is queued (a node's goodbye), stop listening, release the connections."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.flush_outbox(), SOCKET_TIMEOUT)
-        for task in (self._sender, self._probe):
+        for task in (self._recheck, self._sender, self._probe):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._sender = self._probe = None
+        self._recheck = self._sender = self._probe = None
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Future):
             thread.cancel()
