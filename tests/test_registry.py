@@ -12,6 +12,7 @@ from services import RedisServer
 
 from collab.errors import Unavailable
 from collab.registry import open_registry
+from collab.registry import redis as redis_registry
 from collab.registry.redis import SOCKET_TIMEOUT, RedisRegistry
 
 
@@ -413,3 +414,38 @@ async def test_a_connection_closed_while_redis_was_down_is_announced_once_it_ret
     finally:
         await one.close()
         await two.close()
+
+
+async def test_handshakes_failed_in_an_outage_are_bounded_and_worked_off_a_few_a_beat(
+        own_redis, monkeypatch):
+    """Clients retrying their handshake through an outage leave a removal each (the script
+    may have run); those are capped, and worked off a few per heartbeat, so the beat after
+    a long outage is not late by thousands of round trips."""
+    monkeypatch.setattr(redis_registry, "MAX_FAILED_ADDS", 5)
+    monkeypatch.setattr(redis_registry, "REMOVALS_PER_BEAT", 2)
+    reg = RedisRegistry(own_redis.url, unique("node"), heartbeat_interval=0.05)
+    await reg.open()
+    try:
+        own_redis.stop()
+        for n in range(8):
+            with pytest.raises(Unavailable):
+                await reg.add_connection(f"s{n}", "alice")
+        assert len(reg._removals) == 5  # the cap: three were not remembered
+        finished = []  # removals finished by each heartbeat
+        all_done = asyncio.Event()
+        finish = reg._finish_removals
+
+        async def counted() -> None:
+            before = len(reg._removals)
+            await finish()
+            finished.append(before - len(reg._removals))
+            if not reg._removals:
+                all_done.set()
+
+        monkeypatch.setattr(reg, "_finish_removals", counted)
+        own_redis.start()
+        await asyncio.wait_for(all_done.wait(), 10)
+        assert sum(finished) == 5 and max(finished) <= 2, finished
+        assert reg._failed_adds == 0
+    finally:
+        await reg.close()

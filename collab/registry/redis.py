@@ -56,6 +56,12 @@ PREFIX = "collab:"
 SOCKET_TIMEOUT = 2.0
 HEARTBEAT_TTL = 10.0
 HEARTBEAT_INTERVAL = 3.0
+#: removals finished per heartbeat (one round trip each): after a long outage with
+#: clients retrying their handshakes, thousands wait, and the beat must stay on time
+REMOVALS_PER_BEAT = 500
+#: handshakes that failed in an outage remembered for removal; past this, one more is
+#: forgotten (it joined no room, so it changes no presence: only a stale key is left)
+MAX_FAILED_ADDS = 10_000
 
 #: errors that mean "Redis cannot be reached right now", never a bug of ours
 OUTAGES: tuple[type[BaseException], ...] = (
@@ -221,6 +227,8 @@ class _Removal:
     user_id: str | None
     #: the rooms to announce its user's departure from, should Redis have lost them
     rooms: frozenset[str] = frozenset()
+    #: a handshake whose registration failed (counted against MAX_FAILED_ADDS)
+    failed_add: bool = False
 
 
 class _Gate:
@@ -282,6 +290,7 @@ class RedisRegistry(Registry):
         self._users: dict[str, str] = {}  # sid -> user_id
         self._rooms: dict[str, set[str]] = {}  # sid -> rooms
         self._removals: dict[str, _Removal] = {}  # sids whose removal failed in an outage
+        self._failed_adds = 0  # of those, handshakes that were never admitted
         #: (room, user) departures Redis may have lost: announced unless the user is
         #: present there once every node has written its state back
         self._orphans: set[tuple[str, str]] = set()
@@ -352,6 +361,7 @@ class RedisRegistry(Registry):
         self._users.clear()
         self._rooms.clear()
         self._removals.clear()
+        self._failed_adds = 0
         self._orphans.clear()
         self._undo.clear()
 
@@ -377,7 +387,9 @@ class RedisRegistry(Registry):
                 await self._add(args=[sid, user_id, self.node_id])
             except BaseException:  # an outage, or the deadline
                 # refused, yet the script may have run before the reply was lost
-                self._removals.setdefault(sid, _Removal(user_id))
+                if self._failed_adds < MAX_FAILED_ADDS and sid not in self._removals:
+                    self._failed_adds += 1
+                    self._removals[sid] = _Removal(user_id, failed_add=True)
                 raise
             self._users[sid] = user_id
             self._rooms[sid] = set()
@@ -523,9 +535,11 @@ class RedisRegistry(Registry):
 
     async def _finish_removals(self) -> None:
         """Remove what closed during an outage, and announce the departures."""
-        for sid, removal in list(self._removals.items()):
+        for sid, removal in list(self._removals.items())[:REMOVALS_PER_BEAT]:
             known, *flat = await self._forget(args=[sid])
             del self._removals[sid]
+            if removal.failed_add:
+                self._failed_adds -= 1
             if known:
                 self._queue("user:left", _pairs(flat))
             elif removal.user_id is not None:
