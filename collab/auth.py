@@ -11,6 +11,7 @@ import jwt
 
 from .config import Settings
 from .errors import Unauthorized
+from .text import is_text
 
 #: What parsing a hostile token can raise besides PyJWT's own errors: text that is
 #: not UTF-8 or holds a lone surrogate (UnicodeError, a ValueError), numbers no
@@ -126,15 +127,9 @@ def _quote(exc: Exception) -> str:
 
 
 def _encodable(value: Any) -> bool:
-    """A string that UTF-8 can encode: JSON's ``"\\ud800"`` decodes to one that cannot,
-    and it would fail later, in a log line, the registry or an encoder."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    """A string that is text (collab/text.py): a lone surrogate in a claim would fail
+    later, in a log line, the registry or an encoder."""
+    return isinstance(value, str) and is_text(value)
 
 
 def _identity(claims: Mapping[str, Any]) -> Identity:

@@ -22,6 +22,8 @@ from typing import Any
 
 from socketio import packet
 
+from .text import is_text
+
 MALFORMED_EVENT = "\x00malformed"
 #: deeper than any payload of the protocol needs, far below Python's recursion limit
 MAX_DEPTH = 64
@@ -75,16 +77,13 @@ class SafeJSON:
         # times the bytes.
         kwargs.setdefault("ensure_ascii", False)
         text = json.dumps(*args, **kwargs)
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                # A lone surrogate has no UTF-8 and would fail at the socket (for a
-                # broadcast, for the whole room). Schemas keep them out of what is
-                # stored, but client input can be echoed (an unknown field's name
-                # in an error): such a packet goes out escaped, as it came in.
-                kwargs["ensure_ascii"] = True
-                return json.dumps(*args, **kwargs)
+        if not is_text(text):
+            # A lone surrogate has no UTF-8 and would fail at the socket (for a
+            # broadcast, for the whole room). Schemas keep them out of what is
+            # stored, but client input can be echoed (an unknown field's name
+            # in an error): such a packet goes out escaped, as it came in.
+            kwargs["ensure_ascii"] = True
+            return json.dumps(*args, **kwargs)
         return text
 
     @staticmethod

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
+from .text import is_text
+
 #: \A and \Z: ``$`` would also match before a trailing newline ("report\n")
 ID_PATTERN = r"\A[A-Za-z0-9_.:-]{1,128}\Z"
 ID_MESSAGE = "Must be 1 to 128 characters from A-Z a-z 0-9 _ . : -"
@@ -26,11 +28,8 @@ class Text(fields.String):
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not text.isascii():  # isascii() is O(1); only other text needs the check
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise self.make_error("surrogate") from None
+        if not is_text(text):
+            raise self.make_error("surrogate")
         return text
 
 
