@@ -216,7 +216,7 @@ class CollabApp:
             return None
         for name, user_id in gone:
             if (room := Room.parse(name)) is not None:
-                await self.broadcast("user:left", {"user_id": user_id, **room.subject}, room)
+                await self.broadcast("user:left", room.presence(user_id), room)
         log.debug("disconnected %s (%s)", sid, reason)
         return None
 
@@ -281,7 +281,7 @@ class CollabApp:
             raise
         if first:
             await self.broadcast(
-                "user:joined", {"user_id": conn.user_id, **room.subject}, room, skip_sid=conn.sid
+                "user:joined", room.presence(conn.user_id), room, skip_sid=conn.sid
             )
         return {**result, "users": users}
 
@@ -291,7 +291,7 @@ class CollabApp:
         """Send ``user:joined`` / ``user:left`` for a change no event caused (a node died)."""
         if (parsed := Room.parse(room)) is not None:
             await self.broadcast(
-                event, {"user_id": user_id, **parsed.subject}, parsed, skip_sid=skip_sids or None
+                event, parsed.presence(user_id), parsed, skip_sid=skip_sids or None
             )
 
     async def room_position(self, room: str) -> int | None:
@@ -309,7 +309,7 @@ class CollabApp:
         gone = await self.registry.leave(conn.sid, room.name)
         await self.sio.leave_room(conn.sid, room.name)
         if gone:
-            await self.broadcast("user:left", {"user_id": conn.user_id, **room.subject}, room)
+            await self.broadcast("user:left", room.presence(conn.user_id), room)
 
     async def broadcast(self, event: str, data: Any, room: Room, skip_sid: Any = None) -> None:
         """Send ``event`` to everyone in ``room``, on every node; counted once, here."""
@@ -412,7 +412,7 @@ class CollabApp:
                 log.warning("registry unavailable while revoking %s in %s", sid, room)
                 continue
             if gone:
-                await self.broadcast("user:left", {"user_id": user_id, **room.subject}, room)
+                await self.broadcast("user:left", room.presence(user_id), room)
 
     # -- dispatch ----------------------------------------------------------
 

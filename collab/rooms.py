@@ -48,5 +48,9 @@ class Room:
         """How presence events and errors name it: ``{"document_id": id}``."""
         return {f"{self.kind}_id": self.id}
 
+    def presence(self, user_id: str) -> dict[str, str]:
+        """The payload of ``user:joined`` / ``user:left`` for ``user_id`` in this room."""
+        return {"user_id": user_id, **self.subject}
+
     def __str__(self) -> str:
         return self.name

@@ -17,6 +17,7 @@ def test_a_room_name_parses_back_to_its_room(room):
 def test_names_and_subjects_are_the_protocols():
     assert Room.document("report").name == "document_report"
     assert Room.chat("general").subject == {"chat_id": "general"}
+    assert Room.document("r").presence("bob") == {"user_id": "bob", "document_id": "r"}
 
 
 @pytest.mark.parametrize("name", ["report", "document_", "user_x", "_x", "", None, 7,
