@@ -11,9 +11,10 @@ import pytest
 from services import RedisServer
 
 from collab.errors import Unavailable
+from collab.redisconn import SOCKET_TIMEOUT
 from collab.registry import open_registry
 from collab.registry import redis as redis_registry
-from collab.registry.redis import SOCKET_TIMEOUT, RedisRegistry
+from collab.registry.redis import RedisRegistry
 
 
 def unique(prefix: str) -> str:

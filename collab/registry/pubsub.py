@@ -49,7 +49,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from .redis import OUTAGES, SOCKET_TIMEOUT, connection_options
+from ..redisconn import OUTAGES, SOCKET_TIMEOUT, connection_options
 
 log = logging.getLogger("collab.pubsub")
 

@@ -39,21 +39,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, TryAgainError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import Unavailable
+from ..redisconn import OUTAGES, SOCKET_TIMEOUT, connection_options
 from ..urls import redacted
 from .base import Registry
 
 log = logging.getLogger("collab.registry")
 
 PREFIX = "collab:"
-#: an outage answers UNAVAILABLE after about this long, not after minutes
-SOCKET_TIMEOUT = 2.0
 HEARTBEAT_TTL = 10.0
 HEARTBEAT_INTERVAL = 3.0
 #: removals finished per heartbeat (one round trip each): after a long outage with
@@ -63,31 +57,7 @@ REMOVALS_PER_BEAT = 500
 #: forgotten (it joined no room, so it changes no presence: only a stale key is left)
 MAX_FAILED_ADDS = 10_000
 
-#: errors that mean "Redis cannot be reached right now", never a bug of ours
-OUTAGES: tuple[type[BaseException], ...] = (
-    RedisConnectionError,  # includes BusyLoadingError while Redis loads its data
-    RedisTimeoutError,
-    ReadOnlyError,  # a replica answering during a failover
-    TryAgainError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
 T = TypeVar("T")
-
-
-def connection_options() -> dict[str, Any]:
-    """Client options for every Redis connection collab opens: fail fast, retry once."""
-    return {
-        "socket_timeout": SOCKET_TIMEOUT,
-        "socket_connect_timeout": SOCKET_TIMEOUT,
-        "socket_keepalive": True,
-        # One retry replaces a pooled connection that died with a restarted Redis
-        # (that fails at once). A timeout is not retried: a Redis that hangs would
-        # cost every call twice the timeout.
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1,
-                       supported_errors=(RedisConnectionError,)),
-    }
 
 
 def unavailable_on_outage(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
