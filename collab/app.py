@@ -4,73 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import socketio
 from marshmallow import ValidationError
 
 from .auth import Identity, TokenVerifier, token_from_handshake
+from .broadcast import BroadcasterFactory, Broadcasts, NodeHooks, open_broadcaster
 from .config import Settings
+from .connection import Connection, spend
 from .errors import (
     CollabError,
     ErrorCode,
     InvalidInput,
-    PermissionDenied,
     RateLimited,
     Unauthorized,
-    Unavailable,
 )
 from .handlers import EVENTS
+from .handlers.context import Context
 from .logs import library_logger
+from .membership import Membership
 from .metrics import Metrics, TimedStore, disconnect_label
 from .packet import MALFORMED_EVENT, CollabPacket
 from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
 from .registry.base import Registry
-from .rooms import KINDS, Room
-from .sequencer import Sequencer
 from .sioserver import GuardedServer
 from .store.base import Store
-from .userlimits import UserLimits, UserShare
+from .userlimits import UserLimits
 
 log = logging.getLogger("collab")
 
 #: the longest an expiry timer sleeps (seconds); a later expiry is re-armed on waking
 MAX_EXPIRY_DELAY = 24 * 3600.0
-
-
-@dataclasses.dataclass(eq=False)
-class Connection:
-    """What the server keeps for one live Socket.IO connection."""
-
-    sid: str
-    identity: Identity
-    bucket: TokenBucket | None
-    #: this user's connection count and shared event bucket on this node
-    user: UserShare
-    expiry: asyncio.TimerHandle | None = None
-
-    @property
-    def user_id(self) -> str:
-        return self.identity.user_id
-
-
-def spend(conn: Connection) -> None:
-    """Take one event from the connection's bucket and its user's; :class:`RateLimited`
-    when either is empty."""
-    if conn.bucket is not None:
-        wait_ms = conn.bucket.take()
-        if wait_ms:
-            raise RateLimited(wait_ms)
-    if conn.user.bucket is not None:  # all of this user's connections
-        wait_ms = conn.user.bucket.take()
-        if wait_ms:
-            raise RateLimited(wait_ms, "Too many events from this user; slow down")
 
 
 class CollabApp:
@@ -81,7 +50,7 @@ class CollabApp:
         settings: Settings,
         store: Store,
         registry: Registry,
-        client_manager: socketio.AsyncManager | None = None,
+        broadcaster: BroadcasterFactory | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -98,12 +67,17 @@ class CollabApp:
             settings.user_rate_limit_burst,
         )
         self._background: set[asyncio.Task] = set()
-        #: per room: chat messages leave in seq order, document updates in version
-        #: order, while the store calls behind them overlap
-        self.room_order = Sequencer()
+        if broadcaster is None:
+            broadcaster = open_broadcaster("memory://", self.metrics)
+        #: the client manager: this node's sockets, and the other nodes if there are any
+        self.broadcaster = broadcaster(NodeHooks(
+            room_position=self._room_position,
+            revoked=self._revoked_elsewhere,
+            resubscribed=self._recheck_access,
+        ))
         self.sio = GuardedServer(
             async_mode="tornado",
-            client_manager=client_manager,
+            client_manager=self.broadcaster,
             serializer=CollabPacket,
             # one connection's events run in order; connections run concurrently
             async_handlers=False,
@@ -117,22 +91,22 @@ class CollabApp:
             logger=library_logger("socketio.server"),
             engineio_logger=library_logger("engineio.server"),
         )
-        self.metrics.count_rooms(self.local_rooms)
+        #: room broadcasts, stored items in position order (what handlers publish through)
+        self.broadcasts = Broadcasts(self.broadcaster, self.metrics)
+        self.membership = Membership(self.sio, self.broadcaster, self.broadcasts, registry,
+                                     self.store, self.connections)
+        self.metrics.count_rooms(self.membership.local_rooms)
+        self.context = Context(
+            settings=settings, store=self.store, broadcasts=self.broadcasts,
+            rooms=self.membership, verifier=self.verifier, renew=self.renew,
+        )
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("*", self._on_unknown)
         for event, (schema, handler) in EVENTS.items():
             self.sio.on(event, self._dispatcher(event, schema, handler))
-        # several nodes: presence changes the registry finds by itself, and where
-        # a room's ordered broadcasts start (see collab/registry/pubsub.py)
-        registry.on_presence = self.announce_presence
-        #: the pub/sub manager when broadcasts cross nodes (collab/registry/pubsub.py)
-        self.cluster: Any = None
-        if hasattr(client_manager, "room_position"):
-            self.cluster = client_manager
-            client_manager.room_position = self.room_position
-            client_manager.on_revoke = self._revoked_elsewhere
-            client_manager.on_resubscribed = self.recheck_access
+        # several nodes: presence changes the registry finds by itself (a node died)
+        registry.on_presence = self.membership.announce_presence
 
     # -- origins -----------------------------------------------------------
 
@@ -209,14 +183,7 @@ class CollabApp:
         self.user_limits.release(conn.user_id)
         self.metrics.connections.dec()
         self.metrics.disconnects.labels(disconnect_label(reason)).inc()
-        try:
-            gone = await self.registry.remove_connection(sid)
-        except CollabError:
-            log.warning("registry unavailable while removing %s", sid)
-            return None
-        for name, user_id in gone:
-            if (room := Room.parse(name)) is not None:
-                await self.broadcast("user:left", room.presence(user_id), room)
+        await self.membership.disconnected(sid)
         log.debug("disconnected %s (%s)", sid, reason)
         return None
 
@@ -252,167 +219,16 @@ class CollabApp:
         except Exception:  # noqa: BLE001 - nobody awaits this task
             log.exception("error disconnecting %s after its token expired", conn.sid)
 
-    # -- rooms and presence ------------------------------------------------
+    # -- what the broadcaster asks of this node ----------------------------
 
-    async def join_room(
-        self, conn: Connection, room: Room, load: Callable[[], Awaitable[dict[str, Any]]],
-    ) -> dict[str, Any]:
-        """Enter a room, then ``load`` what the join returns; undo the entry if that fails.
+    async def _room_position(self, room: str) -> int | None:
+        return await self.membership.room_position(room)
 
-        Entering before loading means no broadcast can fall between the two.
-        The user is announced only once the join has succeeded, and only if
-        this is their first connection in the room.
-        """
-        rejoin = room.name in self.sio.rooms(conn.sid)
-        await self.sio.enter_room(conn.sid, room.name)
-        try:
-            first = await self.registry.join(conn.sid, room.name)
-            result = await load()
-            users = await self.registry.room_users(room.name)
-            if not self._in_room(conn.sid, room):
-                # revoked meanwhile (``load`` checks the role again once the connection
-                # is in the room, so a revocation cannot fall between check and entry)
-                raise PermissionDenied(f"Access was revoked while joining {room.name!r}")
-        except BaseException:
-            if not rejoin or not self._in_room(conn.sid, room):
-                await self.sio.leave_room(conn.sid, room.name)
-                with contextlib.suppress(CollabError):
-                    await self.registry.leave(conn.sid, room.name)
-            raise
-        if first:
-            await self.broadcast(
-                "user:joined", room.presence(conn.user_id), room, skip_sid=conn.sid
-            )
-        return {**result, "users": users}
+    async def _revoked_elsewhere(self, room: str, user_id: str) -> None:
+        await self.membership.revoked_elsewhere(room, user_id)
 
-    async def announce_presence(
-        self, event: str, room: str, user_id: str, skip_sids: list[str] | None = None
-    ) -> None:
-        """Send ``user:joined`` / ``user:left`` for a change no event caused (a node died)."""
-        if (parsed := Room.parse(room)) is not None:
-            await self.broadcast(
-                event, parsed.presence(user_id), parsed, skip_sid=skip_sids or None
-            )
-
-    async def room_position(self, room: str) -> int | None:
-        """A chat's newest seq or a document's version: where its broadcasts stand."""
-        parsed = Room.parse(room)
-        if parsed is None:
-            return None
-        if parsed.kind == "chat":
-            latest, _ = await self.store.messages_before(parsed.id, None, 1)
-            return latest[-1]["seq"] if latest else 0
-        document = await self.store.get_document(parsed.id)
-        return document["version"] if document else None
-
-    async def leave_room(self, conn: Connection, room: Room) -> None:
-        gone = await self.registry.leave(conn.sid, room.name)
-        await self.sio.leave_room(conn.sid, room.name)
-        if gone:
-            await self.broadcast("user:left", room.presence(conn.user_id), room)
-
-    async def broadcast(self, event: str, data: Any, room: Room, skip_sid: Any = None) -> None:
-        """Send ``event`` to everyone in ``room``, on every node; counted once, here."""
-        self.metrics.broadcast(event)
-        await self.sio.emit(event, data, room=room.name, skip_sid=skip_sid)
-
-    def local_rooms(self) -> dict[str, int]:
-        """Rooms with at least one member on this node, by kind (read at each scrape)."""
-        counts = dict.fromkeys(KINDS, 0)
-        for room, members in self.sio.manager.rooms.get("/", {}).items():
-            # python-socketio also keeps a room per sid (holding that sid) and one for
-            # everyone (None); a sid may contain "_"
-            if not members or room in members or (parsed := Room.parse(room)) is None:
-                continue
-            counts[parsed.kind] += 1
-        return counts
-
-    def _in_room(self, sid: str, room: Room) -> bool:
-        return sid in self.sio.manager.rooms.get("/", {}).get(room.name, ())
-
-    # -- revocation --------------------------------------------------------
-
-    def check_can_revoke(self) -> None:
-        """Raise :class:`Unavailable` unless a revocation would reach every node.
-
-        Called before the role is removed, so that a refusal changes nothing.
-        """
-        if self.cluster is not None and not self.cluster.publishing:
-            raise Unavailable("Other nodes cannot be told of the change now; retry")
-
-    async def revoke(self, room: Room, user_id: str) -> None:
-        """Take every connection of ``user_id`` out of ``room``, on every node.
-
-        For a user whose access was removed from the store. Here at once; the
-        other nodes before any broadcast published after this returns. If Redis
-        fails in between, :class:`Unavailable` asks the caller to retry (which
-        is safe: the role is already gone, the revocation is sent again).
-        """
-        await self.take_out(room, user_id)
-        if self.cluster is not None and not await self.cluster.revoke(room.name, user_id):
-            raise Unavailable("Access was removed, but not every node was told; retry")
-
-    async def _revoked_elsewhere(self, name: str, user_id: str) -> None:
-        """Another node revoked ``user_id``'s access to the room named ``name``."""
-        if (room := Room.parse(name)) is not None:
-            await self.take_out(room, user_id)
-
-    async def recheck_access(self) -> None:
-        """Take out of each document room here whoever lost access to the document.
-
-        Run when this node gets the Redis channel back: a revocation published while
-        it was cut off never reaches it. One role look-up per user and room hosted
-        here. (Chats have no removal yet.)
-        """
-        delay = 0.5
-        while True:
-            try:
-                for name, sids in list(self.sio.manager.rooms.get("/", {}).items()):
-                    room = Room.parse(name)
-                    if room is None or room.kind != "document":
-                        continue
-                    users = {conn.user_id for sid in list(sids)
-                             if (conn := self.connections.get(sid)) is not None
-                             and not conn.identity.is_admin}
-                    for user_id in users:
-                        if await self.store.get_document_role(room.id, user_id) is None:
-                            await self.take_out(room, user_id)
-                return
-            except CollabError:  # the store is out too: all of it again, once it answers
-                log.warning("store unavailable while checking access after an outage; "
-                            "retrying in %.0f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    async def take_out(self, room: Room, user_id: str) -> None:
-        """Take this node's connections of ``user_id`` out of ``room``: access revoked.
-
-        Each leaves the Socket.IO room before anything else can be sent to it, is
-        told with an ``error`` (``PERMISSION_DENIED``), and leaves the registry's
-        presence: the node holding the user's last connection there announces
-        ``user:left``, as for a leave. Connections with an admin token keep their
-        access, so they stay.
-        """
-        sids = [sid for sid, _ in self.sio.manager.get_participants("/", room.name)
-                if (conn := self.connections.get(sid)) is not None
-                and conn.user_id == user_id and not conn.identity.is_admin]
-        if not sids:
-            return
-        error = CollabError(ErrorCode.PERMISSION_DENIED,
-                            f"Access to {room.kind} {room.id!r} was revoked",
-                            room.subject).to_dict()
-        for sid in sids:
-            await self.sio.leave_room(sid, room.name)
-        for sid in sids:
-            await self.sio.emit("error", error, to=sid, ignore_queue=True)
-        for sid in sids:
-            try:
-                gone = await self.registry.leave(sid, room.name)
-            except CollabError:
-                log.warning("registry unavailable while revoking %s in %s", sid, room)
-                continue
-            if gone:
-                await self.broadcast("user:left", room.presence(user_id), room)
+    async def _recheck_access(self) -> None:
+        await self.membership.recheck_access()
 
     # -- dispatch ----------------------------------------------------------
 
@@ -437,7 +253,7 @@ class CollabApp:
                     raise InvalidInput("Invalid payload", exc.messages) from None
                 except RecursionError:
                     raise InvalidInput("Payload is nested too deeply") from None
-                result = await handler(self, conn, data)
+                result = await handler(self.context, conn, data)
             except Exception as exc:  # noqa: BLE001 - every failure becomes an ack
                 return await self._fail(sid, event, exc, start)
             ok_counter.inc()

@@ -262,7 +262,8 @@ class Settings(BaseSettings):
     history_page_bytes: Positive = 1024 * 1024
 
     websocket_compression: bool = False
-    #: broadcast by writing one pre-framed message to each idle WebSocket (collab/fanout.py)
+    #: broadcast by writing one pre-framed message to each idle WebSocket
+    #: (collab/broadcast/local.py)
     fast_broadcast: bool = True
     #: unsent bytes one WebSocket may hold on the server before it is closed as too slow
     max_send_buffer_bytes: Positive = 4 * 1024 * 1024

@@ -36,6 +36,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BROADCAST_EVENTS = (
     "chat:message", "chat:typing", "documents:updated", "user:joined", "user:left",
 )
+#: the kinds of pub/sub message between nodes (collab/broadcast/wire.py)
+PUBSUB_KINDS = ("broadcast", "presence", "revocation")
 #: the label of a broadcast event missing from BROADCAST_EVENTS (a bug, not client input)
 OTHER = "other"
 
@@ -96,6 +98,22 @@ class Metrics:
         self.rooms = Gauge(
             "collab_rooms", "Rooms with at least one member on this node, by kind",
             ["kind"], registry=self.registry)
+        # Pub/sub between nodes (collab/broadcast/redis.py): with a channel per room, a
+        # node that hosts no member of a room receives none of its messages
+        self.pubsub_published = Counter(
+            "collab_pubsub_messages_published",
+            "Messages this node published for other nodes, by kind",
+            ["kind"], registry=self.registry)
+        self.pubsub_received = Counter(
+            "collab_pubsub_messages_received",
+            "Messages from other nodes this node received, by kind",
+            ["kind"], registry=self.registry)
+        for kind in PUBSUB_KINDS:
+            self.pubsub_published.labels(kind)
+            self.pubsub_received.labels(kind)
+        self.pubsub_channels = Gauge(
+            "collab_pubsub_channels", "Room channels this node is subscribed to",
+            registry=self.registry)
         # Loaded documents: nothing is loaded yet (every update goes to the store);
         # a gauge collab_documents_loaded belongs here once live documents are kept.
 

@@ -15,8 +15,9 @@ import tornado.netutil
 import tornado.web
 from engineio.async_drivers.tornado import translate_request
 
-from . import fanout, transport
+from . import transport
 from .app import CollabApp
+from .broadcast import bounded_handler, open_broadcaster
 from .config import Settings
 from .errors import CollabError
 from .http import HealthzHandler, MetricsHandler, Readiness, ReadyzHandler
@@ -67,8 +68,8 @@ def socket_handler(app: CollabApp) -> type:
     guarded = transport.guarded_handler(
         socketio.get_tornado_handler(app.sio), app.sio.eio, app.settings.max_packet_bytes
     )
-    base = fanout.bounded_handler(guarded, app.sio.manager, app.settings.max_send_buffer_bytes,
-                                  on_slow_consumer=app.metrics.slow_consumers_closed.inc)
+    base = bounded_handler(guarded, app.broadcaster, app.settings.max_send_buffer_bytes,
+                           on_slow_consumer=app.metrics.slow_consumers_closed.inc)
     compression = app.settings.websocket_compression
 
     class SocketHandler(base):  # type: ignore[misc, valid-type]
@@ -179,14 +180,12 @@ class Server:
                 raise _unreachable("registry", settings.registry_url,
                                    settings.label("registry_url"), exc) from None
             raise
-        manager = getattr(registry, "client_manager", lambda: None)()
         metrics = Metrics()
-        if settings.fast_broadcast:
-            manager = fanout.fast_manager(manager, compression=settings.websocket_compression,
-                                          on_slow_consumer=metrics.slow_consumers_closed.inc)
-        app = CollabApp(settings, store, registry, client_manager=manager, metrics=metrics)
-        if hasattr(manager, "start_listening"):
-            await manager.start_listening()  # hear other nodes before the first client
+        broadcaster = open_broadcaster(settings.registry_url, metrics,
+                                       fast=settings.fast_broadcast,
+                                       compression=settings.websocket_compression)
+        app = CollabApp(settings, store, registry, broadcaster=broadcaster, metrics=metrics)
+        await app.broadcaster.start()  # hear other nodes before the first client
         metrics_sockets: list[socket.socket] = []
         if settings.metrics_port:
             metrics_sockets = _bind(
@@ -232,7 +231,8 @@ class Server:
             )
         except asyncio.TimeoutError:
             log.warning("some HTTP connections did not close in time")
-        await self.app.registry.close()
+        await self.app.registry.close()  # its goodbye (user:left) goes out through:
+        await self.app.broadcaster.close()
         await self.app.raw_store.close()
         log.info("collab stopped")
 

@@ -85,7 +85,7 @@ class EngineIOServer(engineio.AsyncServer):
       them; a poller that never polls (and keeps the session alive by POSTing
       PONGs) made every ack and broadcast stay, 300 MB for 600 acks of a large
       document. A packet sent while more than ``max_queued_bytes`` wait closes
-      the session, like a WebSocket over its send buffer (collab/fanout.py).
+      the session, like a WebSocket over its send buffer (collab/broadcast/local.py).
     - The ping task. Between pings each session has a task asleep for
       ``ping_interval`` (25 s). Engine.IO does not keep it, so a closed
       session's task, and with it the socket, its queue and its handshake

@@ -8,10 +8,13 @@ from collections import defaultdict
 from typing import Any
 
 import jwt
+import redis.asyncio as aioredis
 import socketio
 from tornado.httpclient import AsyncHTTPClient
 
+from collab.broadcast.wire import EMIT, Envelope, channel_for
 from collab.config import Settings, build_settings
+from collab.packet import CollabPacket
 from collab.server import Server
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -189,3 +192,26 @@ class Harness:
         for client in self.clients:
             if client.sio.connected:
                 await client.sio.disconnect()
+
+
+class OtherNode:
+    """Publishes on a room's channel as a node that is not there."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = aioredis.from_url(url)
+
+    async def emit(self, event: str, data: Any, room: str, position: int | None = None) -> None:
+        """Broadcast ``event`` to ``room`` as a node would (``position``: a stored item's)."""
+        encoded = CollabPacket(socketio.packet.EVENT, namespace="/", data=[event, data]).encode()
+        packet, *attachments = encoded if isinstance(encoded, list) else [encoded]
+        envelope = Envelope("other-node", EMIT, room, position, (), event, packet,
+                            tuple(attachments))
+        await self.redis.publish(channel_for(room), envelope.encode())
+
+    async def chat_message(self, chat_id: str, seq: int) -> None:
+        message = {"id": f"m{seq}", "chat_id": chat_id, "seq": seq, "user_id": "zoe",
+                   "content": str(seq), "created_at": "2026-01-01T00:00:00.000Z"}
+        await self.emit("chat:message", {"message": message}, f"chat_{chat_id}", seq)
+
+    async def close(self) -> None:
+        await self.redis.aclose()

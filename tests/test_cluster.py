@@ -17,12 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 import socketio
 from conftest import cancel_leftover_tasks, running_server
-from harness import SECRET, WAIT, Client, make_settings, make_token
+from harness import SECRET, WAIT, Client, OtherNode, make_settings, make_token
 from process import CollabProcess
 from services import RedisServer, with_database
 from tornado.httpclient import AsyncHTTPClient
 
-from collab.registry.pubsub import GAP_TIMEOUT
+from collab.broadcast.holdback import GAP_TIMEOUT
 
 pytestmark = pytest.mark.cluster
 
@@ -367,29 +367,11 @@ def node(io_loop, redis_url):
     yield from running_server(io_loop, settings)
 
 
-class OtherNode:
-    """Publishes on the Socket.IO channel as a node that is not there."""
-
-    def __init__(self, url: str) -> None:
-        self.redis = aioredis.from_url(url)
-
-    async def emit(self, event: str, data: dict, room: str) -> None:
-        message = {"method": "emit", "event": event, "data": [data], "binary": False,
-                   "namespace": "/", "room": room, "skip_sid": None, "callback": None,
-                   "host_id": "other-node"}
-        await self.redis.publish("collab", json.dumps(message))
-
-    async def chat_message(self, chat_id: str, seq: int) -> None:
-        message = {"id": f"m{seq}", "chat_id": chat_id, "seq": seq, "user_id": "zoe",
-                   "content": str(seq), "created_at": "2026-01-01T00:00:00.000Z"}
-        await self.emit("chat:message", {"message": message}, f"chat_{chat_id}")
-
-
 @pytest.fixture
 def other(io_loop, redis_url):
     other = OtherNode(redis_url)
     yield other
-    io_loop.run_sync(other.redis.aclose)
+    io_loop.run_sync(other.close)
 
 
 async def test_broadcasts_are_delivered_in_seq_order(node, other):
@@ -419,7 +401,7 @@ async def test_document_updates_are_delivered_in_version_order(node, other):
                     "version": version, "created_by": "alice", "created_at": "",
                     "updated_by": "zoe", "updated_at": ""}
         await other.emit("documents:updated", {"document": document, "user_id": "zoe"},
-                         f"document_{document_id}")
+                         f"document_{document_id}", version)
     got = [(await alice.next("documents:updated"))["document"]["version"] for _ in range(3)]
     assert got == [1, 2, 3]
 
@@ -429,7 +411,7 @@ async def test_a_rooms_order_is_forgotten_when_its_last_local_client_disconnects
     chat_id = await shared_chat(alice, "bob")
     for client in (alice, bob):
         await client.ok("chat:join", {"chat_id": chat_id})
-    orders = node.app.sio.manager._orders
+    orders = node.app.broadcaster.holdback.rooms
     assert f"chat_{chat_id}" in orders
     await node.app.sio.disconnect(alice.sio.get_sid())  # returns once the server forgot alice
     assert f"chat_{chat_id}" in orders  # bob is still in the room
@@ -666,15 +648,15 @@ async def test_a_dropped_subscriber_connection_is_noticed_and_access_checked(nod
     """Redis drops the node's subscriber connection (an output-buffer limit, CLIENT KILL, a
     proxy reset): what was published meanwhile is lost, so the node must notice (not let
     redis-py reconnect silently) and check access in its rooms once subscribed again."""
-    manager = node.app.cluster
+    membership = node.app.membership
     checked = asyncio.Event()
-    recheck = manager.on_resubscribed
+    recheck = membership.recheck_access
 
     async def counting() -> None:
         await recheck()
         checked.set()
 
-    manager.on_resubscribed = counting
+    membership.recheck_access = counting
     client = aioredis.from_url(redis_url)
     try:
         assert await client.client_kill_filter(_type="pubsub") >= 1

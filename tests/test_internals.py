@@ -1,8 +1,8 @@
 """The library internals collab builds on are still there, with the shapes it expects.
 
-The fast broadcast path (collab/fanout.py), the packet guards
-(collab/sioserver.py, collab/packet.py, collab/transport.py), the listener
-(collab/listener.py) and the Redis manager (collab/registry/pubsub.py) reach
+The fast broadcast path (collab/broadcast/local.py), the packet guards
+(collab/sioserver.py, collab/packet.py, collab/transport.py) and the listener
+(collab/listener.py) reach
 below the public APIs of python-socketio, python-engineio, Tornado and
 asyncio. pyproject.toml pins those libraries to the minor versions these
 tests ran with; this file is what fails, naming the attribute and who needs
@@ -21,12 +21,10 @@ import tornado.iostream
 import tornado.tcpserver
 import tornado.websocket
 from engineio.async_socket import AsyncSocket
-from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from collab.fanout import FastEmitManager
+from collab.broadcast import LocalBroadcaster
 from collab.listener import CountedStream
 from collab.packet import CollabPacket
-from collab.registry.pubsub import RedisPubSubManager
 from collab.sioserver import EngineIOServer, GuardedServer
 
 #: (library class, method, the collab class that overrides or calls it)
@@ -44,17 +42,12 @@ METHODS = [
     (AsyncSocket, "close", None),
     (socketio.packet.Packet, "decode", CollabPacket),
     (socketio.packet.Packet, "add_attachment", None),
-    (socketio.AsyncManager, "emit", FastEmitManager),
-    (socketio.AsyncManager, "disconnect", FastEmitManager),
-    (socketio.AsyncManager, "get_participants", FastEmitManager),
+    (socketio.AsyncManager, "emit", LocalBroadcaster),
+    (socketio.AsyncManager, "disconnect", LocalBroadcaster),
+    (socketio.AsyncManager, "get_participants", LocalBroadcaster),
     (socketio.AsyncManager, "is_pre_connected", None),
     (socketio.AsyncManager, "sid_from_eio_sid", None),
     (socketio.AsyncManager, "eio_sid_from_sid", None),
-    (AsyncPubSubManager, "_publish", RedisPubSubManager),
-    (AsyncPubSubManager, "_listen", RedisPubSubManager),
-    (AsyncPubSubManager, "_handle_emit", RedisPubSubManager),
-    (AsyncPubSubManager, "enter_room", RedisPubSubManager),
-    (AsyncPubSubManager, "leave_room", RedisPubSubManager),
     (tornado.iostream.BaseIOStream, "close_fd", CountedStream),
     (tornado.iostream.BaseIOStream, "writing", None),
     (tornado.tcpserver.TCPServer, "handle_stream", None),
@@ -92,32 +85,32 @@ async def test_instance_internals_of_a_live_connection(server):
                            f"(used by {who})")
 
     need(sio, "_binary_packet", "collab/sioserver.py")
-    need(sio, "environ", "collab/fanout.py, collab/sioserver.py")
-    need(sio, "packet_class", "collab/fanout.py")
+    need(sio, "environ", "collab/broadcast/local.py, collab/sioserver.py")
+    need(sio, "packet_class", "collab/broadcast/local.py")
     need(sio.manager, "callbacks", "collab/sioserver.py")
-    need(sio.manager, "rooms", "collab/fanout.py, collab/app.py")
-    need(sio.eio, "sockets", "collab/fanout.py, collab/transport.py")
+    need(sio.manager, "rooms", "collab/broadcast/local.py, collab/membership.py")
+    need(sio.eio, "sockets", "collab/broadcast/local.py, collab/transport.py")
     need(sio.eio, "max_http_buffer_size", "collab/sioserver.py")
     need(sio.reason, "CLIENT_DISCONNECT", "collab/sioserver.py")
     need(sio.eio.reason, "TRANSPORT_ERROR", "collab/transport.py")
     eio_sid = sio.manager.eio_sid_from_sid(alice.sid, "/")
     sock = sio.eio.sockets[eio_sid]
     for attribute in ("upgraded", "upgrading", "closing", "closed", "connected", "queue"):
-        need(sock, attribute, "collab/fanout.py, collab/transport.py")
+        need(sock, attribute, "collab/broadcast/local.py, collab/transport.py")
     # asyncio.Queue's count of unfinished tasks: the fast path's "is anything in flight"
-    need(sock.queue, "_unfinished_tasks", "collab/fanout.py _queue_busy")
+    need(sock.queue, "_unfinished_tasks", "collab/broadcast/local.py _queue_busy")
     handler = sio.environ[eio_sid]["tornado.handler"]
-    need(handler, "ws_connection", "collab/fanout.py")
+    need(handler, "ws_connection", "collab/broadcast/local.py")
     stream = handler.ws_connection.stream
     for attribute in ("_write_buffer", "max_write_buffer_size", "socket"):
-        need(stream, attribute, "collab/fanout.py")
+        need(stream, attribute, "collab/broadcast/local.py")
     if hasattr(stream, "_write_buffer"):
         assert isinstance(len(stream._write_buffer), int)
     assert not missing, "library internals collab relies on are gone:\n" + "\n".join(missing)
 
 
 def test_asyncio_queue_counts_unfinished_tasks():
-    """collab/fanout.py reads ``Queue._unfinished_tasks`` to tell an idle queue."""
+    """collab/broadcast/local.py reads ``Queue._unfinished_tasks`` to tell an idle queue."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     assert queue._unfinished_tasks == 0
     queue.put_nowait(1)

@@ -1,4 +1,4 @@
-"""collab/sequencer.py: broadcasts leave in store order while the store calls overlap."""
+"""collab/broadcast/sequencer.py: broadcasts leave in store order while store calls overlap."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from collab.sequencer import Sequencer
+from collab.broadcast.sequencer import Sequencer
 
 
 def recorder(out: list, item):

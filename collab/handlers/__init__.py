@@ -1,8 +1,9 @@
 """Event handlers, one module per area; each exports ``EVENTS``.
 
 ``EVENTS`` maps an event name to ``(schema, handler)``; a handler is
-``async def handler(app, conn, data) -> dict`` returning the ack's result
-fields, or raising :class:`~collab.errors.CollabError`.
+``async def handler(ctx, conn, data) -> dict`` returning the ack's result
+fields, or raising :class:`~collab.errors.CollabError`. ``ctx`` is a
+:class:`~collab.handlers.context.Context`: what a handler may touch.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ from .. import schemas
 from ..errors import CollabError, ErrorCode
 
 if TYPE_CHECKING:
-    from ..app import CollabApp, Connection
+    from ..connection import Connection
+    from .context import Context
 
 
-async def refresh(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    identity = app.verifier.verify(data["token"])
+async def refresh(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    identity = ctx.verifier.verify(data["token"])
     if identity.user_id != conn.user_id:
         raise CollabError(
             ErrorCode.PERMISSION_DENIED, "The new token must be for the same user (sub)"
@@ -21,7 +22,7 @@ async def refresh(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dic
     # everything that can fail comes before the renewal: a failed refresh changes nothing
     expires = datetime.datetime.fromtimestamp(identity.expires_at, datetime.timezone.utc)
     result = {"expires_at": expires.isoformat().replace("+00:00", "Z")}
-    app.renew(conn, identity)
+    ctx.renew(conn, identity)
     return result
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 from .. import schemas
@@ -13,23 +12,24 @@ from ..rooms import Room
 from ..store.base import Message, new_id
 
 if TYPE_CHECKING:
-    from ..app import CollabApp, Connection
+    from ..connection import Connection
+    from .context import Context
 
 
 def room(chat_id: str) -> Room:
     return Room.chat(chat_id)
 
 
-async def create(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    chat = await app.store.create_chat(
+async def create(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    chat = await ctx.store.create_chat(
         data.get("chat_id") or new_id(), data["title"], conn.user_id, data["members"]
     )
     return {"chat": chat}
 
 
-async def invite(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    await require_chat_role(app.store, conn.identity, data["chat_id"], "owner")
-    chat = await app.store.add_chat_member(data["chat_id"], data["user_id"])
+async def invite(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    await require_chat_role(ctx.store, conn.identity, data["chat_id"], "owner")
+    chat = await ctx.store.add_chat_member(data["chat_id"], data["user_id"])
     return {"chat": chat}
 
 
@@ -68,70 +68,69 @@ def _within(messages: list[Message], max_bytes: int, newest: bool) -> tuple[list
     return (messages[-kept:] if newest else messages[:kept]), True
 
 
-async def join(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
-    await require_chat_role(app.store, conn.identity, chat_id, "member")
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
     since = data.get("since_seq")
-    max_bytes = app.settings.history_page_bytes
+    max_bytes = ctx.settings.history_page_bytes
 
     async def load() -> dict[str, Any]:
-        chat = await app.store.get_chat(chat_id)
+        chat = await ctx.store.get_chat(chat_id)
         if chat is None:
             raise NotFound(f"Chat {chat_id!r} not found")
         if since is None:  # the latest page; has_more: older messages exist
-            messages, older = await app.store.messages_before(
-                chat_id, None, app.settings.history_limit)
+            messages, older = await ctx.store.messages_before(
+                chat_id, None, ctx.settings.history_limit)
             messages, cut = _within(messages, max_bytes, newest=True)
             has_more = older or cut
         else:  # the oldest after since_seq; has_more: newer ones exist beyond the page
-            limit = app.settings.history_max
-            found = await app.store.messages_after(chat_id, since, limit + 1)  # +1: any more?
+            limit = ctx.settings.history_max
+            found = await ctx.store.messages_after(chat_id, since, limit + 1)  # +1: any more?
             messages, cut = _within(found[:limit], max_bytes, newest=False)
             has_more = cut or len(found) > limit
         return {"chat": chat, "messages": messages, "has_more": has_more}
 
-    return await app.join_room(conn, room(chat_id), load)
+    return await ctx.rooms.join(conn, room(chat_id), load)
 
 
-async def leave(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    await app.leave_room(conn, room(data["chat_id"]))
+async def leave(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    await ctx.rooms.leave(conn, room(data["chat_id"]))
     return {}
 
 
-async def message(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+async def message(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
-    limit = app.settings.max_message_chars
+    limit = ctx.settings.max_message_chars
     if len(data["content"]) > limit:
         raise PayloadTooLarge("Message content", limit)
-    await require_chat_role(app.store, conn.identity, chat_id, "member")
-    # Store calls overlap and may complete out of seq order; the room's
-    # sequencer sends the broadcasts in seq order all the same.
-    with app.room_order.begin(room(chat_id).name) as ticket:
-        stored, created = await app.store.add_message(
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
+    # Store calls overlap and may complete out of seq order; the broadcasts
+    # leave in seq order all the same.
+    with ctx.broadcasts.in_order(room(chat_id)) as slot:
+        stored, created = await ctx.store.add_message(
             chat_id, conn.user_id, data["content"], data.get("client_id")
         )
         if created:  # a repeated client_id is neither stored nor broadcast again
-            await ticket.release(stored["seq"], functools.partial(
-                app.broadcast, "chat:message", {"message": stored}, room(chat_id)))
+            await slot.publish("chat:message", {"message": stored}, position=stored["seq"])
     return {"message": stored}
 
 
-async def history(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+async def history(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
-    await require_chat_role(app.store, conn.identity, chat_id, "member")
-    limit = min(data.get("limit") or app.settings.history_limit, app.settings.history_max)
-    messages, older = await app.store.messages_before(chat_id, data.get("before_seq"), limit)
-    messages, cut = _within(messages, app.settings.history_page_bytes, newest=True)
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
+    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    messages, older = await ctx.store.messages_before(chat_id, data.get("before_seq"), limit)
+    messages, cut = _within(messages, ctx.settings.history_page_bytes, newest=True)
     return {"messages": messages, "has_more": older or cut}
 
 
-async def typing(app: CollabApp, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+async def typing(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
-    await require_chat_role(app.store, conn.identity, chat_id, "member")
-    await app.broadcast(
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
+    await ctx.broadcasts.send(
+        room(chat_id),
         "chat:typing",
         {"chat_id": chat_id, "user_id": conn.user_id, "typing": data["typing"]},
-        room(chat_id),
         skip_sid=conn.sid,
     )
     return {}

@@ -255,7 +255,6 @@ class RedisRegistry(Registry):
         self.heartbeat_interval = heartbeat_interval
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
-        self._manager: Any = None
         # this node's own state: what a resync writes back
         self._users: dict[str, str] = {}  # sid -> user_id
         self._rooms: dict[str, set[str]] = {}  # sid -> rooms
@@ -312,9 +311,6 @@ class RedisRegistry(Registry):
             self._task = None
         if self._redis is not None:
             await self._leave_cluster()
-        if self._manager is not None:
-            await self._manager.close()
-            self._manager = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -334,14 +330,6 @@ class RedisRegistry(Registry):
         self._failed_adds = 0
         self._orphans.clear()
         self._undo.clear()
-
-    def client_manager(self) -> Any:
-        """Socket.IO's client manager over Redis pub/sub: broadcasts reach every node."""
-        if self._manager is None:
-            from .pubsub import RedisPubSubManager
-
-            self._manager = RedisPubSubManager(self.url)
-        return self._manager
 
     # -- Registry ----------------------------------------------------------
 

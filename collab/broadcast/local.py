@@ -1,12 +1,19 @@
-"""Fast room broadcasts: encode once, frame once, write the same bytes to every WebSocket.
+"""Delivery to this node's clients: encode once, frame once, write the same bytes to every
+WebSocket.
+
+:class:`LocalBroadcaster` is the client manager (python-socketio's extension
+point) of a node that has no other nodes to tell; the Redis broadcaster
+(:mod:`collab.broadcast.redis`) is this class with the cross-node transport
+added, so both deliver locally through the code below.
 
 python-socketio encodes a broadcast once but then starts one task per recipient,
 each of which goes through the recipient's Engine.IO queue, its writer task,
 Tornado's per-message framing and its own write. For a room of 100 that is most
-of the server's time. :class:`FastEmitManager` (a client manager, python-socketio's
-extension point) keeps the encoding shared and, for a recipient on WebSocket
-whose outgoing queue is idle, writes one pre-framed WebSocket message straight
-to its Tornado stream, synchronously, without a task or a queue.
+of the server's time. The fast path keeps the encoding shared and, for a
+recipient on WebSocket whose outgoing queue is idle, writes one pre-framed
+WebSocket message straight to its Tornado stream, synchronously, without a task
+or a queue. (``fast=False`` leaves every emit to python-socketio: the
+``fast_broadcast`` setting, for comparison and as a way out.)
 
 Corking: the first broadcast of an event-loop pass is written at once and
 schedules a flush with ``call_soon`` (it runs after the callbacks already
@@ -34,11 +41,6 @@ consumer, so it is written, and a connection holds at most the cap plus one
 message. A connection with more than ``max_queued`` packets waiting in its
 Engine.IO queue (a polling client that stopped polling) is closed by the fast
 path too.
-
-For a pub/sub manager (Redis), :func:`fast_manager` mixes this class in below
-it, so the pub/sub ``emit``'s local delivery (``super(AsyncPubSubManager).emit``)
-lands here: ``FastAsyncRedisManager -> AsyncRedisManager -> AsyncPubSubManager
--> FastEmitManager -> AsyncManager``.
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ import tornado.websocket
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from .sioserver import queue_backlogged
-from .transport import close_session
+from ..rooms import Room
+from ..sioserver import queue_backlogged
+from ..transport import close_session
 
-log = logging.getLogger("collab.fanout")
+log = logging.getLogger("collab.broadcast")
 
 #: default cap on one WebSocket's unsent bytes held by the server
 DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
@@ -95,38 +98,58 @@ def _queue_busy(queue: Any) -> bool:
     return getattr(queue, "_unfinished_tasks", 1) != 0
 
 
-class FastEmitManager(socketio.AsyncManager):
-    """An ``AsyncManager`` whose callback-less emits skip per-recipient tasks."""
+class LocalBroadcaster(socketio.AsyncManager):
+    """The client manager of one node: room broadcasts reach this node's clients."""
 
-    compression = False
-    max_queued = DEFAULT_MAX_QUEUED
-    on_slow_consumer: SlowConsumerHook = staticmethod(_ignore)
     direct_writes = 0
     queued_writes = 0
     flushed_writes = 0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.configure()
-
-    def configure(self, compression: bool = False, max_queued: int = DEFAULT_MAX_QUEUED,
-                  on_slow_consumer: SlowConsumerHook = _ignore) -> None:
-        """Set the options; also what makes an existing manager (class swapped) usable."""
+    def __init__(self, *, fast: bool = True, compression: bool = False,
+                 max_queued: int = DEFAULT_MAX_QUEUED,
+                 on_slow_consumer: SlowConsumerHook = _ignore) -> None:
+        super().__init__()
+        #: whether emits take the fast path at all (the ``fast_broadcast`` setting)
+        self.fast = fast
         self.compression = compression
         self.max_queued = max_queued
         self.on_slow_consumer = on_slow_consumer
-        if "ws_handlers" not in self.__dict__:
-            #: eio sid -> Tornado handler, for connections upgraded from polling (set once
-            #: Engine.IO has accepted the upgrade, see bounded_handler)
-            self.ws_handlers: dict[str, Any] = {}
-            #: eio sid -> (handler, WebSocket connection), found once per connection
-            self.sinks: dict[str, tuple[Any, Any]] = {}
-            #: WebSocket connection -> [handler, frames...] waiting for this pass's flush
-            self.corked: dict[Any, list[Any]] = {}
-            self.flush_scheduled = False
-            #: eio sid -> the task closing it for too many queued packets: one close
-            #: (and one count) however many broadcasts find it full meanwhile
-            self.closing: dict[str, asyncio.Future[Any]] = {}
+        #: eio sid -> Tornado handler, for connections upgraded from polling (set once
+        #: Engine.IO has accepted the upgrade, see bounded_handler)
+        self.ws_handlers: dict[str, Any] = {}
+        #: eio sid -> (handler, WebSocket connection), found once per connection
+        self.sinks: dict[str, tuple[Any, Any]] = {}
+        #: WebSocket connection -> [handler, frames...] waiting for this pass's flush
+        self.corked: dict[Any, list[Any]] = {}
+        self.flush_scheduled = False
+        #: eio sid -> the task closing it for too many queued packets: one close
+        #: (and one count) however many broadcasts find it full meanwhile
+        self.closing: dict[str, asyncio.Future[Any]] = {}
+
+    # -- what the app asks of every broadcaster ----------------------------
+
+    async def start(self) -> None:
+        """Get ready before the first client connects (nothing to do on one node)."""
+
+    async def close(self) -> None:
+        """Release what the broadcaster holds (nothing on one node)."""
+
+    @property
+    def publishing(self) -> bool:
+        """Whether other nodes hear this one's broadcasts now (there are none)."""
+        return True
+
+    async def revoke(self, room: Room, user_id: str) -> bool:
+        """Have every other node take ``user_id`` out of ``room``: none to tell."""
+        return True
+
+    async def broadcast(self, room: Room, event: str, data: Any, *,
+                        position: int | None = None, skip_sid: Any = None) -> None:
+        """Send ``event`` to the room's members; ``position`` orders a stored item's
+        broadcasts across nodes (one node delivers them in call order already)."""
+        await self.emit(event, data, "/", room=room.name, skip_sid=skip_sid)
+
+    # -- local delivery ----------------------------------------------------
 
     def websocket_for(self, eio_sid: str) -> Any:
         """The open Tornado WebSocket handler carrying ``eio_sid``, or None."""
@@ -149,7 +172,7 @@ class FastEmitManager(socketio.AsyncManager):
                    skip_sid: Any = None, callback: Any = None, to: Any = None,
                    **kwargs: Any) -> None:
         room = to or room
-        if callback is not None or namespace not in self.rooms:
+        if not self.fast or callback is not None or namespace not in self.rooms:
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
                                       callback=callback, **kwargs)
         if isinstance(data, tuple):
@@ -319,50 +342,17 @@ def _overflow(handler: Any, conn: Any, on_slow_consumer: SlowConsumerHook) -> No
     on_slow_consumer()
 
 
-_FAST_CLASSES: dict[type, type] = {}
-
-
-def fast_class(cls: type) -> type:
-    """``cls`` with :class:`FastEmitManager` mixed in below it (cached)."""
-    if issubclass(cls, FastEmitManager):
-        return cls
-    if cls is socketio.AsyncManager:
-        return FastEmitManager
-    if cls not in _FAST_CLASSES:
-        _FAST_CLASSES[cls] = type(f"Fast{cls.__name__}", (cls, FastEmitManager), {})
-    return _FAST_CLASSES[cls]
-
-
-def fast_manager(manager: socketio.AsyncManager | None, compression: bool = False,
-                 max_queued: int = DEFAULT_MAX_QUEUED,
-                 on_slow_consumer: SlowConsumerHook = _ignore) -> FastEmitManager:
-    """The fast equivalent of a client manager (None means the default one).
-
-    An existing manager (e.g. the Redis registry's ``AsyncRedisManager``) keeps its
-    state and gets the fast local delivery by becoming an instance of its fast
-    subclass; nothing it was constructed with changes.
-    """
-    if manager is None:
-        manager = FastEmitManager()
-    else:
-        manager.__class__ = fast_class(type(manager))
-    assert isinstance(manager, FastEmitManager)
-    manager.configure(compression=compression, max_queued=max_queued,
-                      on_slow_consumer=on_slow_consumer)
-    return manager
-
-
 def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BUFFER,
                     on_slow_consumer: SlowConsumerHook = _ignore) -> type:
     """python-socketio's Tornado handler with a capped send buffer per WebSocket (and
     TCP_NODELAY, as Node's socket.io has).
 
-    It also tells a :class:`FastEmitManager` which WebSocket carries a
+    It also tells a :class:`LocalBroadcaster` which WebSocket carries a
     connection that was upgraded from long-polling, once Engine.IO has
     accepted it as that connection's upgrade; the ``sid`` in its query string
     alone proves nothing (anyone who saw a polling URL knows it).
     """
-    fast = manager if isinstance(manager, FastEmitManager) else None
+    fast = manager if isinstance(manager, LocalBroadcaster) and manager.fast else None
 
     class BoundedHandler(base):  # type: ignore[misc, valid-type]
         _eio_sid: str | None = None

@@ -1,4 +1,4 @@
-"""Room broadcasts with and without the fast path (collab/fanout.py): exactly once, in
+"""Room broadcasts with and without the fast path (collab/broadcast/local.py): exactly once, in
 order, ordered with acks on the same connection, mixed transports, slow consumers."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from conftest import cancel_leftover_tasks
 from harness import WAIT, Harness, make_settings, make_token, scrape
 from rawsocket import RawSocket
 
-from collab.fanout import FastEmitManager, ws_text_frame
+from collab.broadcast.local import ws_text_frame
 from collab.server import Server
 
 
@@ -30,7 +30,8 @@ def settings(request):
 
 
 def check_manager(server, settings) -> None:
-    assert isinstance(server.app.sio.manager, FastEmitManager) == settings.fast_broadcast
+    assert server.app.sio.manager is server.app.broadcaster
+    assert server.app.broadcaster.fast == settings.fast_broadcast
 
 
 async def make_chat(owner, members: list[str]) -> str:

@@ -1,0 +1,36 @@
+"""What a broadcaster that spans nodes asks of the node it runs in."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from .holdback import PositionLookup
+
+#: ``(room name, user_id)``: take this node's connections of the user out of the room
+RevokeHandler = Callable[[str, str], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _no_position(room: str) -> int | None:
+    return None
+
+
+async def _no_revocation(room: str, user_id: str) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeHooks:
+    """The node's answers to the broadcaster's questions, given at construction."""
+
+    #: where a room's positioned broadcasts stand (read when its first local client enters)
+    room_position: PositionLookup = _no_position
+    #: another node revoked a user's access to a room
+    revoked: RevokeHandler = _no_revocation
+    #: the broadcaster was cut off from Redis and is back: what was published meanwhile
+    #: (revocations too) is lost, so the node checks who may still be in its rooms
+    resubscribed: Callable[[], Awaitable[None]] = _nothing

@@ -1,0 +1,202 @@
+"""Rooms and presence: who is in which room, on this node and across nodes.
+
+A connection is in a room twice over: in python-socketio's room on this node
+(what broadcasts reach) and in the registry (what ``users`` lists and what
+decides ``user:joined`` / ``user:left`` across nodes). :class:`Membership`
+keeps the two together, and takes users out when their access is revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from .broadcast import Broadcasts, LocalBroadcaster
+from .connection import Connection
+from .errors import CollabError, ErrorCode, PermissionDenied, Unavailable
+from .registry.base import Registry
+from .rooms import KINDS, Room
+from .store.base import Store
+
+log = logging.getLogger("collab")
+
+
+class Membership:
+    """Room entry and exit, presence announcements and revocation for one node."""
+
+    def __init__(self, sio: Any, broadcaster: LocalBroadcaster, broadcasts: Broadcasts,
+                 registry: Registry, store: Store,
+                 connections: Mapping[str, Connection]) -> None:
+        self._sio = sio
+        self._broadcaster = broadcaster
+        self._broadcasts = broadcasts
+        self._registry = registry
+        self._store = store
+        self._connections = connections
+
+    async def join(
+        self, conn: Connection, room: Room, load: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Enter a room, then ``load`` what the join returns; undo the entry if that fails.
+
+        Entering before loading means no broadcast can fall between the two.
+        The user is announced only once the join has succeeded, and only if
+        this is their first connection in the room.
+        """
+        rejoin = room.name in self._sio.rooms(conn.sid)
+        await self._sio.enter_room(conn.sid, room.name)
+        try:
+            first = await self._registry.join(conn.sid, room.name)
+            result = await load()
+            users = await self._registry.room_users(room.name)
+            if not self.contains(conn.sid, room):
+                # revoked meanwhile (``load`` checks the role again once the connection
+                # is in the room, so a revocation cannot fall between check and entry)
+                raise PermissionDenied(f"Access was revoked while joining {room.name!r}")
+        except BaseException:
+            if not rejoin or not self.contains(conn.sid, room):
+                await self._sio.leave_room(conn.sid, room.name)
+                with contextlib.suppress(CollabError):
+                    await self._registry.leave(conn.sid, room.name)
+            raise
+        if first:
+            await self._broadcasts.send(
+                room, "user:joined", room.presence(conn.user_id), skip_sid=conn.sid)
+        return {**result, "users": users}
+
+    async def leave(self, conn: Connection, room: Room) -> None:
+        gone = await self._registry.leave(conn.sid, room.name)
+        await self._sio.leave_room(conn.sid, room.name)
+        if gone:
+            await self._broadcasts.send(room, "user:left", room.presence(conn.user_id))
+
+    async def disconnected(self, sid: str) -> None:
+        """``sid`` is gone: announce ``user:left`` where it was its user's last connection."""
+        try:
+            gone = await self._registry.remove_connection(sid)
+        except CollabError:
+            log.warning("registry unavailable while removing %s", sid)
+            return
+        for name, user_id in gone:
+            if (room := Room.parse(name)) is not None:
+                await self._broadcasts.send(room, "user:left", room.presence(user_id))
+
+    async def announce_presence(
+        self, event: str, room: str, user_id: str, skip_sids: list[str] | None = None
+    ) -> None:
+        """Send ``user:joined`` / ``user:left`` for a change no event caused (a node died)."""
+        if (parsed := Room.parse(room)) is not None:
+            await self._broadcasts.send(parsed, event, parsed.presence(user_id),
+                                        skip_sid=skip_sids or None)
+
+    async def room_position(self, room: str) -> int | None:
+        """A chat's newest seq or a document's version: where its broadcasts stand."""
+        parsed = Room.parse(room)
+        if parsed is None:
+            return None
+        if parsed.kind == "chat":
+            latest, _ = await self._store.messages_before(parsed.id, None, 1)
+            return latest[-1]["seq"] if latest else 0
+        document = await self._store.get_document(parsed.id)
+        return document["version"] if document else None
+
+    def local_rooms(self) -> dict[str, int]:
+        """Rooms with at least one member on this node, by kind (read at each scrape)."""
+        counts = dict.fromkeys(KINDS, 0)
+        for room, members in self._broadcaster.rooms.get("/", {}).items():
+            # python-socketio also keeps a room per sid (holding that sid) and one for
+            # everyone (None); a sid may contain "_"
+            if not members or room in members or (parsed := Room.parse(room)) is None:
+                continue
+            counts[parsed.kind] += 1
+        return counts
+
+    def contains(self, sid: str, room: Room) -> bool:
+        return sid in self._broadcaster.rooms.get("/", {}).get(room.name, ())
+
+    # -- revocation --------------------------------------------------------
+
+    def check_can_revoke(self) -> None:
+        """Raise :class:`Unavailable` unless a revocation would reach every node.
+
+        Called before the role is removed, so that a refusal changes nothing.
+        """
+        if not self._broadcaster.publishing:
+            raise Unavailable("Other nodes cannot be told of the change now; retry")
+
+    async def revoke(self, room: Room, user_id: str) -> None:
+        """Take every connection of ``user_id`` out of ``room``, on every node.
+
+        For a user whose access was removed from the store. Here at once; the
+        other nodes before any broadcast published after this returns. If Redis
+        fails in between, :class:`Unavailable` asks the caller to retry (which
+        is safe: the role is already gone, the revocation is sent again).
+        """
+        await self.take_out(room, user_id)
+        if not await self._broadcaster.revoke(room, user_id):
+            raise Unavailable("Access was removed, but not every node was told; retry")
+
+    async def revoked_elsewhere(self, name: str, user_id: str) -> None:
+        """Another node revoked ``user_id``'s access to the room named ``name``."""
+        if (room := Room.parse(name)) is not None:
+            await self.take_out(room, user_id)
+
+    async def recheck_access(self) -> None:
+        """Take out of each document room here whoever lost access to the document.
+
+        Run when this node gets its Redis channels back: a revocation published while
+        it was cut off never reaches it. One role look-up per user and room hosted
+        here. (Chats have no removal yet.)
+        """
+        delay = 0.5
+        while True:
+            try:
+                for name, sids in list(self._broadcaster.rooms.get("/", {}).items()):
+                    room = Room.parse(name)
+                    if room is None or room.kind != "document":
+                        continue
+                    users = {conn.user_id for sid in list(sids)
+                             if (conn := self._connections.get(sid)) is not None
+                             and not conn.identity.is_admin}
+                    for user_id in users:
+                        if await self._store.get_document_role(room.id, user_id) is None:
+                            await self.take_out(room, user_id)
+                return
+            except CollabError:  # the store is out too: all of it again, once it answers
+                log.warning("store unavailable while checking access after an outage; "
+                            "retrying in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def take_out(self, room: Room, user_id: str) -> None:
+        """Take this node's connections of ``user_id`` out of ``room``: access revoked.
+
+        Each leaves the Socket.IO room before anything else can be sent to it, is
+        told with an ``error`` (``PERMISSION_DENIED``), and leaves the registry's
+        presence: the node holding the user's last connection there announces
+        ``user:left``, as for a leave. Connections with an admin token keep their
+        access, so they stay.
+        """
+        sids = [sid for sid, _ in self._broadcaster.get_participants("/", room.name)
+                if (conn := self._connections.get(sid)) is not None
+                and conn.user_id == user_id and not conn.identity.is_admin]
+        if not sids:
+            return
+        error = CollabError(ErrorCode.PERMISSION_DENIED,
+                            f"Access to {room.kind} {room.id!r} was revoked",
+                            room.subject).to_dict()
+        for sid in sids:
+            await self._sio.leave_room(sid, room.name)
+        for sid in sids:
+            await self._sio.emit("error", error, to=sid)
+        for sid in sids:
+            try:
+                gone = await self._registry.leave(sid, room.name)
+            except CollabError:
+                log.warning("registry unavailable while revoking %s in %s", sid, room)
+                continue
+            if gone:
+                await self._broadcasts.send(room, "user:left", room.presence(user_id))

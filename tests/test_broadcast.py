@@ -1,0 +1,311 @@
+"""The broadcast layer across nodes (collab/broadcast/): a channel per room, so a node
+receives only the rooms it hosts; subscriptions that race joins and leaves; Redis
+restarts; the bytes between nodes.
+
+In-process nodes on a real redis-server; "another node" is either a second
+in-process node or :class:`~harness.OtherNode` publishing on a room's channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from conftest import cancel_leftover_tasks
+from harness import WAIT, Harness, OtherNode, make_settings, scrape, scraped
+from services import RedisServer
+
+from collab.broadcast.wire import EMIT, REVOKE, VERSION, Envelope, channel_for
+from collab.server import Server
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.contextmanager
+def nodes(io_loop, redis_url: str, storage_url: str, count: int) -> Iterator[list[Harness]]:
+    """``count`` in-process nodes sharing one Redis and one store."""
+    servers: list[Harness] = []
+    try:
+        for _ in range(count):
+            settings = make_settings(registry_url=redis_url, storage_url=storage_url,
+                                     node_id=unique("node"), rate_limit_per_second=0)
+            servers.append(Harness(io_loop.run_sync(lambda s=settings: Server.start(s))))
+        yield servers
+    finally:
+        for harness in servers:
+            io_loop.run_sync(harness.close_clients)
+            io_loop.run_sync(harness.server.stop)
+        io_loop.run_sync(cancel_leftover_tasks)
+
+
+@pytest.fixture
+def pair(io_loop, redis_url, mongo_db):
+    with nodes(io_loop, redis_url, mongo_db, 2) as servers:
+        yield servers
+
+
+@pytest.fixture
+def node(io_loop, redis_url, mongo_db):
+    with nodes(io_loop, redis_url, mongo_db, 1) as servers:
+        yield servers[0]
+
+
+@pytest.fixture
+def other(io_loop, redis_url):
+    other = OtherNode(redis_url)
+    yield other
+    io_loop.run_sync(other.close)
+
+
+RECEIVED = 'collab_pubsub_messages_received_total{kind="%s"}'
+PUBLISHED = 'collab_pubsub_messages_published_total{kind="%s"}'
+CHANNELS = "collab_pubsub_channels"
+
+
+async def subscribers(redis_url: str, room: str) -> int:
+    """How many connections Redis has subscribed to ``room``'s channel."""
+    client = aioredis.from_url(redis_url)
+    try:
+        [(_, count)] = await client.pubsub_numsub(channel_for(room))
+        return count
+    finally:
+        await client.aclose()
+
+
+async def until_subscribers(redis_url: str, room: str, count: int) -> None:
+    """Unsubscribing happens after the leave's ack, with no event to await: poll Redis."""
+    deadline = time.monotonic() + WAIT
+    while (got := await subscribers(redis_url, room)) != count:
+        assert time.monotonic() < deadline, f"{room}: {got} subscribers, not {count}"
+        await asyncio.sleep(0.01)
+
+
+async def chat(owner, *members: str) -> str:
+    chat_id = unique("chat")
+    await owner.ok("chat:create", {"chat_id": chat_id, "members": list(members)})
+    return chat_id
+
+
+# -- isolation ---------------------------------------------------------------
+
+
+async def test_a_node_receives_nothing_of_a_room_it_hosts_no_member_of(pair, redis_url):
+    a, b = pair
+    alice, carol = await a.connect("alice"), await a.connect("carol")
+    bob = await b.connect("bob")
+    busy = await chat(alice)  # only ever on node A
+    quiet = await chat(alice, "bob", "carol")  # bob's, on node B
+    await alice.ok("chat:join", {"chat_id": busy})
+    await bob.ok("chat:join", {"chat_id": quiet})
+    assert await subscribers(redis_url, f"chat_{busy}") == 1  # node A alone
+    assert (await scrape(b.url))[CHANNELS] == 1
+    before_b, before_a = await scrape(b.url), await scrape(a.url)
+
+    for i in range(20):
+        await alice.ok("chat:message", {"chat_id": busy, "content": f"m{i}"})
+    # one message in bob's room after them: one Redis connection delivers in publish
+    # order, so had node B been subscribed to the busy room, those 20 came first
+    await carol.ok("chat:join", {"chat_id": quiet})
+    assert await bob.next("user:joined") == {"user_id": "carol", "chat_id": quiet}
+    sent = await carol.ok("chat:message", {"chat_id": quiet, "content": "hello bob"})
+    assert await bob.next("chat:message") == {"message": sent["message"]}
+
+    after_b, after_a = await scrape(b.url), await scrape(a.url)
+    assert after_b[RECEIVED % "broadcast"] - before_b[RECEIVED % "broadcast"] == 1
+    assert after_b[RECEIVED % "presence"] - before_b[RECEIVED % "presence"] == 1
+    assert after_a[PUBLISHED % "broadcast"] - before_a[PUBLISHED % "broadcast"] == 21
+    # node A hears node B about the quiet room only (nothing, here: B sent nothing)
+    assert after_a[RECEIVED % "broadcast"] == before_a[RECEIVED % "broadcast"]
+
+    # bob enters the busy room: node B subscribes, and from then on hears it
+    await alice.ok("chat:invite", {"chat_id": busy, "user_id": "bob"})
+    await bob.ok("chat:join", {"chat_id": busy})
+    assert await alice.next("user:joined") == {"user_id": "bob", "chat_id": busy}
+    assert await subscribers(redis_url, f"chat_{busy}") == 2
+    assert (await scrape(b.url))[CHANNELS] == 2
+    sent = await alice.ok("chat:message", {"chat_id": busy, "content": "now bob too"})
+    assert await bob.next("chat:message") == {"message": sent["message"]}
+    assert (await scrape(b.url))[RECEIVED % "broadcast"] - after_b[RECEIVED % "broadcast"] == 1
+
+    # and leaves it: node B unsubscribes (Redis is asked after the leave's ack)
+    await bob.ok("chat:leave", {"chat_id": busy})
+    await until_subscribers(redis_url, f"chat_{busy}", 1)
+    assert await scraped(b.url, CHANNELS, 1) == 1
+
+
+async def test_a_disconnect_unsubscribes_the_rooms_it_was_the_last_member_of(node, redis_url):
+    alice, bob = await node.connect("alice"), await node.connect("bob")
+    chat_id = await chat(alice, "bob")
+    document_id = unique("doc")
+    await alice.ok("documents:create", {"document_id": document_id})
+    await alice.ok("chat:join", {"chat_id": chat_id})
+    await alice.ok("documents:join", {"document_id": document_id})
+    await bob.ok("chat:join", {"chat_id": chat_id})
+    await alice.disconnect()
+    await until_subscribers(redis_url, f"document_{document_id}", 0)
+    assert await subscribers(redis_url, f"chat_{chat_id}") == 1  # bob is still there
+    await bob.disconnect()
+    await until_subscribers(redis_url, f"chat_{chat_id}", 0)
+    assert node.app.broadcaster.subscribed_rooms == set()
+    assert node.app.broadcaster.holdback.rooms == {}
+
+
+# -- races -------------------------------------------------------------------
+
+
+async def test_rejoining_while_the_unsubscribe_is_in_flight_misses_nothing(node, other,
+                                                                           redis_url):
+    """Leave (the node starts unsubscribing), join again at once (it must subscribe again,
+    after the unsubscribe): a broadcast published after the join's ack arrives, every
+    round, and Redis ends with exactly the subscriptions the members need."""
+    alice, bob = await node.connect("alice"), await node.connect("bob")
+    chat_id = await chat(alice, "bob")
+    room = f"chat_{chat_id}"
+    for round_ in range(40):
+        client = (alice, bob)[round_ % 2]
+        await client.ok("chat:join", {"chat_id": chat_id})
+        await client.ok("chat:leave", {"chat_id": chat_id})
+        if round_ % 3:  # and sometimes a leave that Redis has already seen
+            await until_subscribers(redis_url, room, 0)
+        await client.ok("chat:join", {"chat_id": chat_id})
+        marker = {"chat_id": chat_id, "user_id": "zoe", "typing": round_ % 2 == 0,
+                  "round": round_}
+        await other.emit("chat:typing", marker, room)
+        assert await client.next("chat:typing") == marker
+        await client.ok("chat:leave", {"chat_id": chat_id})
+    await until_subscribers(redis_url, room, 0)
+    assert await scraped(node.url, CHANNELS, 0) == 0
+
+
+async def test_concurrent_first_joins_read_the_position_once(node, other):
+    """Three clients enter an empty room at once: one subscription, one position read,
+    and the broadcasts after it arrive in order at all three."""
+    clients = [await node.connect(user) for user in ("alice", "bob", "carol")]
+    chat_id = await chat(clients[0], "bob", "carol")
+    reads = 0
+    position = node.app.membership.room_position
+
+    async def counted(room: str) -> int | None:
+        nonlocal reads
+        reads += 1
+        return await position(room)
+
+    node.app.membership.room_position = counted
+    await asyncio.gather(*(c.ok("chat:join", {"chat_id": chat_id}) for c in clients))
+    assert reads == 1
+    for seq in (2, 1, 3):
+        await other.chat_message(chat_id, seq)
+    for client in clients:
+        assert [(await client.next("chat:message"))["message"]["seq"]
+                for _ in range(3)] == [1, 2, 3]
+
+
+# -- Redis restarts ----------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    redis = RedisServer(tmp_path)
+    if redis.external:
+        pytest.skip("COLLAB_TEST_REDIS_URL is set: cannot restart that Redis")
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def restarted_node(io_loop, private_redis, mongo_db):
+    with nodes(io_loop, private_redis.url, mongo_db, 1) as servers:
+        yield servers[0]
+
+
+async def test_after_a_redis_restart_every_hosted_room_is_subscribed_again(
+        restarted_node, private_redis):
+    node = restarted_node
+    alice = await node.connect("alice")
+    chat_id = await chat(alice)
+    document_id = unique("doc")
+    await alice.ok("documents:create", {"document_id": document_id})
+    await alice.ok("chat:join", {"chat_id": chat_id})
+    await alice.ok("documents:join", {"document_id": document_id})
+
+    private_redis.restart()  # comes back empty: no subscriptions, no data
+    for room in (f"chat_{chat_id}", f"document_{document_id}"):
+        await until_subscribers(private_redis.url, room, 1)
+    other = OtherNode(private_redis.url)
+    try:
+        typing = {"chat_id": chat_id, "user_id": "zoe", "typing": True}
+        await other.emit("chat:typing", typing, f"chat_{chat_id}")
+        assert await alice.next("chat:typing") == typing
+        # ordered delivery goes on from the room's position (version 0 here)
+        document = {"id": document_id, "title": "", "content": "1", "version": 1,
+                    "created_by": "alice", "created_at": "", "updated_by": "zoe",
+                    "updated_at": ""}
+        await other.emit("documents:updated", {"document": document, "user_id": "zoe"},
+                         f"document_{document_id}", 1)
+        assert (await alice.next("documents:updated"))["document"]["version"] == 1
+    finally:
+        await other.close()
+
+
+# -- the bytes between nodes -------------------------------------------------
+
+
+def test_an_envelope_round_trips_with_attachments_and_odd_ids():
+    envelope = Envelope("host\n1", EMIT, 'room_"x"\n', 7, ("sid1", "sid2"), "documents:x",
+                        '451-["documents:x",{"_placeholder":true,"num":0}]',
+                        (b"\x00\xff\n", b""))
+    data = envelope.encode()
+    assert data.count(b"\n") == 1  # the header is one line whatever the ids hold
+    assert Envelope.decode(data) == envelope
+    revoke = Envelope("h", REVOKE, "document_d", user_id="bob")
+    assert Envelope.decode(revoke.encode()) == revoke
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"no newline", b"not json\n", b"[1,2]\n", b'{"h":"x"}\n',
+    b'{"h":"x","v":%d,"k":"emit","r":"chat_c"}\n' % (VERSION + 1),  # a newer node
+    b'{"h":"x","v":1,"k":"shout","r":"chat_c"}\n',
+    b'{"h":"x","v":1,"k":"emit","r":"chat_c","p":true}\n',
+    b'{"h":"x","v":1,"k":"emit","r":"chat_c","p":"5"}\n',
+    b'{"h":"x","v":1,"k":"emit","r":"chat_c","s":[1]}\n',
+    b'{"h":"x","v":1,"k":"emit","r":"chat_c","a":["!!"]}\n',
+    b'{"h":"x","v":1,"k":"emit","r":"chat_c"}\n\xff\xfe',
+])
+def test_what_is_not_an_envelope_is_ignored(data):
+    assert Envelope.decode(data) is None
+
+
+async def test_garbage_on_a_room_channel_is_ignored_and_delivery_goes_on(node, other,
+                                                                         redis_url):
+    alice = await node.connect("alice")
+    chat_id = await chat(alice)
+    await alice.ok("chat:join", {"chat_id": chat_id})
+    client = aioredis.from_url(redis_url)
+    try:
+        for junk in (b"junk", b'{"h":"x","v":1}\nzz', b"\xff" * 100):
+            await client.publish(channel_for(f"chat_{chat_id}"), junk)
+    finally:
+        await client.aclose()
+    typing = {"chat_id": chat_id, "user_id": "zoe", "typing": True}
+    await other.emit("chat:typing", typing, f"chat_{chat_id}")
+    assert await alice.next("chat:typing") == typing
+
+
+async def test_binary_payloads_cross_nodes(node, other):
+    """Socket.IO binary attachments (the Yjs updates of live documents) survive the trip."""
+    alice = await node.connect("alice")
+    document_id = unique("doc")
+    await alice.ok("documents:create", {"document_id": document_id})
+    await alice.ok("documents:join", {"document_id": document_id})
+    payload = {"document_id": document_id, "update": bytes(range(256)) * 3}
+    await other.emit("documents:yupdate", payload, f"document_{document_id}")
+    got = await alice.next("documents:yupdate")
+    assert got == payload
