@@ -25,10 +25,16 @@ function rssKiB(pid) {
 function selfCpu() { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; }
 function pct(sorted, p) { return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : null; }
 
+// member i of a room connects to urls[i % urls.length] (cfg.urls: members split over
+// several nodes); everything else, and the posters, to cfg.url
+// token i + cfg.offset: a second load generator runs as other users
+const OFFSET = cfg.offset || 0;
+const urlOf = (i) => (cfg.urls && cfg.urls.length ? cfg.urls[i % cfg.urls.length] : cfg.url);
+
 function connectOne(i) {
   return new Promise((resolve, reject) => {
-    const s = io(cfg.url, {
-      transports: ["websocket"], auth: { token: tokens[i] }, forceNew: true,
+    const s = io(urlOf(i), {
+      transports: ["websocket"], auth: { token: tokens[OFFSET + i] }, forceNew: true,
       reconnection: false, timeout: 20000,
     });
     s.once("connect", () => resolve(s));
@@ -55,7 +61,7 @@ class RawClient {
 
 function connectRaw(i) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(cfg.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket",
+    const ws = new WebSocket(urlOf(i).replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket",
                              { perMessageDeflate: false });
     const client = new RawClient(ws);
     const fail = (e) => { ws.terminate(); reject(e instanceof Error ? e : new Error(String(e))); };
@@ -73,7 +79,7 @@ function connectRaw(i) {
       }
       if (s.startsWith("40")) { ws.off("error", fail); ws.on("error", () => {}); resolve(client); return; }
       if (s.startsWith("44")) { fail(new Error("connect_error " + s)); return; }
-      if (s.startsWith("0")) { ws.send("40" + JSON.stringify({ token: tokens[i] })); return; }
+      if (s.startsWith("0")) { ws.send("40" + JSON.stringify({ token: tokens[OFFSET + i] })); return; }
     });
   });
 }
@@ -160,12 +166,12 @@ async function fanout() {
   } else {
     for (const s of sockets.slice(0, posters)) for (let w = 0; w < window; w++) loops.push(post(s));
   }
-  const { dt, serverCpu, loadCpu } = await measure(run, loops, sockets);
+  const { dt, serverCpu, loadCpu, watchCpu } = await measure(run, loops, sockets);
   lat.sort((a, b) => a - b);
   return {
     deliveries_per_s: deliveries / dt, posts_per_s: posted / dt, failures,
     p50_ms: pct(lat, 0.5), p99_ms: pct(lat, 0.99),
-    server_cpu: serverCpu, load_cpu: loadCpu,
+    server_cpu: serverCpu, load_cpu: loadCpu, watch_cpu: watchCpu,
   };
 }
 
@@ -233,17 +239,45 @@ async function measure(run, loops, sockets) {
   return window;
 }
 
-// Await ``during`` and measure its wall time and the CPU the server and we spent.
+// Await ``during`` and measure its wall time and the CPU the server and we spent (and
+// the processes of cfg.watch_pids: the other nodes of a scale-out run).
 async function cpuWindow(during) {
+  const watch = cfg.watch_pids || [];
   const c0 = cpuSeconds(cfg.server_pid), l0 = selfCpu(), t0 = performance.now();
+  const w0 = watch.map(cpuSeconds);
   const value = await during();
   const dt = (performance.now() - t0) / 1000;
   return {
     dt, value, serverCpu: (cpuSeconds(cfg.server_pid) - c0) / dt, loadCpu: (selfCpu() - l0) / dt,
+    watchCpu: watch.map((pid, i) => (cpuSeconds(pid) - w0[i]) / dt),
   };
 }
 
-const workloads = { fanout, docs, idle, storm };
+// Hold cfg.clients members in cfg.rooms chats of their own (on cfg.url) until stdin
+// closes: the rooms a node hosts beside somebody else's busy one (bench/scaleout.py).
+async function hold() {
+  const sockets = await connectMany(cfg.clients, 50, RAW);
+  const per = Math.ceil(cfg.clients / cfg.rooms);
+  for (let r = 0; r < cfg.rooms; r++) {
+    const members = sockets.slice(r * per, (r + 1) * per);
+    if (!members.length) break;
+    const created = await call(members[0], "chat:create", {
+      title: `held ${r}`,
+      members: cfg.users.slice(OFFSET + r * per + 1, OFFSET + (r + 1) * per),
+    });
+    if (!created.ok) throw new Error(JSON.stringify(created));
+    for (const s of members) {
+      const j = await call(s, "chat:join", { chat_id: created.chat.id });
+      if (!j.ok) throw new Error(JSON.stringify(j));
+    }
+  }
+  console.log("READY");
+  await new Promise((resolve) => { process.stdin.on("end", resolve); process.stdin.resume(); });
+  closeAll(sockets);
+  return { held: sockets.length };
+}
+
+const workloads = { fanout, docs, idle, storm, hold };
 try {
   const result = await workloads[cfg.workload]();
   console.log(JSON.stringify(result));

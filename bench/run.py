@@ -68,7 +68,8 @@ COMPARE: dict[str, str] = {}
 
 
 class Running:
-    def __init__(self, name: str, secret: str, workdir: Path) -> None:
+    def __init__(self, name: str, secret: str, workdir: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
         env = dict(os.environ)
@@ -93,6 +94,7 @@ class Running:
                 "PYTHONPATH": os.pathsep.join(
                     p for p in (os.environ.get("BENCH_PYTHONPATH", ""),
                                 COMPARE.get(name, str(ROOT))) if p),
+                **(extra_env or {}),
             })
             cmd = [PY, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         elif name == "bare-py":
