@@ -18,12 +18,12 @@ import os
 import re
 import secrets
 import socket
-import sys
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomllib
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -44,11 +44,6 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from .urls import redacted, scrubbed
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ENV_PREFIX = "COLLAB_"
 #: environment variables with our prefix that are not settings: the file to read, and

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pymongo
 import pytest
-from harness import Harness, make_settings
+from harness import Harness, YjsPeer, make_settings
 
 from collab.server import Server
 
@@ -32,6 +32,14 @@ def running_server(io_loop, settings):
 @pytest.fixture
 def server(io_loop, settings):
     yield from running_server(io_loop, settings)
+
+
+@pytest.fixture(scope="module")
+def yjs() -> Iterator[YjsPeer]:
+    """Real yjs and y-protocols in one Node process, shared by a test module."""
+    peer = YjsPeer()
+    yield peer
+    peer.close()
 
 
 async def cancel_leftover_tasks():

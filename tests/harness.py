@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import redis.asyncio as aioredis
 import socketio
 from tornado.httpclient import AsyncHTTPClient
@@ -215,3 +222,59 @@ class OtherNode:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+def node_or_skip(package: str) -> str:
+    """The ``node`` binary, once ``tests/js/node_modules/<package>`` is installed.
+
+    Without them the test fails in CI (CI=true) and is skipped elsewhere.
+    """
+    node = shutil.which("node")
+    missing = None
+    if node is None:
+        missing = "node is not installed"
+    elif not (JS_DIR / "node_modules" / package).is_dir():
+        missing = "tests/js/node_modules is missing: run `npm ci --prefix tests/js`"
+    if missing is None:
+        return node
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"JavaScript interop cannot run in CI: {missing}")
+    pytest.skip(missing)
+
+
+class YjsPeer:
+    """Real ``yjs`` and ``y-protocols`` in a Node process (tests/js/yjs_peer.mjs).
+
+    ``call(op, **fields)`` sends one request and returns its answer; ``bytes`` fields go
+    as base64 and the answer's ``update`` / ``state_vector`` come back as ``bytes``.
+    Synchronous: the tests that use it have no event loop to keep serving.
+    """
+
+    def __init__(self) -> None:
+        node = node_or_skip("yjs")
+        self.proc = subprocess.Popen(
+            [node, str(JS_DIR / "yjs_peer.mjs")], cwd=JS_DIR, text=True, encoding="utf-8",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        request = {"op": op}
+        for key, value in fields.items():
+            request[key] = base64.b64encode(value).decode() if isinstance(value, bytes) else value
+        # ensure_ascii: lone surrogates travel as \uXXXX escapes, which JSON.parse keeps
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"yjs_peer.mjs exited ({self.proc.poll()})"
+        answer = json.loads(line)
+        assert answer.pop("ok") is True, answer.get("error")
+        for key in ("update", "state_vector"):
+            if isinstance(answer.get(key), str):
+                answer[key] = base64.b64decode(answer[key])
+        return answer
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)

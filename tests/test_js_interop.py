@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-from pathlib import Path
 
-import pytest
-from harness import make_token
+from harness import JS_DIR, make_token, node_or_skip
 
-JS_DIR = Path(__file__).parent / "js"
 SCRIPT = JS_DIR / "interop.mjs"
 
 EXPECTED_CHECKS = [
@@ -39,22 +35,8 @@ EXPECTED_CHECKS = [
 ]
 
 
-def node_or_skip() -> str:
-    node = shutil.which("node")
-    missing = None
-    if node is None:
-        missing = "node is not installed"
-    elif not (JS_DIR / "node_modules" / "socket.io-client").is_dir():
-        missing = "tests/js/node_modules is missing: run `npm ci --prefix tests/js`"
-    if missing is None:
-        return node
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"browser interop cannot run in CI: {missing}")
-    pytest.skip(missing)
-
-
 async def test_socket_io_client_v4_interop(server):
-    node = node_or_skip()
+    node = node_or_skip("socket.io-client")
     env = {
         **os.environ,
         "COLLAB_URL": server.url,

@@ -7,8 +7,6 @@ listed in the protocol; the ones below never come from the server.
 
 from __future__ import annotations
 
-import asyncio
-import builtins
 from typing import Any
 
 #: ``emit`` got no acknowledgement in time (the event may or may not have run).
@@ -48,14 +46,9 @@ class CollabError(Exception):
         return f"{type(self).__name__}({self.code!r}, {self.message!r})"
 
 
-# asyncio.TimeoutError is the builtin TimeoutError from 3.11 on; on 3.10 it is its own class.
-_TIMEOUT_BASES: tuple[type, ...] = (asyncio.TimeoutError,)
-if asyncio.TimeoutError is not builtins.TimeoutError:  # pragma: no cover - Python 3.10
-    _TIMEOUT_BASES += (builtins.TimeoutError,)
-
-
-class AckTimeout(CollabError, *_TIMEOUT_BASES):  # type: ignore[misc]
-    """No acknowledgement in time: code ``TIMEOUT``, and an ``asyncio.TimeoutError`` too."""
+class AckTimeout(CollabError, TimeoutError):
+    """No acknowledgement in time: code ``TIMEOUT``, and an ``asyncio.TimeoutError`` too
+    (the builtin ``TimeoutError`` since Python 3.11)."""
 
     def __init__(self, message: str = "No acknowledgement in time", details: Any = None) -> None:
         CollabError.__init__(self, TIMEOUT, message, details)

@@ -1,0 +1,228 @@
+"""y-protocols awareness for one room: relayed, never stored (PROTOCOL "Live documents").
+
+An awareness update is a varuint count, then per entry a varuint client id, a varuint
+clock and a varstring of JSON: the client's state, ``null`` once it is gone
+(y-protocols src/awareness.js). An entry is accepted when its clock is newer than the
+one known for that client (an unknown client counts as clock 0), or equal with a
+``null`` state while a state is held: exactly ``applyAwarenessUpdate``'s rule, so the
+room here agrees with every y-protocols peer on what is current.
+
+pycrdt ships an ``Awareness`` class, but it does not fit a relay: it is tied to a
+``Doc`` and announces a state of its own, knows nothing of connections, bounds
+nothing, and its encoder writes string lengths in code points rather than bytes.
+
+What this adds for a server:
+
+* which connection announced which client ids. A connection announces an id when an
+  entry for it *from that connection* is accepted with a state; re-sending the states
+  of others announces nothing, since their clocks are not newer. When the connection
+  goes, :meth:`RoomAwareness.remove_connection` gives the update that removes all of
+  them at once, instead of the peers' 30-second timeout.
+* bounds: states per connection and per room, and bytes per state, refused whole
+  (nothing of an update is applied when any entry is refused); removed clients are
+  remembered (their last clock, so a late re-send of an old state is not taken for
+  new) up to a cap, oldest forgotten first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from .errors import InvalidInput, PayloadTooLarge
+from .lib0 import Lib0Error, Reader, var_string, var_uint
+
+#: One client's state, as JSON bytes. Cursors, selections, a name and a colour take a
+#: few hundred; 16 KiB leaves room for richer presence without letting a client make
+#: every peer store and re-send megabytes.
+MAX_STATE_BYTES = 16 * 1024
+#: Client ids one connection may hold announced. A provider announces one per
+#: document; a few more cover clients that share a socket between documents.
+MAX_IDS_PER_CONNECTION = 8
+#: States held for one room: the live members' cursors.
+MAX_STATES_PER_ROOM = 1024
+#: Clocks remembered for removed clients, so stale re-sends stay stale.
+MAX_REMOVED_PER_ROOM = 4 * MAX_STATES_PER_ROOM
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One awareness entry; ``state`` is the JSON text, None for a removal."""
+
+    client_id: int
+    clock: int
+    state: str | None
+
+
+def decode_update(data: bytes) -> list[Entry]:
+    """Decode an awareness update; InvalidInput for anything malformed (including
+    trailing bytes and JSON that JavaScript's ``JSON.parse`` would not read)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidInput("awareness update must be bytes")
+    reader = Reader(bytes(data))
+    try:
+        count = reader.var_uint()
+        entries = []
+        for _ in range(count):
+            client_id = reader.var_uint()
+            clock = reader.var_uint()
+            raw = reader.var_string()
+            entries.append(Entry(client_id, clock, _checked_json(raw)))
+        reader.end()
+    except Lib0Error as exc:
+        raise InvalidInput(f"awareness update cannot be decoded: {exc}") from None
+    return entries
+
+
+def encode_update(entries: list[Entry]) -> bytes:
+    """Encode entries as one awareness update (``null`` for removed states)."""
+    parts = [var_uint(len(entries))]
+    for entry in entries:
+        parts.append(var_uint(entry.client_id))
+        parts.append(var_uint(entry.clock))
+        parts.append(var_string("null" if entry.state is None else entry.state))
+    return b"".join(parts)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _checked_json(raw: str) -> str | None:
+    """The state's JSON text as received (relayed byte for byte), None for ``null``."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise Lib0Error(f"state is not JSON: {exc}") from None
+    return None if value is None else raw
+
+
+class RoomAwareness:
+    """The awareness states of one room and which connection announced each."""
+
+    def __init__(self, *, max_state_bytes: int = MAX_STATE_BYTES,
+                 max_ids_per_connection: int = MAX_IDS_PER_CONNECTION,
+                 max_states: int = MAX_STATES_PER_ROOM,
+                 max_removed: int = MAX_REMOVED_PER_ROOM) -> None:
+        self.max_state_bytes = max_state_bytes
+        self.max_ids_per_connection = max_ids_per_connection
+        self.max_states = max_states
+        self.max_removed = max_removed
+        #: client id -> its current entry (always with a state)
+        self._states: dict[int, Entry] = {}
+        #: client id -> last clock, for clients removed
+        self._removed: OrderedDict[int, int] = OrderedDict()
+        #: connection -> client ids it announced; and the reverse
+        self._announced: dict[Hashable, set[int]] = {}
+        self._owner: dict[int, Hashable] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def states(self) -> dict[int, tuple[int, str]]:
+        """``{client_id: (clock, state JSON)}`` of every present client."""
+        return {cid: (e.clock, e.state) for cid, e in self._states.items()}  # type: ignore[misc]
+
+    def announced(self, conn_key: Hashable) -> frozenset[int]:
+        """The client ids ``conn_key`` announced and still holds."""
+        return frozenset(self._announced.get(conn_key, ()))
+
+    def apply(self, conn_key: Hashable, data: bytes) -> bytes | None:
+        """Apply an awareness update from connection ``conn_key``.
+
+        Returns the accepted entries as an update to relay to the others, None when
+        nothing was accepted. Malformed bytes are InvalidInput; an entry over a bound
+        is PayloadTooLarge; either way nothing of the update is applied.
+        """
+        entries = decode_update(data)
+        # decide every entry against a scratch view, then commit all or nothing
+        clocks: dict[int, int] = {}
+        present: dict[int, bool] = {}
+        accepted: list[Entry] = []
+        for entry in entries:
+            if entry.state is not None and len(entry.state.encode("utf-8")) > \
+                    self.max_state_bytes:
+                raise PayloadTooLarge("Awareness state", self.max_state_bytes)
+            cid = entry.client_id
+            clock = clocks.get(cid, self._clock(cid))
+            has = present.get(cid, cid in self._states)
+            if clock < entry.clock or (clock == entry.clock and entry.state is None and has):
+                clocks[cid] = entry.clock
+                present[cid] = entry.state is not None
+                accepted.append(entry)
+        if not accepted:
+            return None
+        self._check_bounds(conn_key, present)
+        for entry in accepted:
+            self._commit(conn_key, entry)
+        return encode_update(accepted)
+
+    def remove_connection(self, conn_key: Hashable) -> bytes | None:
+        """Forget connection ``conn_key``: the update that removes every client id it
+        announced (``null`` states), to send the others at once; None if it had none.
+
+        The removal keeps each client's clock, as y-websocket's server does with
+        ``removeAwarenessStates``: peers accept a ``null`` at the clock they hold, and
+        the client's next renewal (clock + 1) is then accepted again if it reconnects.
+        """
+        ids = self._announced.pop(conn_key, set())
+        removed = []
+        for cid in sorted(ids):
+            del self._owner[cid]
+            entry = self._states.pop(cid)
+            self._remember_removed(cid, entry.clock)
+            removed.append(Entry(cid, entry.clock, None))
+        return encode_update(removed) if removed else None
+
+    def encode_all(self) -> bytes:
+        """Every present state as one update, for a live join's ack."""
+        return encode_update(list(self._states.values()))
+
+    # -- internals ---------------------------------------------------------------
+
+    def _clock(self, cid: int) -> int:
+        entry = self._states.get(cid)
+        if entry is not None:
+            return entry.clock
+        return self._removed.get(cid, 0)
+
+    def _check_bounds(self, conn_key: Hashable, present: dict[int, bool]) -> None:
+        mine = set(self._announced.get(conn_key, ()))
+        room = set(self._states)
+        for cid, has in present.items():
+            if has:
+                mine.add(cid)
+                room.add(cid)
+            else:
+                mine.discard(cid)
+                room.discard(cid)
+        if len(mine) > self.max_ids_per_connection:
+            raise PayloadTooLarge("Awareness client ids of one connection",
+                                  self.max_ids_per_connection)
+        if len(room) > self.max_states:
+            raise PayloadTooLarge("Awareness states of one room", self.max_states)
+
+    def _commit(self, conn_key: Hashable, entry: Entry) -> None:
+        cid = entry.client_id
+        owner = self._owner.pop(cid, None)
+        if owner is not None:
+            ids = self._announced[owner]
+            ids.discard(cid)
+            if not ids:
+                del self._announced[owner]
+        if entry.state is None:
+            self._states.pop(cid, None)
+            self._remember_removed(cid, entry.clock)
+            return
+        self._removed.pop(cid, None)
+        self._states[cid] = entry
+        self._owner[cid] = conn_key
+        self._announced.setdefault(conn_key, set()).add(cid)
+
+    def _remember_removed(self, cid: int, clock: int) -> None:
+        self._removed[cid] = clock
+        self._removed.move_to_end(cid)
+        while len(self._removed) > self.max_removed:
+            self._removed.popitem(last=False)
