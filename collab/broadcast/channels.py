@@ -264,3 +264,113 @@ class PlainTransport(Transport):
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+
+#: what a shard's subscriber connection takes over from the cluster client's settings
+_NODE_KWARGS = ("host", "port", "username", "password", "credential_provider",
+                "socket_connect_timeout", "socket_keepalive")
+
+
+def _node_client(node: Any) -> aioredis.Redis:
+    """A subscriber client for one cluster node, with the cluster client's credentials
+    and TLS settings but no read timeout and no retry."""
+    kwargs = {k: v for k, v in node.connection_kwargs.items()
+              if k in _NODE_KWARGS or k.startswith("ssl")}
+    kwargs.update(subscriber_options())
+    pool = aioredis.ConnectionPool(connection_class=node.connection_class, **kwargs)
+    return aioredis.Redis(connection_pool=pool)
+
+
+class ShardedLink(Link):
+    """Redis Cluster: ``SSUBSCRIBE`` on the shard that owns each channel's slot.
+
+    One connection per shard that holds a subscribed channel (and one for the
+    control channel). A shard that drops a subscription on its own (its slot
+    moved in a resharding or a failover) ends the link like a lost connection:
+    the new link subscribes again where the slots are now.
+    """
+
+    MESSAGE = "smessage"
+    SUBSCRIBED = "ssubscribe"
+    UNSUBSCRIBED = "sunsubscribe"
+
+    def __init__(self, cluster: Any, control: str) -> None:
+        super().__init__()
+        self._cluster = cluster
+        self._control = control
+        #: node name -> (client, pubsub) of that shard's subscriber connection
+        self._shards: dict[str, tuple[aioredis.Redis, Any]] = {}
+        #: channels we asked Redis to drop (their sunsubscribe is no loss)
+        self._leaving: set[str] = set()
+
+    async def open(self) -> None:
+        # a fresh view of the slots: a lost link may mean they moved
+        await asyncio.wait_for(self._cluster.initialize(), SOCKET_TIMEOUT)
+        await asyncio.wait_for(self._cluster.nodes_manager.initialize(), SOCKET_TIMEOUT)
+        await asyncio.wait_for(self.subscribe([self._control]), SOCKET_TIMEOUT)
+
+    def _pubsub_for(self, channel: str) -> tuple[Any, bool]:
+        node = self._cluster.get_node_from_key(channel)
+        shard = self._shards.get(node.name)
+        if shard is not None:
+            return shard[1], False
+        client = _node_client(node)
+        pubsub = client.pubsub()
+        self._shards[node.name] = (client, pubsub)
+        return pubsub, True
+
+    async def _send_subscribe(self, channels: list[str]) -> None:
+        for channel in channels:  # one per command: channels of one command share a slot
+            self._leaving.discard(channel)
+            pubsub, new = self._pubsub_for(channel)
+            await pubsub.ssubscribe(channel)
+            if new:  # the connection exists once the first command went out
+                self._start_reader(pubsub)
+
+    async def _send_unsubscribe(self, channels: list[str]) -> None:
+        for channel in channels:
+            node = self._cluster.get_node_from_key(channel)
+            shard = self._shards.get(node.name)
+            if shard is not None:
+                self._leaving.add(channel)
+                await shard[1].sunsubscribe(channel)
+
+    def _unsubscribed(self, channel: str) -> None:
+        if channel in self._leaving:
+            self._leaving.discard(channel)
+        else:
+            self._fail(LinkLost(f"Redis Cluster dropped the subscription to {channel}"))
+
+    async def _release(self) -> None:
+        for client, pubsub in self._shards.values():
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self._shards.clear()
+
+
+class ShardedTransport(Transport):
+    """Redis Cluster: ``SPUBLISH`` through the cluster client, which sends each channel's
+    messages to the shard that owns it, in order (a pipeline groups them per shard)."""
+
+    def __init__(self, cluster: Any) -> None:
+        self._cluster = cluster
+
+    def link(self, control: str) -> Link:
+        return ShardedLink(self._cluster, control)
+
+    async def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        if len(messages) == 1:
+            await self._cluster.spublish(*messages[0])
+            return
+        pipe = self._cluster.pipeline(transaction=False)
+        for channel, data in messages:
+            pipe.spublish(channel, data)
+        await pipe.execute()
+
+    async def ping(self) -> None:
+        await self._cluster.ping()
+
+    async def close(self) -> None:
+        await self._cluster.aclose()
