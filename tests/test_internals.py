@@ -118,3 +118,21 @@ def test_asyncio_queue_counts_unfinished_tasks():
     queue.get_nowait()
     queue.task_done()
     assert queue._unfinished_tasks == 0
+
+
+async def test_redis_cluster_client_internals_the_sharded_links_use():
+    """collab/broadcast/channels.py ShardedLink opens one subscriber connection per shard
+    from what the cluster client knows of each node, and refreshes the slot map itself."""
+    from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
+
+    node = ClusterNode("127.0.0.1", 1)
+    missing = [f"ClusterNode.{a}" for a in ("connection_kwargs", "connection_class", "name")
+               if not hasattr(node, a)]
+    missing += [f"RedisCluster.{a}" for a in ("get_node_from_key", "spublish", "initialize")
+                if not hasattr(RedisCluster, a)]
+    if not hasattr(NodesManager, "initialize"):
+        missing.append("NodesManager.initialize")
+    assert {"host", "port"} <= set(getattr(node, "connection_kwargs", {})), \
+        "ClusterNode.connection_kwargs no longer holds host and port"
+    assert not missing, "redis-py internals collab/broadcast/channels.py relies on: " \
+        + ", ".join(missing)
