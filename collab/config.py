@@ -55,7 +55,9 @@ SUPPORTED_ALGORITHMS = (
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
 )
 STORAGE_SCHEMES = ("sqlite://", "mongodb://", "mongodb+srv://")
-REGISTRY_SCHEMES = ("memory://", "redis://", "rediss://")
+REGISTRY_SCHEMES = (
+    "memory://", "redis://", "rediss://", "redis+cluster://", "rediss+cluster://",
+)
 READ_PREFERENCES = ("primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest")
 #: never shown, not even in part: errors and ``collab config`` say only whether one is set
 SECRETS = frozenset({"jwt_secret", "metrics_token"})
@@ -144,18 +146,11 @@ def _has_port(url: str) -> bool:
 def _registry_url(url: str) -> str:
     if url == "memory://":
         return url
-    if not url.startswith(REGISTRY_SCHEMES[1:]):
-        raise ValueError("should be memory:// or start with redis:// or rediss://")
-    from redis.connection import parse_url  # lazy: what redis.asyncio.from_url parses
+    if not url.lower().startswith(REGISTRY_SCHEMES[1:]):
+        raise ValueError("should be memory:// or start with " + ", ".join(REGISTRY_SCHEMES[1:]))
+    from .redisconn import RedisTarget  # lazy: redis is not needed to mint a token
 
-    try:
-        parse_url(url)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(scrubbed(str(exc), url).rstrip(".")) from None
-    # redis-py ignores a database that is not a number; we would use database 0 unasked
-    path = url.partition("://")[2].rpartition("@")[2].partition("?")[0].partition("/")[2]
-    if path and not path.isdigit():
-        raise ValueError("the database after the host should be a number: redis://host:6379/0")
+    RedisTarget.parse(url)  # its ValueError quotes no credential
     return url
 
 

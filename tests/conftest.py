@@ -52,10 +52,11 @@ async def cancel_leftover_tasks():
 
 # -- real backing services (tests/services.py) --------------------------------
 # One of each per test session; tests isolate themselves by database name (Mongo)
-# or by key prefix / database number (Redis). Tests that stop a server to
-# simulate an outage start their own MongoServer / RedisServer instead.
+# or by key prefix / database number / unique names (Redis). Tests that stop a server
+# to simulate an outage start their own MongoServer / RedisServer /
+# RedisClusterServer instead.
 
-from services import start_mongo, start_redis, with_database  # noqa: E402
+from services import start_mongo, start_redis, start_redis_cluster, with_database  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,5 +88,14 @@ def mongo_db(mongodb_url: str) -> Iterator[str]:
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
     """``redis://127.0.0.1:PORT/0`` of a private redis-server (or COLLAB_TEST_REDIS_URL)."""
     url, stop = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory):
+    """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`` of a private 3-master
+    Redis Cluster (or COLLAB_TEST_REDIS_CLUSTER_URL); starting it takes about 2-3 s."""
+    url, stop = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
     yield url
     stop()

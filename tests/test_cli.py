@@ -221,6 +221,20 @@ BAD_SETTINGS = [
     ({"COLLAB_REGISTRY_URL": "redis://h:notaport/0"}, "COLLAB_REGISTRY_URL", None),
     ({"COLLAB_REGISTRY_URL": "redis://:hunter2@h/x"}, "COLLAB_REGISTRY_URL", "hunter2"),
     ({"COLLAB_REGISTRY_URL": "etcd://:hunter2@h"}, "COLLAB_REGISTRY_URL", "hunter2"),
+    ({"COLLAB_REGISTRY_URL": "redis+cluster://:hunter2@"}, "COLLAB_REGISTRY_URL", "hunter2"),
+    ({"COLLAB_REGISTRY_URL": "redis+cluster://:hunter2@h1:7000,,h2:7001"},
+     "COLLAB_REGISTRY_URL", "hunter2"),
+    ({"COLLAB_REGISTRY_URL": "redis+cluster://h1:70000"}, "COLLAB_REGISTRY_URL", None),
+    ({"COLLAB_REGISTRY_URL": "redis+cluster://h1:notaport,h2:7001"}, "COLLAB_REGISTRY_URL", None),
+    ({"COLLAB_REGISTRY_URL": "rediss+cluster://:hunter2@h1:7000/1"},
+     "COLLAB_REGISTRY_URL", "hunter2"),
+    ({"COLLAB_REGISTRY_URL": "redis+cluster://:hunter2@h1:7000?db=2"},
+     "COLLAB_REGISTRY_URL", "hunter2"),
+    ({"COLLAB_REGISTRY_URL": "redis+cluster://:hunter2@h1:7000?socket_timeout=soon"},
+     "COLLAB_REGISTRY_URL", "hunter2"),
+    ({"COLLAB_REGISTRY_URL": "redis+cluster://:hunter2@h1:7000?no_such_option=1"},
+     "COLLAB_REGISTRY_URL", "hunter2"),
+    ({"COLLAB_REGISTRY_URL": "redis+clusterx://h1:7000"}, "COLLAB_REGISTRY_URL", None),
     ({"COLLAB_MONGODB_READ_PREFERENCE": "sideways"}, "COLLAB_MONGODB_READ_PREFERENCE", None),
     ({"COLLAB_MONGODB_WRITE_CONCERN": "two please"}, "COLLAB_MONGODB_WRITE_CONCERN", None),
     ({"COLLAB_MONGODB_SERVER_SELECTION_TIMEOUT_MS": "0"},
@@ -349,10 +363,11 @@ def test_an_unresolvable_host_is_one_line_naming_it(tmp_path):
     assert "cannot start" in line
 
 
-def test_unreachable_registry_is_one_line_naming_it_masked(tmp_path):
+@pytest.mark.parametrize("form", ["redis://:hunter2@{}/0", "redis+cluster://:hunter2@{},{}"])
+def test_unreachable_registry_is_one_line_naming_it_masked(tmp_path, form):
     from services import free_port
 
-    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    url = form.format(*(f"127.0.0.1:{free_port()}" for _ in range(form.count("{}"))))
     result = collab("serve", "--port", "0", cwd=tmp_path, env={"COLLAB_REGISTRY_URL": url})
     line = assert_one_line(result, "(COLLAB_REGISTRY_URL)", "hunter2", code=1)
     assert url.replace("hunter2", "***") in line
@@ -371,7 +386,8 @@ def test_collab_config_prints_every_setting_masked_with_its_origin(tmp_path):
         "COLLAB_METRICS_TOKEN": "metrics-hunter2-xxxxxxxx",
         "COLLAB_STORAGE_URL": "mongodb://app:pw-hunter2@db/collab?authSource=admin"
                               "&tlsCertificateKeyFilePassword=kp-hunter2",
-        "COLLAB_REGISTRY_URL": "rediss://:rd-hunter2@cache:6380/0?password=q-hunter2",
+        "COLLAB_REGISTRY_URL": "rediss+cluster://:rd-hunter2@cache1:7000,cache2:7001"
+                               "?password=q-hunter2",
         "COLLAB_HOST": "::1",
     }
     result = collab("config", "--port", "9100", cwd=tmp_path, env=env)
@@ -383,7 +399,7 @@ def test_collab_config_prints_every_setting_masked_with_its_origin(tmp_path):
     assert shown["jwt_secret"] == shown["metrics_token"] == "***"
     assert shown["storage_url"] == ("mongodb://app:***@db/collab?authSource=admin"
                                     "&tlsCertificateKeyFilePassword=***")
-    assert shown["registry_url"] == "rediss://:***@cache:6380/0?password=***"
+    assert shown["registry_url"] == "rediss+cluster://:***@cache1:7000,cache2:7001?password=***"
     origins = {line.split(" = ", 1)[0]: line.rpartition("  # ")[2]
                for line in result.stdout.splitlines()}
     assert origins["port"] == "flag --port"
@@ -422,6 +438,8 @@ def test_collab_config_with_a_bad_setting_fails_like_serve(tmp_path):
     ("mongodb+srv://u:p@cluster.example.net/db", "mongodb+srv://u:***@cluster.example.net/db"),
     ("redis://:pa?ss@h/0", "redis://***@h/0"),
     ("redis://u@h/0", "redis://u@h/0"),
+    ("rediss+cluster://u:pw@h1:7000,[::1]:7001/?password=pw",
+     "rediss+cluster://u:***@h1:7000,[::1]:7001/?password=***"),
     ("sqlite:///data/collab.db", "sqlite:///data/collab.db"),
     ("sqlite://:memory:", "sqlite://:memory:"),
     ("memory://", "memory://"),

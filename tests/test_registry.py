@@ -1,5 +1,6 @@
 """The registry contract, the same for MemoryRegistry and RedisRegistry; then what only
-Redis does: presence across nodes, dead nodes purged, state rebuilt after a restart."""
+Redis does: presence across nodes, dead nodes purged, state rebuilt after a restart.
+Every Redis test runs on a single Redis and on a 3-master Redis Cluster."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import time
 import uuid
 
 import pytest
-from services import RedisServer
+from redis.crc import key_slot
+from services import RedisClusterServer, RedisServer
 
 from collab.errors import Unavailable
-from collab.redisconn import SOCKET_TIMEOUT
+from collab.redisconn import SOCKET_TIMEOUT, RedisTarget, open_client
 from collab.registry import open_registry
 from collab.registry import redis as redis_registry
 from collab.registry.redis import RedisRegistry
@@ -21,9 +23,14 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["memory", "redis"])
+#: the session fixture giving the URL of each Redis backend
+REDIS_URLS = {"redis": "redis_url", "cluster": "redis_cluster_url"}
+
+
+@pytest.fixture(params=["memory", *REDIS_URLS])
 def registry(request, io_loop):
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    url = ("memory://" if request.param == "memory"
+           else request.getfixturevalue(REDIS_URLS[request.param]))
     reg = open_registry(url, unique("node"))
     io_loop.run_sync(reg.open)
     yield reg
@@ -123,13 +130,20 @@ async def test_ping_answers(registry):
 # -- Redis: several nodes -------------------------------------------------------
 
 
+@pytest.fixture(params=list(REDIS_URLS))
+def shared_redis_url(request) -> str:
+    """The session's single Redis, then the session's Redis Cluster."""
+    return request.getfixturevalue(REDIS_URLS[request.param])
+
+
 @pytest.fixture
-def nodes(io_loop, redis_url):
-    """``await nodes(...)`` opens a RedisRegistry on the session Redis; all closed at the end."""
+def nodes(io_loop, shared_redis_url):
+    """``await nodes(...)`` opens a RedisRegistry on the session Redis (single or cluster);
+    all closed at the end."""
     opened: list[RedisRegistry] = []
 
     async def make(node_id: str | None = None, **kwargs) -> RedisRegistry:
-        reg = RedisRegistry(redis_url, node_id or unique("node"), **kwargs)
+        reg = RedisRegistry(shared_redis_url, node_id or unique("node"), **kwargs)
         await reg.open()
         opened.append(reg)
         return reg
@@ -214,7 +228,8 @@ async def test_a_live_node_that_was_purged_comes_back_and_says_so(nodes):
     assert await survivor.room_users(room) == ["lena", "sam"]
 
 
-async def test_restarting_under_the_same_node_id_clears_the_previous_life(nodes, redis_url):
+async def test_restarting_under_the_same_node_id_clears_the_previous_life(
+        nodes, shared_redis_url):
     room = unique("chat")
     node_id = unique("node")
     # the previous life never beats again nor says goodbye, like a kill -9
@@ -224,7 +239,7 @@ async def test_restarting_under_the_same_node_id_clears_the_previous_life(nodes,
     watcher = await nodes()
     assert await watcher.room_users(room) == ["olga"]
 
-    reborn = RedisRegistry(redis_url, node_id)
+    reborn = RedisRegistry(shared_redis_url, node_id)
     presence = Presence(reborn)
     await reborn.open()
     try:
@@ -245,14 +260,66 @@ async def test_close_removes_the_nodes_connections(nodes):
     assert await two.room_users(room) == ["dave"]
 
 
+async def test_every_key_of_the_registry_is_in_one_slot_whatever_braces_the_ids_hold(
+        nodes, shared_redis_url):
+    """The scripts touch a connection's, its room's and its node's keys at once, which a
+    cluster allows within one hash slot only: every key is under the ``{collab}`` tag,
+    and a ``{`` or ``}`` in an id can neither move a key out of it nor make two collide."""
+    tag = uuid.uuid4().hex[:8]
+    reg = await nodes(node_id=f"node-}}{{{tag}}}")
+    rooms = [f"chat_{{{tag}}}", f"chat_{tag}}}", f"{{{tag}",
+             f"{redis_registry.PREFIX}room-users:x{tag}"]  # a room named like another key
+    sids = [f"{{sid}}-{tag}-{n}" for n in range(len(rooms))]
+    for n, (sid, room) in enumerate(zip(sids, rooms, strict=True)):
+        await reg.add_connection(sid, f"user{{{n}}}")
+        assert await reg.join(sid, room) is True
+    for n, room in enumerate(rooms):  # no two rooms share a key
+        assert await reg.room_users(room) == [f"user{{{n}}}"]
+
+    target = RedisTarget.parse(shared_redis_url)
+    client = open_client(target, decode_responses=True)
+    try:
+        ours = [key async for key in client.scan_iter(match=f"*{tag}*", count=1000)]
+        expected = {redis_registry.PREFIX + name for name in (
+            *(f"conn:{sid}" for sid in sids), *(f"conn-rooms:{sid}" for sid in sids),
+            *(f"room-sids:{room}" for room in rooms), *(f"room-users:{room}" for room in rooms),
+            f"node-sids:{reg.node_id}", f"node:{reg.node_id}")}
+        assert set(ours) == expected
+        slot = key_slot(b"collab")
+        assert {key_slot(key.encode()) for key in ours} == {slot}
+        if target.cluster:  # and the cluster itself agrees, and holds them where it says
+            assert {await client.cluster_keyslot(key) for key in ours} == {slot}
+            assert await client.cluster_countkeysinslot(slot) >= len(ours)
+    finally:
+        await client.aclose()
+
+
+def test_a_redis_url_is_parsed_once_into_a_target():
+    single = RedisTarget.parse("rediss://:pw@cache:6380/2")
+    assert (single.cluster, single.tls, single.seeds) == (False, True, (("cache", 6380),))
+    cluster = RedisTarget.parse("redis+cluster://:s3cret@10.0.0.1:7000,[::1]:7001,h3")
+    assert (cluster.cluster, cluster.tls) == (True, False)
+    assert cluster.seeds == (("10.0.0.1", 7000), ("::1", 7001), ("h3", 6379))
+    assert cluster.display == str(cluster) == "redis+cluster://:***@10.0.0.1:7000,[::1]:7001,h3"
+    assert "s3cret" not in repr(cluster)
+    assert RedisTarget.parse("rediss+cluster://h1:7000/0").tls
+    for bad in ("redis+cluster://", "redis+cluster://h1:7000,,h2:7001", "redis+cluster://h:0",
+                "redis+cluster://h1:7000/1", "redis+cluster://h1:7000?db=1",
+                "redis+cluster://h1:7000?nope=1", "redis://h/x", "memcached://h"):
+        with pytest.raises(ValueError):
+            RedisTarget.parse(bad)
+
+
 # -- Redis: an outage -----------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    server = RedisServer(tmp_path)
+@pytest.fixture(params=list(REDIS_URLS))
+def own_redis(request, tmp_path):
+    """A Redis of this test's own, to stop, restart (empty) and pause: a single
+    redis-server, then a whole Redis Cluster."""
+    server = RedisServer(tmp_path) if request.param == "redis" else RedisClusterServer(tmp_path)
     if server.external:
-        pytest.skip("COLLAB_TEST_REDIS_URL is set: cannot stop that Redis")
+        pytest.skip(f"{server.external_env} is set: cannot stop that Redis")
     server.start()
     yield server
     server.stop()
@@ -307,12 +374,15 @@ class PasswordRedis(RedisServer):
         return [*super().argv(), "--requirepass", "s3cret!"]
 
 
-async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path):
-    server = PasswordRedis(tmp_path, external_url=None)
+@pytest.mark.parametrize("backend", list(REDIS_URLS))
+async def test_a_password_in_the_url_is_used_and_never_shown(tmp_path, backend):
+    server = (PasswordRedis(tmp_path, external_url=None) if backend == "redis"
+              else RedisClusterServer(tmp_path, password="s3cret!"))
     if server.external:
-        pytest.skip("COLLAB_TEST_REDIS_URL is set")
+        pytest.skip(f"{server.external_env} is set")
     server.start()
     try:
+        assert "s3cret%21@" in server.url
         reg = RedisRegistry(server.url, unique("node"))
         assert "s3cret" not in reg.display_url
         await reg.open()

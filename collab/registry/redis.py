@@ -1,6 +1,6 @@
 """The Redis registry: presence shared by every node, and node liveness.
 
-Keys (all under ``collab:``; the variable part always comes last, so a room
+Keys (all under ``{collab}:``; the variable part always comes last, so a room
 or node id containing ``:`` cannot make two keys collide):
 
 - ``conn:<sid>`` hash ``{user, node}``, ``conn-rooms:<sid>`` set of rooms
@@ -14,6 +14,17 @@ room" and "this user is no longer present" are decided atomically even when
 the user's tabs sit on different nodes. A node that stops refreshing its
 heartbeat is purged by whichever survivor sweeps first (the sweep is a
 script too, so two survivors cannot both report the same departure).
+
+On a Redis Cluster a script may only touch keys of one hash slot, and these
+scripts read and write a connection's keys, its rooms' keys and its node's
+keys together: that is what makes "first connection of this user in the
+room" atomic. So every key carries the hash tag ``{collab}`` (the first
+``{...}`` of a key decides its slot, and ours comes first, so a ``{`` or ``}``
+in a room, sid or node id changes nothing), and each script names the prefix
+as its one key, which is how the cluster client routes it. The cost: all
+presence lives on the one shard that owns that slot, and its load does not
+spread as shards are added. Broadcasts, the heavy traffic, are sharded by
+room separately (sharded pub/sub). A single Redis uses the same key names.
 
 Each node also keeps its own connections and rooms in memory. That is what
 it writes back when Redis comes back empty (or after it was purged while
@@ -41,13 +52,13 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from ..errors import Unavailable
-from ..redisconn import OUTAGES, SOCKET_TIMEOUT, connection_options
-from ..urls import redacted
+from ..redisconn import OUTAGES, SOCKET_TIMEOUT, RedisTarget, open_client
 from .base import Registry
 
 log = logging.getLogger("collab.registry")
 
-PREFIX = "collab:"
+#: every key's prefix; the hash tag puts them all in one cluster slot (see above)
+PREFIX = "{collab}:"
 HEARTBEAT_TTL = 10.0
 HEARTBEAT_INTERVAL = 3.0
 #: removals finished per heartbeat (one round trip each): after a long outage with
@@ -76,8 +87,9 @@ def unavailable_on_outage(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awai
 
 # -- Lua ---------------------------------------------------------------------
 
+# KEYS[1] is PREFIX: the scripts' one declared key, which routes them to its slot
 _LUA_LIB = """
-local P = 'collab:'
+local P = KEYS[1]
 
 -- take sid out of room; returns its user when that user is no longer present
 local function drop(sid, room)
@@ -186,6 +198,22 @@ return out
 """
 
 
+class _Script:
+    """A registered script called with ``PREFIX`` as its key, so a cluster runs it on
+    the node that owns the registry's slot.
+
+    redis-py's EVALSHA answers NOSCRIPT by SCRIPT LOAD, which a cluster client sends
+    to every master, and then runs it again: a node restarted empty, or a slot moved
+    to another master, costs one extra round trip.
+    """
+
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, source: str) -> None:
+        self._script = client.register_script(source)
+
+    async def __call__(self, args: list[Any]) -> Any:
+        return await self._script(keys=[PREFIX], args=args)
+
+
 def _pairs(flat: list[str]) -> list[tuple[str, str]]:
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
@@ -238,7 +266,7 @@ class _Gate:
 
 
 class RedisRegistry(Registry):
-    """Presence across nodes in one Redis (standalone or Sentinel-managed; not Cluster)."""
+    """Presence across nodes in one Redis or one Redis Cluster (all of it in one slot)."""
 
     def __init__(
         self,
@@ -250,10 +278,11 @@ class RedisRegistry(Registry):
     ) -> None:
         super().__init__(node_id)
         self.url = url
-        self.display_url = redacted(url)
+        self.target = RedisTarget.parse(url)
+        self.display_url = self.target.display
         self.heartbeat_ttl = heartbeat_ttl
         self.heartbeat_interval = heartbeat_interval
-        self._redis: aioredis.Redis | None = None
+        self._redis: aioredis.Redis | aioredis.RedisCluster | None = None
         self._task: asyncio.Task[None] | None = None
         # this node's own state: what a resync writes back
         self._users: dict[str, str] = {}  # sid -> user_id
@@ -286,10 +315,8 @@ class RedisRegistry(Registry):
 
     async def _open(self) -> None:
         if self._redis is None:
-            self._redis = aioredis.from_url(
-                self.url, decode_responses=True, **connection_options()
-            )
-            script = self._redis.register_script
+            self._redis = open_client(self.target, decode_responses=True)
+            script = functools.partial(_Script, self._redis)
             self._add, self._join, self._leave = script(_ADD), script(_JOIN), script(_LEAVE)
             self._remove, self._restore = script(_REMOVE), script(_RESTORE)
             self._forget = script(_FORGET)
