@@ -15,13 +15,14 @@ from typing import Any
 
 import jwt
 import pytest
-import redis.asyncio as aioredis
 import socketio
+from redis.asyncio.cluster import RedisCluster
 from tornado.httpclient import AsyncHTTPClient
 
 from collab.broadcast.wire import EMIT, Envelope, channel_for
 from collab.config import Settings, build_settings
 from collab.packet import CollabPacket
+from collab.redisconn import RedisTarget, open_client
 from collab.server import Server
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -201,11 +202,42 @@ class Harness:
                 await client.sio.disconnect()
 
 
+def redis_client(url: str) -> Any:
+    """A client for the Redis (or Redis Cluster) at ``url``, as collab opens them."""
+    return open_client(RedisTarget.parse(url))
+
+
+async def publish(client: Any, channel: str, data: bytes) -> None:
+    """Publish as collab's broadcasters do: sharded on a cluster, plain otherwise."""
+    if isinstance(client, RedisCluster):
+        await client.spublish(channel, data)
+    else:
+        await client.publish(channel, data)
+
+
+async def channel_subscribers(url: str, channel: str) -> int:
+    """How many connections Redis has subscribed to ``channel`` (on a cluster: the shard
+    that owns its slot, where sharded subscriptions live)."""
+    client = redis_client(url)
+    try:
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            # asked of the shard that owns the slot (redis-py would pick a random node)
+            reply = await client.execute_command(
+                "PUBSUB SHARDNUMSUB", channel, target_nodes=client.get_node_from_key(channel))
+            [(_, count)] = reply
+        else:
+            [(_, count)] = await client.pubsub_numsub(channel)
+        return count
+    finally:
+        await client.aclose()
+
+
 class OtherNode:
     """Publishes on a room's channel as a node that is not there."""
 
     def __init__(self, url: str) -> None:
-        self.redis = aioredis.from_url(url)
+        self.redis = redis_client(url)
 
     async def emit(self, event: str, data: Any, room: str, position: int | None = None) -> None:
         """Broadcast ``event`` to ``room`` as a node would (``position``: a stored item's)."""
@@ -213,7 +245,7 @@ class OtherNode:
         packet, *attachments = encoded if isinstance(encoded, list) else [encoded]
         envelope = Envelope("other-node", EMIT, room, position, (), event, packet,
                             tuple(attachments))
-        await self.redis.publish(channel_for(room), envelope.encode())
+        await publish(self.redis, channel_for(room), envelope.encode())
 
     async def chat_message(self, chat_id: str, seq: int) -> None:
         message = {"id": f"m{seq}", "chat_id": chat_id, "seq": seq, "user_id": "zoe",
@@ -222,6 +254,7 @@ class OtherNode:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
 
 JS_DIR = Path(__file__).parent / "js"
 

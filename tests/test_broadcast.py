@@ -15,10 +15,19 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis.asyncio as aioredis
 from conftest import cancel_leftover_tasks
-from harness import WAIT, Harness, OtherNode, make_settings, scrape, scraped
-from services import RedisServer
+from harness import (
+    WAIT,
+    Harness,
+    OtherNode,
+    channel_subscribers,
+    make_settings,
+    publish,
+    redis_client,
+    scrape,
+    scraped,
+)
+from services import RedisClusterServer, RedisServer
 
 from collab.broadcast.wire import EMIT, REVOKE, VERSION, Envelope, channel_for
 from collab.server import Server
@@ -43,6 +52,13 @@ def nodes(io_loop, redis_url: str, storage_url: str, count: int) -> Iterator[lis
             io_loop.run_sync(harness.close_clients)
             io_loop.run_sync(harness.server.stop)
         io_loop.run_sync(cancel_leftover_tasks)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request):
+    """Every test here runs on a single Redis and on a Redis Cluster (sharded pub/sub)."""
+    return request.getfixturevalue(
+        "redis_url" if request.param == "redis" else "redis_cluster_url")
 
 
 @pytest.fixture
@@ -71,17 +87,13 @@ CHANNELS = "collab_pubsub_channels"
 
 async def subscribers(redis_url: str, room: str) -> int:
     """How many connections Redis has subscribed to ``room``'s channel."""
-    client = aioredis.from_url(redis_url)
-    try:
-        [(_, count)] = await client.pubsub_numsub(channel_for(room))
-        return count
-    finally:
-        await client.aclose()
+    return await channel_subscribers(redis_url, channel_for(room))
 
 
-async def until_subscribers(redis_url: str, room: str, count: int) -> None:
+async def until_subscribers(redis_url: str, room: str, count: int,
+                            timeout: float = WAIT) -> None:
     """Unsubscribing happens after the leave's ack, with no event to await: poll Redis."""
-    deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + timeout
     while (got := await subscribers(redis_url, room)) != count:
         assert time.monotonic() < deadline, f"{room}: {got} subscribers, not {count}"
         await asyncio.sleep(0.01)
@@ -210,11 +222,11 @@ async def test_concurrent_first_joins_read_the_position_once(node, other):
 # -- Redis restarts ----------------------------------------------------------
 
 
-@pytest.fixture
-def private_redis(tmp_path):
-    redis = RedisServer(tmp_path)
+@pytest.fixture(params=["redis", "cluster"])
+def private_redis(request, tmp_path):
+    redis = (RedisServer if request.param == "redis" else RedisClusterServer)(tmp_path)
     if redis.external:
-        pytest.skip("COLLAB_TEST_REDIS_URL is set: cannot restart that Redis")
+        pytest.skip("an external Redis is configured: cannot restart it")
     redis.start()
     yield redis
     redis.stop()
@@ -288,10 +300,10 @@ async def test_garbage_on_a_room_channel_is_ignored_and_delivery_goes_on(node, o
     alice = await node.connect("alice")
     chat_id = await chat(alice)
     await alice.ok("chat:join", {"chat_id": chat_id})
-    client = aioredis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         for junk in (b"junk", b'{"h":"x","v":1}\nzz', b"\xff" * 100):
-            await client.publish(channel_for(f"chat_{chat_id}"), junk)
+            await publish(client, channel_for(f"chat_{chat_id}"), junk)
     finally:
         await client.aclose()
     typing = {"chat_id": chat_id, "user_id": "zoe", "typing": True}

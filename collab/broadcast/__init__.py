@@ -40,11 +40,17 @@ def open_broadcaster(url: str, metrics: Metrics, *, fast: bool = True,
                                     on_slow_consumer=on_slow_consumer)
         return local
 
-    from .channels import PlainTransport
+    from ..redisconn import RedisTarget, open_client
+    from .channels import PlainTransport, ShardedTransport, Transport
     from .redis import RedisBroadcaster
 
+    target = RedisTarget.parse(url)
+
     def redis(hooks: NodeHooks) -> LocalBroadcaster:
-        return RedisBroadcaster(PlainTransport(url), hooks, metrics=metrics, fast=fast,
+        # a cluster: sharded pub/sub, each room's channel on the shard owning its slot
+        transport: Transport = ShardedTransport(open_client(target)) if target.cluster \
+            else PlainTransport(target)
+        return RedisBroadcaster(transport, hooks, metrics=metrics, fast=fast,
                                 compression=compression, on_slow_consumer=on_slow_consumer)
     return redis
 

@@ -31,8 +31,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 
-from ..redisconn import SOCKET_TIMEOUT, connection_options
+from ..redisconn import SOCKET_TIMEOUT, RedisTarget, connection_options, open_client
 
 log = logging.getLogger("collab.broadcast")
 
@@ -235,17 +236,17 @@ class Transport(abc.ABC):
 class PlainTransport(Transport):
     """One Redis (standalone, or behind Sentinel): ``PUBLISH`` in a pipeline."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._client: aioredis.Redis | None = None
+    def __init__(self, target: RedisTarget) -> None:
+        self.target = target
+        self._client: Any = None
 
     def _publisher(self) -> aioredis.Redis:
         if self._client is None:
-            self._client = aioredis.from_url(self.url, **connection_options())
+            self._client = open_client(self.target)
         return self._client
 
     def link(self, control: str) -> Link:
-        return PlainLink(self.url, control)
+        return PlainLink(self.target.url, control)
 
     async def publish(self, messages: list[tuple[str, bytes]]) -> None:
         client = self._publisher()
@@ -305,8 +306,11 @@ class ShardedLink(Link):
 
     async def open(self) -> None:
         # a fresh view of the slots: a lost link may mean they moved
-        await asyncio.wait_for(self._cluster.initialize(), SOCKET_TIMEOUT)
-        await asyncio.wait_for(self._cluster.nodes_manager.initialize(), SOCKET_TIMEOUT)
+        try:
+            await asyncio.wait_for(self._cluster.initialize(), SOCKET_TIMEOUT)
+            await asyncio.wait_for(self._cluster.nodes_manager.initialize(), SOCKET_TIMEOUT)
+        except RedisClusterException as exc:  # no slot map to be had: an outage
+            raise LinkLost(f"cannot read the cluster's slot map: {exc}") from exc
         await asyncio.wait_for(self.subscribe([self._control]), SOCKET_TIMEOUT)
 
     def _pubsub_for(self, channel: str) -> tuple[Any, bool]:
