@@ -4,6 +4,7 @@ in a subprocess that is killed with SIGKILL and restarted on the same port and d
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from services import ServiceProcess, free_port
 
 from collab.client import AckTimeout, CollabError, SocketManager
 from collab.client.feed import ChatFeed
+from collab.client.reconnect import Backoff
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -498,6 +500,46 @@ def test_feed_delivers_in_order_once_and_reports_gaps():
     assert delivered(feed.offer([msg(4), msg(5)], recovered=True)) == [4, 5, 6]
     assert delivered(feed.offer([msg(5), msg(6), msg(7)], recovered=True)) == [7]
     assert feed.gap() is None and feed.last == 7
+
+
+# -- Backoff: the delays between reconnection attempts, computed on their own -----------------
+
+
+def test_backoff_grows_by_the_factor_jitters_within_one_step_and_stops_at_the_cap():
+    backoff = Backoff(initial=0.5, factor=2.0, cap=5.0, rng=random.Random(12))
+    assert [backoff.bounds(n) for n in range(1, 7)] == [
+        (0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 5.0), (5.0, 5.0), (5.0, 5.0)]
+    for attempt in range(1, 7):
+        low, high = backoff.bounds(attempt)
+        delays = [backoff.delay(attempt) for _ in range(500)]
+        assert all(low <= d <= high <= 5.0 for d in delays)
+        if low < high:  # spread over the whole step, not bunched at one end
+            assert min(delays) < low + 0.05 * (high - low)
+            assert max(delays) > high - 0.05 * (high - low)
+            assert len(set(delays)) == len(delays)
+    # the same seed, the same delays: the rng is the only source of randomness
+    runs = [Backoff(0.5, 2.0, 5.0, rng=random.Random(99)) for _ in range(2)]
+    assert [runs[0].delay(n) for n in range(1, 20)] == [runs[1].delay(n) for n in range(1, 20)]
+
+
+def test_backoff_edges():
+    assert Backoff(1.0, 2.0, 30.0).bounds(5000) == (30.0, 30.0)  # no OverflowError
+    assert Backoff(0.0, 2.0, 1.0).bounds(3) == (0.0, 0.0)
+    assert Backoff(0.2, 1.0, 9.0).bounds(7) == (0.2, 0.2)  # factor 1: constant, no jitter
+    assert Backoff(2.0, 2.0, 1.0).bounds(1) == (1.0, 1.0)  # a cap below the first step wins
+    for bad in ({"initial": -1.0}, {"factor": 0.5}, {"cap": -0.1},
+                {"initial": float("nan")}):
+        with pytest.raises(ValueError):
+            Backoff(**bad)
+
+
+def test_the_manager_takes_the_backoff_settings():
+    m = SocketManager("http://127.0.0.1:1", reconnect_delay=0.25, reconnect_factor=3.0,
+                      reconnect_delay_max=2.0)
+    assert (m.reconnect_delay, m.reconnect_factor, m.reconnect_delay_max) == (0.25, 3.0, 2.0)
+    assert SocketManager("http://127.0.0.1:1").reconnect_factor == 2.0
+    with pytest.raises(ValueError, match="reconnect_factor"):
+        SocketManager("http://127.0.0.1:1", reconnect_factor=0.5)
 
 
 # -- without the client extra ---------------------------------------------------------------

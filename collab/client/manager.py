@@ -3,7 +3,7 @@
 The façade over the parts, each in its own module and composed here:
 
 - :mod:`.transport`: the Socket.IO connection, one handshake at a time;
-- :mod:`.reconnect`: when to try again, and how often;
+- :mod:`.reconnect`: when to try again (jittered exponential backoff) and how often;
 - :mod:`.dispatch`: the ordered dispatcher and the user's handlers;
 - :mod:`.calls`: acked calls, settled in order or failed as ``DISCONNECTED``/``TIMEOUT``;
 - :mod:`.recovery`: what was joined, re-joined after a reconnect with what was missed;
@@ -24,7 +24,7 @@ from typing import Any
 from .calls import Calls, unwrap
 from .dispatch import Dispatcher, Handler, Handlers
 from .errors import DISCONNECTED, MAX_RECONNECT_EXCEEDED, AckTimeout, CollabError
-from .reconnect import Reconnector
+from .reconnect import Backoff, Reconnector
 from .recovery import ChatRooms, DocumentRooms, Rooms
 from .tokens import TokenProvider, TokenRefresher, TokenSource
 from .transport import Link, Transport
@@ -42,6 +42,11 @@ class SocketManager:
     token when none was given, at the start of every reconnection, after a
     handshake refused as ``UNAUTHORIZED``, and before the token expires
     (``auth:refresh`` at 80% of its remaining lifetime).
+
+    After an unexpected disconnect, attempt ``n`` waits a random time between
+    ``min(reconnect_delay_max, reconnect_delay * reconnect_factor ** (n - 1))`` and
+    the same for ``n + 1`` (see :class:`~collab.client.reconnect.Backoff`), for at
+    most ``max_reconnect_attempts`` attempts in a row.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class SocketManager:
         ack_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         socketio_path: str = "socket.io",
+        reconnect_factor: float = 2.0,
     ) -> None:
         self._closed = True  # no connect() yet, disconnect() called, or reconnection gave up
         self._stopped = asyncio.Event()  # set when closed: wakes waiters
@@ -67,9 +73,9 @@ class SocketManager:
                                     connect_timeout=connect_timeout,
                                     on_event=self._on_event, on_lost=self._on_lost)
         self._calls = Calls(self._transport, self._dispatcher, ack_timeout)
-        self._reconnector = Reconnector(reconnect_delay, reconnect_delay_max,
-                                        max_reconnect_attempts, self._reconnect_once,
-                                        self._give_up)
+        self._reconnector = Reconnector(
+            Backoff(reconnect_delay, reconnect_factor, reconnect_delay_max),
+            max_reconnect_attempts, self._reconnect_once, self._give_up)
         self._token_stale = False  # ask the provider before the next reconnect attempt
         self._refresher = TokenRefresher(self._tokens, self._calls.call)
         # what to re-join after a reconnect, in this order
@@ -103,8 +109,9 @@ class SocketManager:
     socketio_path = property(lambda self: self._transport.socketio_path)
     connect_timeout = property(lambda self: self._transport.connect_timeout)
     max_reconnect_attempts = property(lambda self: self._reconnector.max_attempts)
-    reconnect_delay = property(lambda self: self._reconnector.delay)
-    reconnect_delay_max = property(lambda self: self._reconnector.delay_max)
+    reconnect_delay = property(lambda self: self._reconnector.backoff.initial)
+    reconnect_factor = property(lambda self: self._reconnector.backoff.factor)
+    reconnect_delay_max = property(lambda self: self._reconnector.backoff.cap)
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler(data)`` (sync or async) for a server event or for the local
