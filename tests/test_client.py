@@ -4,6 +4,7 @@ in a subprocess that is killed with SIGKILL and restarted on the same port and d
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import subprocess
 import sys
@@ -20,7 +21,13 @@ import pytest
 from harness import SECRET, WAIT, make_token
 from services import ServiceProcess, free_port
 
-from collab.client import AckTimeout, CollabError, SocketManager
+from collab.client import (
+    TOKEN_PROVIDER_FAILED,
+    AckTimeout,
+    CollabError,
+    SocketManager,
+    TokenProviderError,
+)
 from collab.client.feed import ChatFeed
 from collab.client.reconnect import Backoff
 
@@ -359,6 +366,177 @@ async def test_token_refresh_keeps_the_connection_past_the_first_expiry(server):
     assert alice.sid == sid  # the same connection, never dropped
     assert len(seen.seen["connected"]) == 1
     assert seen.seen["disconnected"] == [] and seen.seen["error"] == []
+    await alice.disconnect()
+
+
+# -- token forms: a string, or a provider asked at every (re)connect -----------------------------
+
+
+class Minter:
+    """Tokens numbered 1, 2, ...: each with its own ``name`` claim and ``exp``, so the
+    server's identity of a connection tells which token it was opened with."""
+
+    def __init__(self, user: str = "alice") -> None:
+        self.user = user
+        self.minted: list[str] = []
+
+    def __call__(self) -> str:
+        n = len(self.minted) + 1
+        self.minted.append(make_token(self.user, ttl=3600 * n, name=f"token {n}"))
+        return self.minted[-1]
+
+    def exp(self, n: int) -> float:
+        return float(jwt.decode(self.minted[n - 1], options={"verify_signature": False})["exp"])
+
+
+def as_sync(minter: Minter) -> Callable[[], str]:
+    return lambda: minter()
+
+
+def as_async(minter: Minter) -> Callable[[], Any]:
+    async def provider() -> str:
+        await asyncio.sleep(0)
+        return minter()
+
+    return provider
+
+
+class AsAwaitableObject:
+    """An object whose ``__call__`` is async: not a coroutine function to ``inspect``."""
+
+    def __init__(self, minter: Minter) -> None:
+        self.minter = minter
+
+    async def __call__(self) -> str:
+        return self.minter()
+
+
+def identity(server: Any, sid: str | None) -> tuple[str, str, float]:
+    """Who the server thinks the connection ``sid`` is, and until when."""
+    who = server.app.connections[sid].identity
+    return who.user_id, who.name, who.expires_at
+
+
+@pytest.mark.parametrize("form", [as_sync, as_async, AsAwaitableObject])
+async def test_a_callable_token_is_asked_at_connect_and_again_at_the_reconnect(server, form):
+    minter = Minter()
+    alice = manager(server.url, token=form(minter), reconnect_delay=0.01)
+    seen = Recorder(alice, "connected", "error")
+    await alice.connect()
+    assert identity(server, alice.sid) == ("alice", "token 1", minter.exp(1))
+
+    await server.app.sio.disconnect(alice.sid)
+    await seen.count("connected", 2)
+    # the reconnect presented a new token, not the one it first connected with
+    assert identity(server, alice.sid) == ("alice", "token 2", minter.exp(2))
+    assert len(minter.minted) == 2 and seen.seen["error"] == []
+    await alice.disconnect()
+
+
+async def test_a_string_token_and_a_provider_connect_with_the_string_first(server):
+    minter = Minter()
+    given = make_token("alice", name="given")
+    alice = manager(server.url, token=given, token_provider=minter, reconnect_delay=0.01)
+    seen = Recorder(alice, "connected")
+    await alice.connect()
+    assert identity(server, alice.sid)[1] == "given" and minter.minted == []
+    await server.app.sio.disconnect(alice.sid)
+    await seen.count("connected", 2)
+    assert identity(server, alice.sid)[1] == "token 1"
+    await alice.disconnect()
+
+
+async def test_a_token_that_is_neither_a_string_nor_callable_is_refused_at_once():
+    with pytest.raises(TypeError, match="token must be a str or a callable"):
+        SocketManager("http://127.0.0.1:1", token=b"bytes")
+    with pytest.raises(TypeError, match="not both"):
+        SocketManager("http://127.0.0.1:1", token=Minter(), token_provider=Minter())
+
+
+class Broken(Exception):
+    pass
+
+
+@pytest.mark.parametrize("returns, says", [
+    (Broken("secret-abc123 in the text"), "token provider raised Broken"),
+    ({"token": "secret-abc123"}, "token provider returned dict, not a str"),
+    ("", "token provider returned an empty string"),
+])
+async def test_a_failing_provider_fails_connect_clearly_and_once(server, caplog, returns, says):
+    caplog.set_level(logging.DEBUG)  # so that a secret logged at any level shows
+    calls: list[int] = []
+
+    async def provider() -> Any:
+        calls.append(1)
+        if isinstance(returns, Exception):
+            raise returns
+        return returns
+
+    alice = manager(server.url, token=provider, reconnect_delay=0.01)
+    with pytest.raises(TokenProviderError) as failed:
+        await alice.connect()
+    assert failed.value.code == TOKEN_PROVIDER_FAILED and failed.value.message == says
+    assert isinstance(failed.value, CollabError)
+    if isinstance(returns, Exception):
+        assert failed.value.__cause__ is returns  # for the caller; not in the message
+    assert calls == [1] and server.app.connections == {}  # asked once, never connected
+    with pytest.raises(CollabError) as closed:
+        await alice.emit("documents:create", {})
+    assert closed.value.code == "DISCONNECTED"
+    assert "secret-abc123" not in caplog.text
+
+
+async def test_a_provider_failing_at_reconnect_is_reported_once_per_attempt(server, caplog):
+    caplog.set_level(logging.DEBUG)  # so that a secret logged at any level shows
+    minter = Minter()
+    failures = 0
+
+    def provider() -> str:
+        nonlocal failures
+        if minter.minted:  # the first call works; every later one raises
+            failures += 1
+            raise Broken("secret-abc123")
+        return minter()
+
+    alice = manager(server.url, token=provider, reconnect_delay=0.01,
+                    reconnect_delay_max=0.02, max_reconnect_attempts=3)
+    seen = Recorder(alice, "error", "disconnected")
+    await alice.connect()
+    await server.app.sio.disconnect(alice.sid)
+    errors = await seen.count("error", 4)
+    assert errors == [{"code": TOKEN_PROVIDER_FAILED,
+                       "message": "token provider raised Broken",
+                       "details": {"exception": "Broken"}}] * 3 + [
+        {"code": "MAX_RECONNECT_EXCEEDED", "message": "Could not reconnect after 3 attempts"}]
+    assert failures == 3  # once per attempt, each after its backoff: no retry storm
+    assert [d["reconnecting"] for d in seen.seen["disconnected"]] == [True, False]
+    assert server.app.connections == {}
+    assert "secret-abc123" not in caplog.text
+    await alice.disconnect()
+
+
+async def test_the_refresh_asks_the_provider_and_reports_its_failure(server, caplog):
+    caplog.set_level(logging.DEBUG)  # so that a secret logged at any level shows
+    minter = Minter()
+    refreshed = asyncio.Event()
+
+    async def provider() -> str:
+        if minter.minted:
+            refreshed.set()
+            raise Broken("secret-abc123")
+        minter.minted.append(make_token("alice", ttl=2))  # refreshed 0.8 to 1.6 s from now
+        return minter.minted[-1]
+
+    alice = manager(server.url, token=provider)
+    seen = Recorder(alice, "error", "disconnected")
+    await alice.connect()
+    sid = alice.sid
+    await asyncio.wait_for(refreshed.wait(), WAIT)
+    [error] = await seen.count("error", 1)
+    assert error["code"] == TOKEN_PROVIDER_FAILED
+    # the connection is untouched until the token runs out; the provider was asked twice
+    assert alice.sid == sid and seen.seen["disconnected"] == [] and len(minter.minted) == 1
+    assert "secret-abc123" not in caplog.text
     await alice.disconnect()
 
 

@@ -23,7 +23,13 @@ from typing import Any
 
 from .calls import Calls, unwrap
 from .dispatch import Dispatcher, Handler, Handlers
-from .errors import DISCONNECTED, MAX_RECONNECT_EXCEEDED, AckTimeout, CollabError
+from .errors import (
+    DISCONNECTED,
+    MAX_RECONNECT_EXCEEDED,
+    AckTimeout,
+    CollabError,
+    TokenProviderError,
+)
 from .reconnect import Backoff, Reconnector
 from .recovery import ChatRooms, DocumentRooms, Rooms
 from .tokens import TokenProvider, TokenRefresher, TokenSource
@@ -38,10 +44,11 @@ class SocketManager:
     """One Socket.IO connection to a collab server, with acks as results or exceptions,
     reconnection, recovery of what was missed, and token refresh.
 
-    ``token_provider`` (a sync or async callable returning a JWT) is asked for a
-    token when none was given, at the start of every reconnection, after a
-    handshake refused as ``UNAUTHORIZED``, and before the token expires
-    (``auth:refresh`` at 80% of its remaining lifetime).
+    ``token`` is a JWT, or a provider: a sync or async callable returning one.
+    ``token_provider`` is the same provider, kept for a ``token`` given as a string.
+    A provider is asked for a token at every handshake (the first one excepted when
+    ``token`` is a string) and before the token expires (``auth:refresh`` at 80% of
+    its remaining lifetime).
 
     After an unexpected disconnect, attempt ``n`` waits a random time between
     ``min(reconnect_delay_max, reconnect_delay * reconnect_factor ** (n - 1))`` and
@@ -52,7 +59,7 @@ class SocketManager:
     def __init__(
         self,
         url: str,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
         token_provider: TokenProvider | None = None,
         max_reconnect_attempts: int = 5,
         reconnect_delay: float = 1.0,
@@ -76,8 +83,7 @@ class SocketManager:
         self._reconnector = Reconnector(
             Backoff(reconnect_delay, reconnect_factor, reconnect_delay_max),
             max_reconnect_attempts, self._reconnect_once, self._give_up)
-        self._token_stale = False  # ask the provider before the next reconnect attempt
-        self._refresher = TokenRefresher(self._tokens, self._calls.call)
+        self._refresher = TokenRefresher(self._tokens, self._calls.call, self._report)
         # what to re-join after a reconnect, in this order
         self._document_rooms = DocumentRooms(self._calls.call, self._handlers.deliver)
         self._chat_rooms = ChatRooms(self._calls.call, self._handlers.deliver)
@@ -123,7 +129,8 @@ class SocketManager:
         return register(handler) if handler is not None else register
 
     async def connect(self) -> None:
-        """Connect once (no retry); raise :class:`CollabError` if refused or unreachable.
+        """Connect once (no retry); raise :class:`CollabError` if refused or unreachable,
+        :class:`~collab.client.errors.TokenProviderError` if the token provider fails.
 
         After reconnection gave up, ``connect()`` re-joins what was joined before."""
         if not self._closed:
@@ -133,9 +140,7 @@ class SocketManager:
         self._transport.reset()
         self._dispatcher.start()
         try:
-            if self._tokens.current is None and self._tokens.refreshable:
-                await self._tokens.fresh()
-            await self._transport.handshake(self._tokens.current)
+            await self._transport.handshake(await self._tokens.for_handshake())
         except BaseException:
             self._close()
             raise
@@ -215,9 +220,7 @@ class SocketManager:
         if self._closed or link is not self._transport.link:
             return
         self._dispatcher.put(partial(self._lost, link, reason, True))
-        if not self._reconnector.running:
-            self._token_stale = self._tokens.refreshable
-            self._reconnector.start()
+        self._reconnector.start()
 
     async def _lost(self, link: Link | None, reason: str, reconnecting: bool) -> None:
         """In the dispatcher: fail what waits on ``link``, then tell the handlers."""
@@ -225,20 +228,20 @@ class SocketManager:
         await self._handlers.deliver("disconnected",
                                      {"reason": reason, "reconnecting": reconnecting})
 
+    def _report(self, error: dict[str, Any]) -> None:
+        """A local error for the ``error`` handlers, in turn with the events."""
+        self._dispatcher.put(partial(self._handlers.deliver, "error", error))
+
     # -- connecting --------------------------------------------------------------
 
     async def _reconnect_once(self) -> bool:
-        """One attempt of the reconnection loop: a token, a handshake, the recovery. The
-        provider is asked at the start of a reconnection, and again after a refused
-        token or a failure of its own."""
-        if self._token_stale:
-            await self._tokens.fresh()
-            self._token_stale = False
+        """One attempt of the reconnection loop: a token, a handshake, the recovery."""
         try:
-            await self._transport.handshake(self._tokens.current)
-        except CollabError as exc:
-            self._token_stale = exc.code == "UNAUTHORIZED" and self._tokens.refreshable
+            token = await self._tokens.for_handshake()
+        except TokenProviderError as exc:
+            self._report(exc.to_dict())
             raise
+        await self._transport.handshake(token)
         if await self._dispatcher.run(partial(self._resume, True)) \
                 and self._transport.online.is_set():
             return True  # connected and recovered: the next loss starts counting afresh
@@ -266,7 +269,7 @@ class SocketManager:
         error = {"code": MAX_RECONNECT_EXCEEDED,
                  "message": f"Could not reconnect after {attempts} attempts"}
         self._dispatcher.put(partial(self._lost, None, "gave up", False))
-        self._dispatcher.put(partial(self._handlers.deliver, "error", error))
+        self._report(error)
         self._close()
 
     def _close(self) -> None:
