@@ -13,6 +13,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -655,6 +656,49 @@ async def test_a_server_gone_for_good_ends_in_max_reconnect_exceeded(collab_proc
         await alice.emit("documents:create", {})
     assert closed.value.code == "DISCONNECTED"
     await alice.disconnect()  # a no-op now
+
+
+async def test_after_a_restart_the_attempts_follow_the_backoff_and_reconnect(collab_process):
+    """Kill the server and let four attempts fail: each asks the token provider after
+    its delay, so the gaps between the calls are the delays, within their bounds
+    (growing by the factor, jittered, capped). Then restart it: the next attempt gets in,
+    with a new token."""
+    loop = asyncio.get_running_loop()
+    backoff = Backoff(initial=0.05, factor=3.0, cap=0.5)
+    asked: list[float] = []
+    four_failed = asyncio.Event()
+    minter = Minter()
+
+    def provider() -> str:
+        asked.append(loop.time())
+        if len(asked) == 1 + 4:
+            four_failed.set()
+        return minter()
+
+    alice = manager(collab_process.url, token=provider, reconnect_delay=backoff.initial,
+                    reconnect_factor=backoff.factor, reconnect_delay_max=backoff.cap,
+                    max_reconnect_attempts=100)
+    seen = Recorder(alice, "connected")
+    lost: list[float] = []
+    alice.on("disconnected", lambda data: lost.append(loop.time()))
+    await alice.connect()
+
+    collab_process.kill()
+    await asyncio.wait_for(four_failed.wait(), WAIT)
+    await asyncio.to_thread(collab_process.start)  # same port, same SQLite file
+    await seen.count("connected", 2)
+    result = await alice.emit("documents:create", {})
+    assert result["document"]["created_by"] == "alice"
+    await alice.disconnect()
+
+    starts = [lost[0], *asked[1:5]]  # the loss, then the first four attempts
+    # bounds 0.05-0.15, 0.15-0.45, 0.45-0.5, 0.5 (the cap); the old linear delays
+    # (0.05 * n) would be too short from the second attempt on
+    for attempt, (before, at) in enumerate(pairwise(starts), start=1):
+        low, high = backoff.bounds(attempt)
+        # a refused connect to a dead port takes milliseconds; allow for a busy machine
+        assert low - 0.01 <= at - before <= high + 0.15, (attempt, at - before)
+    assert len(minter.minted) == len(asked) >= 6  # a fresh token for every attempt
 
 
 # -- ChatFeed: the ordering rules on their own --------------------------------------------------
