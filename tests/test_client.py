@@ -4,6 +4,8 @@ in a subprocess that is killed with SIGKILL and restarted on the same port and d
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,15 @@ import pytest
 from harness import SECRET, WAIT, make_token
 from services import ServiceProcess, free_port
 
-from collab.client import AckTimeout, CollabError, SocketManager
+from collab.client import (
+    TOKEN_PROVIDER_FAILED,
+    AckTimeout,
+    CollabError,
+    SocketManager,
+    TokenProviderError,
+)
 from collab.client.feed import ChatFeed
+from collab.client.reconnect import Backoff
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -360,6 +370,177 @@ async def test_token_refresh_keeps_the_connection_past_the_first_expiry(server):
     await alice.disconnect()
 
 
+# -- token forms: a string, or a provider asked at every (re)connect -----------------------------
+
+
+class Minter:
+    """Tokens numbered 1, 2, ...: each with its own ``name`` claim and ``exp``, so the
+    server's identity of a connection tells which token it was opened with."""
+
+    def __init__(self, user: str = "alice") -> None:
+        self.user = user
+        self.minted: list[str] = []
+
+    def __call__(self) -> str:
+        n = len(self.minted) + 1
+        self.minted.append(make_token(self.user, ttl=3600 * n, name=f"token {n}"))
+        return self.minted[-1]
+
+    def exp(self, n: int) -> float:
+        return float(jwt.decode(self.minted[n - 1], options={"verify_signature": False})["exp"])
+
+
+def as_sync(minter: Minter) -> Callable[[], str]:
+    return lambda: minter()
+
+
+def as_async(minter: Minter) -> Callable[[], Any]:
+    async def provider() -> str:
+        await asyncio.sleep(0)
+        return minter()
+
+    return provider
+
+
+class AsAwaitableObject:
+    """An object whose ``__call__`` is async: not a coroutine function to ``inspect``."""
+
+    def __init__(self, minter: Minter) -> None:
+        self.minter = minter
+
+    async def __call__(self) -> str:
+        return self.minter()
+
+
+def identity(server: Any, sid: str | None) -> tuple[str, str, float]:
+    """Who the server thinks the connection ``sid`` is, and until when."""
+    who = server.app.connections[sid].identity
+    return who.user_id, who.name, who.expires_at
+
+
+@pytest.mark.parametrize("form", [as_sync, as_async, AsAwaitableObject])
+async def test_a_callable_token_is_asked_at_connect_and_again_at_the_reconnect(server, form):
+    minter = Minter()
+    alice = manager(server.url, token=form(minter), reconnect_delay=0.01)
+    seen = Recorder(alice, "connected", "error")
+    await alice.connect()
+    assert identity(server, alice.sid) == ("alice", "token 1", minter.exp(1))
+
+    await server.app.sio.disconnect(alice.sid)
+    await seen.count("connected", 2)
+    # the reconnect presented a new token, not the one it first connected with
+    assert identity(server, alice.sid) == ("alice", "token 2", minter.exp(2))
+    assert len(minter.minted) == 2 and seen.seen["error"] == []
+    await alice.disconnect()
+
+
+async def test_a_string_token_and_a_provider_connect_with_the_string_first(server):
+    minter = Minter()
+    given = make_token("alice", name="given")
+    alice = manager(server.url, token=given, token_provider=minter, reconnect_delay=0.01)
+    seen = Recorder(alice, "connected")
+    await alice.connect()
+    assert identity(server, alice.sid)[1] == "given" and minter.minted == []
+    await server.app.sio.disconnect(alice.sid)
+    await seen.count("connected", 2)
+    assert identity(server, alice.sid)[1] == "token 1"
+    await alice.disconnect()
+
+
+async def test_a_token_that_is_neither_a_string_nor_callable_is_refused_at_once():
+    with pytest.raises(TypeError, match="token must be a str or a callable"):
+        SocketManager("http://127.0.0.1:1", token=b"bytes")
+    with pytest.raises(TypeError, match="not both"):
+        SocketManager("http://127.0.0.1:1", token=Minter(), token_provider=Minter())
+
+
+class Broken(Exception):
+    pass
+
+
+@pytest.mark.parametrize("returns, says", [
+    (Broken("secret-abc123 in the text"), "token provider raised Broken"),
+    ({"token": "secret-abc123"}, "token provider returned dict, not a str"),
+    ("", "token provider returned an empty string"),
+])
+async def test_a_failing_provider_fails_connect_clearly_and_once(server, caplog, returns, says):
+    caplog.set_level(logging.DEBUG)  # so that a secret logged at any level shows
+    calls: list[int] = []
+
+    async def provider() -> Any:
+        calls.append(1)
+        if isinstance(returns, Exception):
+            raise returns
+        return returns
+
+    alice = manager(server.url, token=provider, reconnect_delay=0.01)
+    with pytest.raises(TokenProviderError) as failed:
+        await alice.connect()
+    assert failed.value.code == TOKEN_PROVIDER_FAILED and failed.value.message == says
+    assert isinstance(failed.value, CollabError)
+    if isinstance(returns, Exception):
+        assert failed.value.__cause__ is returns  # for the caller; not in the message
+    assert calls == [1] and server.app.connections == {}  # asked once, never connected
+    with pytest.raises(CollabError) as closed:
+        await alice.emit("documents:create", {})
+    assert closed.value.code == "DISCONNECTED"
+    assert "secret-abc123" not in caplog.text
+
+
+async def test_a_provider_failing_at_reconnect_is_reported_once_per_attempt(server, caplog):
+    caplog.set_level(logging.DEBUG)  # so that a secret logged at any level shows
+    minter = Minter()
+    failures = 0
+
+    def provider() -> str:
+        nonlocal failures
+        if minter.minted:  # the first call works; every later one raises
+            failures += 1
+            raise Broken("secret-abc123")
+        return minter()
+
+    alice = manager(server.url, token=provider, reconnect_delay=0.01,
+                    reconnect_delay_max=0.02, max_reconnect_attempts=3)
+    seen = Recorder(alice, "error", "disconnected")
+    await alice.connect()
+    await server.app.sio.disconnect(alice.sid)
+    errors = await seen.count("error", 4)
+    assert errors == [{"code": TOKEN_PROVIDER_FAILED,
+                       "message": "token provider raised Broken",
+                       "details": {"exception": "Broken"}}] * 3 + [
+        {"code": "MAX_RECONNECT_EXCEEDED", "message": "Could not reconnect after 3 attempts"}]
+    assert failures == 3  # once per attempt, each after its backoff: no retry storm
+    assert [d["reconnecting"] for d in seen.seen["disconnected"]] == [True, False]
+    assert server.app.connections == {}
+    assert "secret-abc123" not in caplog.text
+    await alice.disconnect()
+
+
+async def test_the_refresh_asks_the_provider_and_reports_its_failure(server, caplog):
+    caplog.set_level(logging.DEBUG)  # so that a secret logged at any level shows
+    minter = Minter()
+    refreshed = asyncio.Event()
+
+    async def provider() -> str:
+        if minter.minted:
+            refreshed.set()
+            raise Broken("secret-abc123")
+        minter.minted.append(make_token("alice", ttl=2))  # refreshed 0.8 to 1.6 s from now
+        return minter.minted[-1]
+
+    alice = manager(server.url, token=provider)
+    seen = Recorder(alice, "error", "disconnected")
+    await alice.connect()
+    sid = alice.sid
+    await asyncio.wait_for(refreshed.wait(), WAIT)
+    [error] = await seen.count("error", 1)
+    assert error["code"] == TOKEN_PROVIDER_FAILED
+    # the connection is untouched until the token runs out; the provider was asked twice
+    assert alice.sid == sid and seen.seen["disconnected"] == [] and len(minter.minted) == 1
+    assert "secret-abc123" not in caplog.text
+    await alice.disconnect()
+
+
 # -- a real `collab serve`, killed with SIGKILL ------------------------------------------------
 
 
@@ -477,6 +658,49 @@ async def test_a_server_gone_for_good_ends_in_max_reconnect_exceeded(collab_proc
     await alice.disconnect()  # a no-op now
 
 
+async def test_after_a_restart_the_attempts_follow_the_backoff_and_reconnect(collab_process):
+    """Kill the server and let four attempts fail: each asks the token provider after
+    its delay, so the gaps between the calls are the delays, within their bounds
+    (growing by the factor, jittered, capped). Then restart it: the next attempt gets in,
+    with a new token."""
+    loop = asyncio.get_running_loop()
+    backoff = Backoff(initial=0.05, factor=3.0, cap=0.5)
+    asked: list[float] = []
+    four_failed = asyncio.Event()
+    minter = Minter()
+
+    def provider() -> str:
+        asked.append(loop.time())
+        if len(asked) == 1 + 4:
+            four_failed.set()
+        return minter()
+
+    alice = manager(collab_process.url, token=provider, reconnect_delay=backoff.initial,
+                    reconnect_factor=backoff.factor, reconnect_delay_max=backoff.cap,
+                    max_reconnect_attempts=100)
+    seen = Recorder(alice, "connected")
+    lost: list[float] = []
+    alice.on("disconnected", lambda data: lost.append(loop.time()))
+    await alice.connect()
+
+    collab_process.kill()
+    await asyncio.wait_for(four_failed.wait(), WAIT)
+    await asyncio.to_thread(collab_process.start)  # same port, same SQLite file
+    await seen.count("connected", 2)
+    result = await alice.emit("documents:create", {})
+    assert result["document"]["created_by"] == "alice"
+    await alice.disconnect()
+
+    starts = [lost[0], *asked[1:5]]  # the loss, then the first four attempts
+    # bounds 0.05-0.15, 0.15-0.45, 0.45-0.5, 0.5 (the cap); the old linear delays
+    # (0.05 * n) would be too short from the second attempt on
+    for attempt, (before, at) in enumerate(pairwise(starts), start=1):
+        low, high = backoff.bounds(attempt)
+        # a refused connect to a dead port takes milliseconds; allow for a busy machine
+        assert low - 0.01 <= at - before <= high + 0.15, (attempt, at - before)
+    assert len(minter.minted) == len(asked) >= 6  # a fresh token for every attempt
+
+
 # -- ChatFeed: the ordering rules on their own --------------------------------------------------
 
 
@@ -498,6 +722,46 @@ def test_feed_delivers_in_order_once_and_reports_gaps():
     assert delivered(feed.offer([msg(4), msg(5)], recovered=True)) == [4, 5, 6]
     assert delivered(feed.offer([msg(5), msg(6), msg(7)], recovered=True)) == [7]
     assert feed.gap() is None and feed.last == 7
+
+
+# -- Backoff: the delays between reconnection attempts, computed on their own -----------------
+
+
+def test_backoff_grows_by_the_factor_jitters_within_one_step_and_stops_at_the_cap():
+    backoff = Backoff(initial=0.5, factor=2.0, cap=5.0, rng=random.Random(12))
+    assert [backoff.bounds(n) for n in range(1, 7)] == [
+        (0.5, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 5.0), (5.0, 5.0), (5.0, 5.0)]
+    for attempt in range(1, 7):
+        low, high = backoff.bounds(attempt)
+        delays = [backoff.delay(attempt) for _ in range(500)]
+        assert all(low <= d <= high <= 5.0 for d in delays)
+        if low < high:  # spread over the whole step, not bunched at one end
+            assert min(delays) < low + 0.05 * (high - low)
+            assert max(delays) > high - 0.05 * (high - low)
+            assert len(set(delays)) == len(delays)
+    # the same seed, the same delays: the rng is the only source of randomness
+    runs = [Backoff(0.5, 2.0, 5.0, rng=random.Random(99)) for _ in range(2)]
+    assert [runs[0].delay(n) for n in range(1, 20)] == [runs[1].delay(n) for n in range(1, 20)]
+
+
+def test_backoff_edges():
+    assert Backoff(1.0, 2.0, 30.0).bounds(5000) == (30.0, 30.0)  # no OverflowError
+    assert Backoff(0.0, 2.0, 1.0).bounds(3) == (0.0, 0.0)
+    assert Backoff(0.2, 1.0, 9.0).bounds(7) == (0.2, 0.2)  # factor 1: constant, no jitter
+    assert Backoff(2.0, 2.0, 1.0).bounds(1) == (1.0, 1.0)  # a cap below the first step wins
+    for bad in ({"initial": -1.0}, {"factor": 0.5}, {"cap": -0.1},
+                {"initial": float("nan")}):
+        with pytest.raises(ValueError):
+            Backoff(**bad)
+
+
+def test_the_manager_takes_the_backoff_settings():
+    m = SocketManager("http://127.0.0.1:1", reconnect_delay=0.25, reconnect_factor=3.0,
+                      reconnect_delay_max=2.0)
+    assert (m.reconnect_delay, m.reconnect_factor, m.reconnect_delay_max) == (0.25, 3.0, 2.0)
+    assert SocketManager("http://127.0.0.1:1").reconnect_factor == 2.0
+    with pytest.raises(ValueError, match="reconnect_factor"):
+        SocketManager("http://127.0.0.1:1", reconnect_factor=0.5)
 
 
 # -- without the client extra ---------------------------------------------------------------

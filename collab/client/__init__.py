@@ -18,8 +18,10 @@ from .errors import (
     DISCONNECTED,
     MAX_RECONNECT_EXCEEDED,
     TIMEOUT,
+    TOKEN_PROVIDER_FAILED,
     AckTimeout,
     CollabError,
+    TokenProviderError,
 )
 from .manager import SocketManager
 
@@ -28,7 +30,9 @@ __all__ = [
     "DISCONNECTED",
     "MAX_RECONNECT_EXCEEDED",
     "TIMEOUT",
+    "TOKEN_PROVIDER_FAILED",
     "AckTimeout",
     "CollabError",
     "SocketManager",
+    "TokenProviderError",
 ]

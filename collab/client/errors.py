@@ -17,6 +17,8 @@ DISCONNECTED = "DISCONNECTED"
 CONNECTION_FAILED = "CONNECTION_FAILED"
 #: reconnection gave up; sent to ``error`` handlers, never raised.
 MAX_RECONNECT_EXCEEDED = "MAX_RECONNECT_EXCEEDED"
+#: the token provider raised or returned something other than a non-empty ``str``.
+TOKEN_PROVIDER_FAILED = "TOKEN_PROVIDER_FAILED"
 
 
 class CollabError(Exception):
@@ -52,3 +54,11 @@ class AckTimeout(CollabError, TimeoutError):
 
     def __init__(self, message: str = "No acknowledgement in time", details: Any = None) -> None:
         CollabError.__init__(self, TIMEOUT, message, details)
+
+
+class TokenProviderError(CollabError):
+    """The token provider failed: code ``TOKEN_PROVIDER_FAILED``. What it raised is the
+    ``__cause__``; the message names only its type, since its text may hold a secret."""
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        CollabError.__init__(self, TOKEN_PROVIDER_FAILED, message, details)
