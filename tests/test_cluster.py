@@ -19,10 +19,11 @@ import socketio
 from conftest import cancel_leftover_tasks, running_server
 from harness import SECRET, WAIT, Client, OtherNode, make_settings, make_token
 from process import CollabProcess
-from services import RedisServer, with_database
+from services import RedisClusterServer, RedisServer, with_database
 from tornado.httpclient import AsyncHTTPClient
 
 from collab.broadcast.holdback import GAP_TIMEOUT
+from collab.redisconn import RedisTarget
 
 pytestmark = pytest.mark.cluster
 
@@ -56,7 +57,8 @@ def start_node(tmp: Path, name: str, redis_url: str, storage_url: str) -> Collab
 
 
 class Cluster:
-    def __init__(self, tmp: Path, redis: RedisServer, storage_url: str) -> None:
+    def __init__(self, tmp: Path, redis: RedisServer | RedisClusterServer,
+                 storage_url: str) -> None:
         self.tmp = tmp
         self.redis = redis
         self.storage_url = storage_url
@@ -72,8 +74,13 @@ class Cluster:
             node.stop()
 
 
-def make_cluster(tmp: Path, mongodb_url: str, names: list[str]) -> Cluster:
-    redis = RedisServer(tmp)
+#: every test here runs with the nodes on a single Redis and on a Redis Cluster
+BACKENDS = {"redis": RedisServer, "cluster": RedisClusterServer}
+
+
+def make_cluster(tmp: Path, mongodb_url: str, names: list[str],
+                 backend: str = "redis") -> Cluster:
+    redis = BACKENDS[backend](tmp)
     redis.start()
     cluster = Cluster(tmp, redis, with_database(mongodb_url, unique("cluster")))
     try:
@@ -86,10 +93,11 @@ def make_cluster(tmp: Path, mongodb_url: str, names: list[str]) -> Cluster:
     return cluster
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, mongodb_url):
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def cluster(request, tmp_path_factory, mongodb_url):
     """Two nodes, A and B, for the tests that do not break anything shared."""
-    cluster = make_cluster(tmp_path_factory.mktemp("cluster"), mongodb_url, ["node-a", "node-b"])
+    cluster = make_cluster(tmp_path_factory.mktemp("cluster"), mongodb_url, ["node-a", "node-b"],
+                           request.param)
     yield cluster
     cluster.stop()
     cluster.redis.stop()
@@ -360,6 +368,13 @@ async def test_a_revoked_user_leaves_the_room_on_every_node(a, b, connect):
 # themselves, out of order, to see each node deliver them in order.
 
 
+@pytest.fixture(params=list(BACKENDS))
+def redis_url(request):
+    """The in-process nodes' Redis: a single one, or a cluster."""
+    return request.getfixturevalue(
+        "redis_url" if request.param == "redis" else "redis_cluster_url")
+
+
 @pytest.fixture
 def node(io_loop, redis_url):
     """An in-process node on the session Redis (and its own SQLite store)."""
@@ -422,12 +437,12 @@ async def test_a_rooms_order_is_forgotten_when_its_last_local_client_disconnects
 # -- Redis outage ----------------------------------------------------------------
 
 
-@pytest.fixture
-def outage_cluster(tmp_path, mongodb_url):
+@pytest.fixture(params=list(BACKENDS))
+def outage_cluster(request, tmp_path, mongodb_url):
     """A cluster of its own: its Redis is stopped and started again."""
-    if RedisServer(tmp_path).external:
-        pytest.skip("COLLAB_TEST_REDIS_URL is set: cannot stop that Redis")
-    cluster = make_cluster(tmp_path, mongodb_url, ["node-a", "node-b"])
+    if BACKENDS[request.param](tmp_path).external:
+        pytest.skip("an external Redis is configured: cannot stop it")
+    cluster = make_cluster(tmp_path, mongodb_url, ["node-a", "node-b"], request.param)
     yield cluster
     cluster.stop()
     cluster.redis.stop()
@@ -657,9 +672,12 @@ async def test_a_dropped_subscriber_connection_is_noticed_and_access_checked(nod
         checked.set()
 
     membership.recheck_access = counting
-    client = aioredis.from_url(redis_url)
-    try:
-        assert await client.client_kill_filter(_type="pubsub") >= 1
-    finally:
-        await client.aclose()
+    killed = 0
+    for seed in RedisTarget.parse(redis_url).seeds:  # every master of a cluster
+        client = aioredis.Redis(host=seed[0], port=seed[1])
+        try:
+            killed += await client.client_kill_filter(_type="pubsub")
+        finally:
+            await client.aclose()
+    assert killed >= 1
     await asyncio.wait_for(checked.wait(), 10)
