@@ -316,10 +316,16 @@ class MongoStore(Store):
         async for raw in self._documents.find(
             {"listed": {"$exists": False}}, {"acl": 1, "updated_at": 1}
         ):
+            users = list(_roles(raw.get("acl")))
+            # $set first where the array is missing (nx-27017's $addToSet does not create
+            # one), then $addToSet for a grant another node made in between
+            await self._documents.update_one(
+                {"_id": raw["_id"], "users": {"$exists": False}}, {"$set": {"users": users}}
+            )
             await self._documents.update_one(
                 {"_id": raw["_id"]},
                 {
-                    "$addToSet": {"users": {"$each": list(_roles(raw.get("acl")))}},
+                    "$addToSet": {"users": {"$each": users}},
                     "$max": {"listed": _listed(raw["updated_at"], raw["_id"])},
                 },
             )
