@@ -527,7 +527,8 @@ async def test_sqlite_a_write_that_aborts_the_transaction_fails_alone(
         def interrupted(conn) -> None:
             conn.create_function("halt", 0, lambda: conn.interrupt() or 1)
             conn.execute("INSERT INTO chats (id, title, created_by, created_at)"
-                         " SELECT 'x' || halt(), 'T', 'alice', 'now' FROM (SELECT 1 UNION ALL SELECT 2)")
+                         " SELECT 'x' || halt(), 'T', 'alice', 'now'"
+                         " FROM (SELECT 1 UNION ALL SELECT 2)")
 
         runs = {"before": 0, "after": 0}
 
