@@ -162,16 +162,17 @@ def _document(raw: dict[str, Any]) -> Document:
     }
 
 
-def _chat_activity(
-    chat_id: str, created_at: str, last: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The ``$max`` that records ``last`` (a message, or None) as a chat's activity."""
-    if last is None:
-        return {"last_seq": 0, "listed": _listed(created_at, chat_id)}
+def _chat_activity(chat_id: str, created_at: str) -> dict[str, Any]:
+    """The activity fields of a chat without messages."""
+    return {"last_seq": 0, "listed": _listed(created_at, chat_id)}
+
+
+def _message_activity(message: dict[str, Any]) -> dict[str, Any]:
+    """The ``$max`` that records ``message`` (one with ``chat_id``, ``seq``, ``created_at``)."""
     return {
-        "last_seq": last["seq"],
-        "last_message_at": last["created_at"],
-        "listed": _listed(last["created_at"], chat_id),
+        "last_seq": message["seq"],
+        "last_message_at": message["created_at"],
+        "listed": _listed(message["created_at"], message["chat_id"]),
     }
 
 
@@ -331,12 +332,16 @@ class MongoStore(Store):
             )
         async for raw in self._chats.find({"listed": {"$exists": False}}, {"created_at": 1}):
             last = await self._messages.find_one(
-                {"chat_id": raw["_id"]}, {"seq": 1, "created_at": 1}, sort=[("seq", DESCENDING)]
+                {"chat_id": raw["_id"]},
+                {"chat_id": 1, "seq": 1, "created_at": 1},
+                sort=[("seq", DESCENDING)],
             )
-            await self._chats.update_one(
-                {"_id": raw["_id"]},
-                {"$max": _chat_activity(raw["_id"], raw["created_at"], last)},
+            activity = (
+                _chat_activity(raw["_id"], raw["created_at"])
+                if last is None
+                else _message_activity(last)
             )
+            await self._chats.update_one({"_id": raw["_id"]}, {"$max": activity})
         await self._meta.update_one(
             {"_id": "listing"}, {"$set": {"done_at": now_iso()}}, upsert=True
         )
@@ -685,7 +690,7 @@ class MongoStore(Store):
             "created_at": now,
             "members": ordered,
             "roles": {_key(m): ("owner" if m == user_id else "member") for m in ordered},
-            **_chat_activity(chat_id, now, None),
+            **_chat_activity(chat_id, now),
         }
         try:
             await self._chats.insert_one(raw)
@@ -780,7 +785,7 @@ class MongoStore(Store):
         try:
             await self._chats.update_one(
                 {"_id": message["chat_id"]},
-                {"$max": _chat_activity(message["chat_id"], "", message)},
+                {"$max": _message_activity(message)},
             )
         except PyMongoError:
             log.warning("chat %r: activity of seq %d not recorded", message["chat_id"],
