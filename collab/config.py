@@ -250,6 +250,9 @@ class Settings(BaseSettings):
     history_max: Positive = 200
     #: encoded bytes of the messages in one chat:join or chat:history page (at least one)
     history_page_bytes: Positive = 1024 * 1024
+    #: days of document history kept (documents:history, documents:get at a version);
+    #: older versions are compacted away once a snapshot covers them. 0: keep everything
+    document_history_days: int = Field(0, ge=0)
 
     websocket_compression: bool = False
     #: broadcast by writing one pre-framed message to each idle WebSocket

@@ -489,7 +489,8 @@ async def test_sqlite_a_failed_write_undoes_only_itself(tmp_path: Path, io_loop)
         await store.create_chat("c1", "Room", "alice", [])
 
         def write_then_fail(conn) -> None:
-            conn.execute("INSERT INTO chats VALUES ('half', 'T', 'alice', 'now')")
+            conn.execute("INSERT INTO chats (id, title, created_by, created_at)"
+                         " VALUES ('half', 'T', 'alice', 'now')")
             raise ValueError("changed its mind")
 
         before = store.commits
@@ -525,7 +526,8 @@ async def test_sqlite_a_write_that_aborts_the_transaction_fails_alone(
 
         def interrupted(conn) -> None:
             conn.create_function("halt", 0, lambda: conn.interrupt() or 1)
-            conn.execute("INSERT INTO chats SELECT 'x' || halt(), 'T', 'alice', 'now'"
+            conn.execute("INSERT INTO chats (id, title, created_by, created_at)"
+                         " SELECT 'x' || halt(), 'T', 'alice', 'now'"
                          " FROM (SELECT 1 UNION ALL SELECT 2)")
 
         runs = {"before": 0, "after": 0}
@@ -533,7 +535,8 @@ async def test_sqlite_a_write_that_aborts_the_transaction_fails_alone(
         def post(which: str):
             def write(conn) -> None:
                 runs[which] += 1
-                conn.execute("INSERT INTO chats VALUES (?, 'T', 'alice', 'now')", (which,))
+                conn.execute("INSERT INTO chats (id, title, created_by, created_at)"
+                             " VALUES (?, 'T', 'alice', 'now')", (which,))
             return write
 
         with database_thread_held(store):

@@ -13,11 +13,18 @@ from __future__ import annotations
 import abc
 import datetime
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 Document = dict[str, Any]
 Chat = dict[str, Any]
 Message = dict[str, Any]
+#: ``{version, user_id, created_at}``: one entry of a document's history
+VersionEntry = dict[str, Any]
+#: ``{id, title, role, version, updated_at}``: one row of ``documents:list``
+DocumentListing = dict[str, Any]
+#: ``{id, title, role, last_seq, last_message_at}``: one row of ``chat:list``
+ChatListing = dict[str, Any]
 
 DOCUMENT_ROLES = ("owner", "editor", "viewer")
 CHAT_ROLES = ("owner", "member")
@@ -31,6 +38,61 @@ def now_iso() -> str:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def parse_iso(text: str) -> datetime.datetime:
+    """An ISO 8601 time as an aware UTC datetime; ValueError for anything else."""
+    if not isinstance(text, str):
+        raise ValueError(f"not an ISO 8601 time: {text!r}")
+    parsed = datetime.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"ISO 8601 time without a time zone: {text!r}")
+    return parsed.astimezone(datetime.timezone.utc)
+
+
+def iso(moment: datetime.datetime) -> str:
+    """``moment`` in the store's own format (what :func:`now_iso` returns)."""
+    moment = moment.astimezone(datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def epoch_ms(text: str) -> int:
+    """Milliseconds since 1970 of an ISO 8601 time (backends that compare times as numbers)."""
+    moment = parse_iso(text)
+    return (moment - _EPOCH) // datetime.timedelta(milliseconds=1)
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Update:
+    """One accepted change of a document: the Yjs update that made ``version``.
+
+    Version 0's ``update`` is the document's initial Yjs state. A change stored
+    by :meth:`Store.update_document` (the v1 path, no Yjs update) has ``b""``.
+    """
+
+    version: int
+    user_id: str
+    created_at: str
+    update: bytes
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A document's whole Yjs state as of ``version`` (every update up to it applied)."""
+
+    version: int
+    state: bytes
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """What :meth:`Store.compact_document` removed."""
+
+    updates: int = 0
+    snapshots: int = 0
 
 
 class Store(abc.ABC):
@@ -55,26 +117,141 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_document(
-        self, document_id: str, title: str, content: str, user_id: str
+        self, document_id: str, title: str, content: str, user_id: str, state: bytes = b""
     ) -> Document:
         """Store a document at version 0 with ``user_id`` as its owner.
 
-        Raises :class:`~collab.errors.AlreadyExists` when the id is taken.
+        Version 0's log entry holds ``state``, the initial Yjs state, attributed
+        to ``user_id``; it is also the document's first snapshot. Raises
+        :class:`~collab.errors.AlreadyExists` when the id is taken (and writes
+        nothing).
         """
 
     @abc.abstractmethod
     async def get_document(self, document_id: str) -> Document | None:
         ...
 
-    @abc.abstractmethod
     async def update_document(
         self, document_id: str, content: str, version: int, user_id: str
     ) -> Document:
         """Replace the content if the stored version is ``version - 1``, atomically.
 
-        Raises :class:`~collab.errors.VersionConflict` carrying the current
-        document otherwise, and :class:`~collab.errors.NotFound` when the
-        document does not exist.
+        The v1 compare-and-set: an :meth:`append_document_update` with
+        ``expected_version=version - 1`` and no Yjs update (``b""`` in the log),
+        so the version is recorded in the history like any other. Raises
+        :class:`~collab.errors.VersionConflict` carrying the current document
+        otherwise, and :class:`~collab.errors.NotFound` when the document does
+        not exist.
+        """
+        return await self.append_document_update(
+            document_id, b"", content, user_id, expected_version=version - 1
+        )
+
+    @abc.abstractmethod
+    async def append_document_update(
+        self,
+        document_id: str,
+        update: bytes,
+        content: str,
+        user_id: str,
+        expected_version: int | None = None,
+    ) -> Document:
+        """Store one accepted change as the next version; durable on return.
+
+        The store assigns ``version = head + 1`` atomically, across processes
+        and nodes: the log entry ``(version, user_id, created_at, update)`` and
+        the head (``content``, ``version``, ``updated_by``, ``updated_at``) are
+        written together, and a version is never assigned twice. With
+        ``expected_version``, the head must be at that version or
+        :class:`~collab.errors.VersionConflict` carries the current document.
+        :class:`~collab.errors.NotFound` when there is no such document.
+        Returns the new head.
+        """
+
+    @abc.abstractmethod
+    async def document_updates(
+        self,
+        document_id: str,
+        after_version: int,
+        up_to: int | None = None,
+        limit: int | None = None,
+    ) -> list[Update]:
+        """Log entries with ``after_version < version <= up_to``, oldest first.
+
+        At most ``limit`` (all without one); ``after_version=-1`` starts at
+        version 0. Never an entry beyond the head. Entries compaction removed
+        are absent; an unknown document has none.
+        """
+
+    @abc.abstractmethod
+    async def save_document_snapshot(self, document_id: str, version: int, state: bytes) -> None:
+        """Keep ``state`` as the document's Yjs state at ``version``; durable on return.
+
+        ``version`` must be between 0 and the head's version (ValueError
+        otherwise); saving one version again replaces its state (the caller
+        saves the same state, however encoded). NotFound for no document.
+        """
+
+    @abc.abstractmethod
+    async def document_snapshot(
+        self, document_id: str, at_most: int | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot with ``version <= at_most`` (or the newest of all).
+
+        Version 0's log entry counts as a snapshot, so a document created with
+        :meth:`create_document` always has one until compaction removes it.
+        None when there is none: no document, ``at_most`` below every snapshot
+        kept, or a document stored before the update log existed (its state
+        must be rebuilt from ``content`` and saved).
+        """
+
+    @abc.abstractmethod
+    async def document_history(
+        self, document_id: str, before_version: int | None, limit: int
+    ) -> tuple[list[VersionEntry], bool]:
+        """The newest ``limit`` log entries with ``version < before_version`` (or overall).
+
+        ``[{version, user_id, created_at}]`` oldest first, with whether older
+        entries exist; version 0 (the creation) is one of them.
+        """
+
+    @abc.abstractmethod
+    async def compact_document(self, document_id: str, older_than: str | None) -> Compacted:
+        """Drop log entries and snapshots not needed to load any kept version.
+
+        Only what is older than ``older_than`` (ISO 8601) goes, and never what
+        loading the current state needs: the newest snapshot and every entry
+        after it stay, and so does the head version's own entry. Let F be the
+        first version made at or after ``older_than``, and B the newest snapshot
+        at or below both F and the newest snapshot: snapshots below B and
+        entries at or below B (and below F) are dropped, so every version from
+        F on can still be rebuilt (snapshot B plus the entries after it).
+        Versions between B and F stay until a snapshot at or after them is
+        saved. ``older_than=None`` drops nothing. NotFound for no document.
+        """
+
+    @abc.abstractmethod
+    async def list_documents(
+        self, user_id: str, before: str | None, limit: int
+    ) -> tuple[list[DocumentListing], str | None]:
+        """The documents ``user_id`` holds a role on, most recently updated first.
+
+        Ties broken by id (descending). ``before`` is a cursor from an earlier
+        call; the second value is the cursor of the next page, or None on the
+        last. A cursor that is not one of ours for this user and this list
+        raises :class:`~collab.errors.InvalidInput`. ``limit`` (at least 1) is
+        taken as given; capping it is the caller's job.
+        """
+
+    @abc.abstractmethod
+    async def list_chats(
+        self, user_id: str, before: str | None, limit: int
+    ) -> tuple[list[ChatListing], str | None]:
+        """The chats ``user_id`` is a member of, most recent activity first.
+
+        Activity is the last message's time, or the chat's creation for one
+        without messages (``last_seq`` 0, ``last_message_at`` None). Paging as
+        :meth:`list_documents`.
         """
 
     @abc.abstractmethod

@@ -10,6 +10,11 @@ Group commit: writes that arrive while the thread is busy wait for it and then
 share one transaction and one sync, each inside its own savepoint, so one
 write's failure undoes only that write. A call returns only after its
 transaction committed.
+
+Document appends in one group commit write their log rows as they go, but a
+document's head row (which holds the whole ``content``) once, just before the
+commit, with the last append's values: a burst of keystrokes on a large
+document rewrites it once per commit instead of once per keystroke.
 """
 
 from __future__ import annotations
@@ -24,7 +29,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from collab.errors import AlreadyExists, NotFound, Unavailable, VersionConflict
-from collab.store.base import Chat, Document, Message, Store, new_id, now_iso
+from collab.store.base import (
+    Chat,
+    ChatListing,
+    Compacted,
+    Document,
+    DocumentListing,
+    Message,
+    Snapshot,
+    Store,
+    Update,
+    VersionEntry,
+    iso,
+    new_id,
+    now_iso,
+    parse_iso,
+)
+from collab.store.cursor import ListCursor, check_limit, page
 from collab.urls import redacted
 
 T = TypeVar("T")
@@ -43,13 +64,27 @@ CREATE TABLE IF NOT EXISTS document_roles (
     document_id TEXT NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
     user_id TEXT NOT NULL, role TEXT NOT NULL CHECK (role IN ('owner', 'editor', 'viewer')),
     PRIMARY KEY (document_id, user_id)) WITHOUT ROWID;
+-- an accepted change per row: version 0 holds the initial Yjs state
+CREATE TABLE IF NOT EXISTS document_updates (
+    document_id TEXT NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL, user_id TEXT NOT NULL, created_at TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (document_id, version));
+CREATE TABLE IF NOT EXISTS document_snapshots (
+    document_id TEXT NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL, state BLOB NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (document_id, version));
+CREATE INDEX IF NOT EXISTS document_roles_user ON document_roles (user_id);
 CREATE TABLE IF NOT EXISTS chats (
-    id TEXT PRIMARY KEY, title TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL);
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL,
+    -- kept by add_message, for chat:list (files from before it get them in _migrate)
+    last_seq INTEGER NOT NULL DEFAULT 0, last_message_at TEXT);
 CREATE TABLE IF NOT EXISTS chat_members (
     chat_id TEXT NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
     user_id TEXT NOT NULL, role TEXT NOT NULL CHECK (role IN ('owner', 'member')),
     position INTEGER NOT NULL,  -- the order members were added in; the owner's is 0
     PRIMARY KEY (chat_id, user_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chat_members_user ON chat_members (user_id);
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, chat_id TEXT NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
     seq INTEGER NOT NULL, user_id TEXT NOT NULL, content TEXT NOT NULL,
@@ -58,6 +93,11 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id
     ON messages (chat_id, user_id, client_id) WHERE client_id IS NOT NULL;
 """
+
+#: the newest version an int column holds, for "no upper bound"
+_MAX_VERSION = 2**63 - 1
+_DOCUMENT_COLUMNS = "id, title, content, version, created_by, created_at, updated_by, updated_at"
+_CHAT_COLUMNS = "id, title, created_by, created_at"
 
 # OperationalErrors after which nothing was changed and a retry can succeed.
 _TRANSIENT = ("database is locked", "database table is locked", "disk i/o error", "unable to open")
@@ -94,6 +134,9 @@ class SqliteStore(Store):
         self._writes: list[Write] = []
         self._writes_lock = threading.Lock()
         self._commit_submitted = False
+        #: on the database thread: document heads the running transaction changed, written
+        #: once each just before it commits (see _head and _write_heads)
+        self._heads: dict[str, Document] = {}
         #: transactions committed and writes in them (for the tests and the bench)
         self.commits = 0
         self.committed_writes = 0
@@ -162,6 +205,7 @@ class SqliteStore(Store):
         try:
             if conn.in_transaction:  # a ROLLBACK that failed before: try again first
                 conn.execute("ROLLBACK")
+            self._heads = {}
             conn.execute("BEGIN IMMEDIATE")
             alone = len(batch) == 1  # the transaction is the write's own: no savepoint
             for i, (fn, fut) in enumerate(batch):
@@ -180,6 +224,7 @@ class SqliteStore(Store):
                 if not alone:
                     conn.execute("RELEASE write")
             if conn.in_transaction:
+                self._write_heads(conn)
                 conn.execute("COMMIT")
                 self.commits += 1
         except BaseException as exc:
@@ -189,6 +234,8 @@ class SqliteStore(Store):
                     failed = i < len(outcomes) and not outcomes[i][0]
                     fut.set_exception(outcomes[i][1] if failed else exc)
             return []
+        finally:
+            self._heads = {}  # a head not written belongs to a transaction that is gone
         self.committed_writes += sum(ok for ok, _ in outcomes)
         for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
@@ -199,6 +246,18 @@ class SqliteStore(Store):
 
     async def _rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
+
+    def _head(self, conn: Conn, document_id: str) -> Document | None:
+        """On the database thread, in a write: the document as this transaction left it."""
+        head = self._heads.get(document_id)
+        return dict(head) if head is not None else _get_document(conn, document_id)
+
+    def _write_heads(self, conn: Conn) -> None:
+        """Write each head the transaction changed, once, before it commits."""
+        for head in self._heads.values():
+            conn.execute("UPDATE documents SET content = :content, version = :version,"
+                         " updated_by = :updated_by, updated_at = :updated_at WHERE id = :id",
+                         head)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -226,6 +285,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.executescript(_SCHEMA)
+            _migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -253,7 +313,7 @@ class SqliteStore(Store):
     # -- documents ---------------------------------------------------------
 
     async def create_document(
-        self, document_id: str, title: str, content: str, user_id: str
+        self, document_id: str, title: str, content: str, user_id: str, state: bytes = b""
     ) -> Document:
         now = now_iso()
         doc = {"id": document_id, "title": title, "content": content, "version": 0,
@@ -261,12 +321,15 @@ class SqliteStore(Store):
 
         def insert(conn: Conn) -> None:
             try:
-                conn.execute("INSERT INTO documents VALUES (:id, :title, :content, :version,"
-                             " :created_by, :created_at, :updated_by, :updated_at)", doc)
+                conn.execute(f"INSERT INTO documents ({_DOCUMENT_COLUMNS}) VALUES (:id, :title,"
+                             " :content, :version, :created_by, :created_at, :updated_by,"
+                             " :updated_at)", doc)
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"Document {document_id!r} already exists") from None
             conn.execute("INSERT INTO document_roles VALUES (?, ?, 'owner')",
                          (document_id, user_id))
+            conn.execute("INSERT INTO document_updates VALUES (?, 0, ?, ?, ?)",
+                         (document_id, user_id, now, bytes(state)))
 
         await self._tx(insert)
         return doc
@@ -274,22 +337,113 @@ class SqliteStore(Store):
     async def get_document(self, document_id: str) -> Document | None:
         return await self._run(_get_document, document_id)
 
-    async def update_document(
-        self, document_id: str, content: str, version: int, user_id: str
+    async def append_document_update(
+        self,
+        document_id: str,
+        update: bytes,
+        content: str,
+        user_id: str,
+        expected_version: int | None = None,
     ) -> Document:
-        def update(conn: Conn) -> Document:
-            cur = conn.execute(
-                "UPDATE documents SET content = ?, version = ?, updated_by = ?, updated_at = ?"
-                " WHERE id = ? AND version = ? - 1",
-                (content, version, user_id, now_iso(), document_id, version))
-            current = _get_document(conn, document_id)
-            if current is None:
-                raise NotFound(f"Document {document_id!r} not found")
-            if cur.rowcount == 0:
-                raise VersionConflict(current)
-            return current
+        data = bytes(update)
 
-        return await self._tx(update)
+        def append(conn: Conn) -> Document:
+            head = self._head(conn, document_id)
+            if head is None:
+                raise NotFound(f"Document {document_id!r} not found")
+            if expected_version is not None and head["version"] != expected_version:
+                raise VersionConflict(head)
+            now = now_iso()
+            head.update(content=content, version=head["version"] + 1, updated_by=user_id,
+                        updated_at=now)
+            # BEGIN IMMEDIATE holds the file's write lock from the read above to the
+            # commit, so no other process can take this version; the primary key
+            # would refuse it anyway.
+            conn.execute("INSERT INTO document_updates VALUES (?, ?, ?, ?, ?)",
+                         (document_id, head["version"], user_id, now, data))
+            self._heads[document_id] = head  # last: a write that failed changed nothing
+            return dict(head)
+
+        return await self._tx(append)
+
+    async def document_updates(
+        self,
+        document_id: str,
+        after_version: int,
+        up_to: int | None = None,
+        limit: int | None = None,
+    ) -> list[Update]:
+        if limit is not None and limit <= 0:
+            return []
+        rows = await self._rows(
+            "SELECT version, user_id, created_at, data FROM document_updates"
+            " WHERE document_id = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?",
+            document_id, after_version, _MAX_VERSION if up_to is None else up_to,
+            -1 if limit is None else limit)
+        return [Update(row["version"], row["user_id"], row["created_at"], row["data"])
+                for row in rows]
+
+    async def save_document_snapshot(self, document_id: str, version: int, state: bytes) -> None:
+        data = bytes(state)
+
+        def save(conn: Conn) -> None:
+            head = self._head(conn, document_id)
+            if head is None:
+                raise NotFound(f"Document {document_id!r} not found")
+            _check_snapshot_version(version, head["version"])
+            conn.execute("INSERT INTO document_snapshots VALUES (?, ?, ?, ?) ON CONFLICT"
+                         " (document_id, version) DO UPDATE SET state = excluded.state,"
+                         " created_at = excluded.created_at",
+                         (document_id, version, data, now_iso()))
+
+        await self._tx(save)
+
+    async def document_snapshot(
+        self, document_id: str, at_most: int | None = None
+    ) -> Snapshot | None:
+        return await self._run(_snapshot, document_id, _MAX_VERSION if at_most is None else at_most)
+
+    async def document_history(
+        self, document_id: str, before_version: int | None, limit: int
+    ) -> tuple[list[VersionEntry], bool]:
+        limit = max(limit, 0)
+        rows = await self._rows(
+            "SELECT version, user_id, created_at FROM document_updates"
+            " WHERE document_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
+            document_id, _MAX_VERSION if before_version is None else before_version, limit + 1)
+        return [dict(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+    async def compact_document(self, document_id: str, older_than: str | None) -> Compacted:
+        cut = None if older_than is None else iso(parse_iso(older_than))
+
+        def compact(conn: Conn) -> Compacted:
+            head = self._head(conn, document_id)
+            if head is None:
+                raise NotFound(f"Document {document_id!r} not found")
+            if cut is None:
+                return Compacted()
+            (newest,) = conn.execute("SELECT MAX(version) FROM document_snapshots"
+                                     " WHERE document_id = ?", (document_id,)).fetchone()
+            if newest is None:  # version 0's entry is the only snapshot: all of it is needed
+                return Compacted()
+            (first_kept,) = conn.execute(
+                "SELECT MIN(version) FROM document_updates WHERE document_id = ?"
+                " AND created_at >= ?", (document_id, cut)).fetchone()
+            if first_kept is None:
+                first_kept = head["version"] + 1
+            (base,) = conn.execute(
+                "SELECT MAX(version) FROM document_snapshots WHERE document_id = ?"
+                " AND version <= ?", (document_id, min(first_kept, newest))).fetchone()
+            if base is None:
+                return Compacted()
+            snapshots = conn.execute("DELETE FROM document_snapshots WHERE document_id = ?"
+                                     " AND version < ?", (document_id, base)).rowcount
+            updates = conn.execute(
+                "DELETE FROM document_updates WHERE document_id = ? AND version <= ?",
+                (document_id, min(base, first_kept - 1, head["version"] - 1))).rowcount
+            return Compacted(updates=updates, snapshots=snapshots)
+
+        return await self._tx(compact)
 
     async def get_document_role(self, document_id: str, user_id: str) -> str | None:
         rows = await self._rows("SELECT role FROM document_roles"
@@ -316,6 +470,22 @@ class SqliteStore(Store):
     async def get_document_acl(self, document_id: str) -> dict[str, str]:
         return await self._run(_get_acl, document_id)
 
+    async def list_documents(
+        self, user_id: str, before: str | None, limit: int
+    ) -> tuple[list[DocumentListing], str | None]:
+        check_limit(limit)
+        sql = ("SELECT d.id, d.title, r.role, d.version, d.updated_at FROM document_roles r"
+               " JOIN documents d ON d.id = r.document_id WHERE r.user_id = ?")
+        params: list[Any] = [user_id]
+        if before is not None:
+            cursor = ListCursor.decode(before, "documents", user_id)
+            sql += " AND (d.updated_at, d.id) < (?, ?)"
+            params += [cursor.activity, cursor.id]
+        rows = await self._rows(sql + " ORDER BY d.updated_at DESC, d.id DESC LIMIT ?",
+                                *params, limit + 1)
+        return page([dict(row) for row in rows], limit,
+                    lambda row: (row["updated_at"], row["id"]), "documents", user_id)
+
     # -- chats -------------------------------------------------------------
 
     async def create_chat(
@@ -326,8 +496,8 @@ class SqliteStore(Store):
 
         def insert(conn: Conn) -> None:
             try:
-                conn.execute("INSERT INTO chats VALUES (:id, :title, :created_by, :created_at)",
-                             chat)
+                conn.execute(f"INSERT INTO chats ({_CHAT_COLUMNS})"
+                             " VALUES (:id, :title, :created_by, :created_at)", chat)
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"Chat {chat_id!r} already exists") from None
             conn.executemany("INSERT INTO chat_members VALUES (?, ?, ?, ?)",
@@ -356,6 +526,26 @@ class SqliteStore(Store):
                                 chat_id, user_id)
         return rows[0]["role"] if rows else None
 
+    async def list_chats(
+        self, user_id: str, before: str | None, limit: int
+    ) -> tuple[list[ChatListing], str | None]:
+        check_limit(limit)
+        sql = ("SELECT c.id, c.title, m.role, c.last_seq, c.last_message_at,"
+               " COALESCE(c.last_message_at, c.created_at) AS activity FROM chat_members m"
+               " JOIN chats c ON c.id = m.chat_id WHERE m.user_id = ?")
+        params: list[Any] = [user_id]
+        if before is not None:
+            cursor = ListCursor.decode(before, "chats", user_id)
+            sql += " AND (activity, c.id) < (?, ?)"
+            params += [cursor.activity, cursor.id]
+        rows = await self._rows(sql + " ORDER BY activity DESC, c.id DESC LIMIT ?",
+                                *params, limit + 1)
+        chats, cursor_text = page([dict(row) for row in rows], limit,
+                                  lambda row: (row["activity"], row["id"]), "chats", user_id)
+        for chat in chats:
+            del chat["activity"]
+        return chats, cursor_text
+
     # -- messages ----------------------------------------------------------
 
     async def add_message(
@@ -374,6 +564,8 @@ class SqliteStore(Store):
                        "content": content, "created_at": now_iso(), "client_id": client_id}
             conn.execute("INSERT INTO messages VALUES (:id, :chat_id, :seq, :user_id, :content,"
                          " :created_at, :client_id)", message)
+            conn.execute("UPDATE chats SET last_seq = :seq, last_message_at = :created_at"
+                         " WHERE id = :chat_id", message)
             if client_id is None:
                 del message["client_id"]
             return message, True
@@ -423,9 +615,53 @@ def _rollback(conn: Conn) -> None:
         log.exception("rollback failed")
 
 
+def _migrate(conn: Conn) -> None:
+    """Bring a file made by an earlier version up to this schema (idempotent).
+
+    Under the write lock, so two processes opening one file do it once. Chats
+    gain ``last_seq`` / ``last_message_at`` (filled from their messages, one
+    pass over the (chat_id, seq) index). Documents stored before the update log
+    have no log entries: their history starts with their next change, and
+    ``document_snapshot`` answers None until a snapshot is saved.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(chats)")}
+        if "last_seq" not in columns:
+            conn.execute("ALTER TABLE chats ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0")
+            conn.execute("ALTER TABLE chats ADD COLUMN last_message_at TEXT")
+            # a bare column beside MAX() is taken from the row holding the maximum
+            conn.execute("UPDATE chats SET last_seq = m.seq, last_message_at = m.created_at"
+                         " FROM (SELECT chat_id, MAX(seq) AS seq, created_at FROM messages"
+                         " GROUP BY chat_id) AS m WHERE m.chat_id = chats.id")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
 def _get_document(conn: Conn, document_id: str) -> Document | None:
-    row = conn.execute("SELECT * FROM documents WHERE id = ?", (document_id,)).fetchone()
+    row = conn.execute(f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE id = ?",
+                       (document_id,)).fetchone()
     return dict(row) if row else None
+
+
+def _check_snapshot_version(version: int, head_version: int) -> None:
+    if not 0 <= version <= head_version:
+        raise ValueError(f"snapshot version {version} outside 0..{head_version}")
+
+
+def _snapshot(conn: Conn, document_id: str, at_most: int) -> Snapshot | None:
+    row = conn.execute("SELECT version, state FROM document_snapshots WHERE document_id = ?"
+                       " AND version <= ? ORDER BY version DESC LIMIT 1",
+                       (document_id, at_most)).fetchone()
+    if row is not None:
+        return Snapshot(row["version"], row["state"])
+    if at_most < 0:
+        return None
+    row = conn.execute("SELECT data FROM document_updates WHERE document_id = ? AND version = 0",
+                       (document_id,)).fetchone()
+    return Snapshot(0, row["data"]) if row is not None else None
 
 
 def _get_acl(conn: Conn, document_id: str) -> dict[str, str]:
@@ -439,7 +675,7 @@ def _chat_exists(conn: Conn, chat_id: str) -> bool:
 
 
 def _get_chat(conn: Conn, chat_id: str) -> Chat | None:
-    row = conn.execute("SELECT * FROM chats WHERE id = ?", (chat_id,)).fetchone()
+    row = conn.execute(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE id = ?", (chat_id,)).fetchone()
     if row is None:
         return None
     members = conn.execute("SELECT user_id FROM chat_members WHERE chat_id = ? ORDER BY position",
