@@ -144,5 +144,13 @@ class ChatTyping(Payload):
     typing = StrictBoolean(required=True)
 
 
+class ListPage(Payload):
+    """``documents:list`` / ``chat:list``: a page of what the user holds a role on."""
+
+    #: the ``next`` of the page before (opaque; the store checks it)
+    before = Text(validate=validate.Length(min=1, max=1024))
+    limit = StrictInteger(validate=validate.Range(min=1))
+
+
 class AuthRefresh(Payload):
     token = Text(required=True, validate=validate.Length(min=1))

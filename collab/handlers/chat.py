@@ -136,6 +136,12 @@ async def typing(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[s
     return {}
 
 
+async def list_chats(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    chats, after = await ctx.store.list_chats(conn.user_id, data.get("before"), limit)
+    return {"chats": chats, **({"next": after} if after else {})}
+
+
 EVENTS = {
     "chat:create": (schemas.ChatCreate(), create),
     "chat:invite": (schemas.ChatInvite(), invite),
@@ -144,4 +150,5 @@ EVENTS = {
     "chat:message": (schemas.ChatMessage(), message),
     "chat:history": (schemas.ChatHistory(), history),
     "chat:typing": (schemas.ChatTyping(), typing),
+    "chat:list": (schemas.ListPage(), list_chats),
 }

@@ -83,10 +83,17 @@ async def update(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[s
     return {"document": document}
 
 
+async def list_documents(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    documents, after = await ctx.store.list_documents(conn.user_id, data.get("before"), limit)
+    return {"documents": documents, **({"next": after} if after else {})}
+
+
 EVENTS = {
     "documents:create": (schemas.DocumentCreate(), create),
     "documents:share": (schemas.DocumentShare(), share),
     "documents:join": (schemas.DocumentRef(), join),
     "documents:leave": (schemas.DocumentRef(), leave),
     "documents:update": (schemas.DocumentUpdate(), update),
+    "documents:list": (schemas.ListPage(), list_documents),
 }
