@@ -14,6 +14,7 @@ from marshmallow import ValidationError
 
 from .auth import Identity, TokenVerifier, token_from_handshake
 from .broadcast import BroadcasterFactory, Broadcasts, NodeHooks, open_broadcaster
+from .broadcast.wire import Envelope
 from .config import Settings
 from .connection import Connection, spend
 from .errors import (
@@ -25,6 +26,7 @@ from .errors import (
 )
 from .handlers import EVENTS
 from .handlers.context import Context
+from .livedocs import LiveDocuments
 from .logs import library_logger
 from .membership import Membership
 from .metrics import Metrics, TimedStore, disconnect_label
@@ -32,6 +34,7 @@ from .packet import MALFORMED_EVENT, CollabPacket
 from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
 from .registry.base import Registry
+from .rooms import LIVE, Room
 from .sioserver import GuardedServer
 from .store.base import Store
 from .userlimits import UserLimits
@@ -74,6 +77,7 @@ class CollabApp:
             room_position=self._room_position,
             revoked=self._revoked_elsewhere,
             resubscribed=self._recheck_access,
+            observe=self._observe,
         ))
         self.sio = GuardedServer(
             async_mode="tornado",
@@ -93,12 +97,17 @@ class CollabApp:
         )
         #: room broadcasts, stored items in position order (what handlers publish through)
         self.broadcasts = Broadcasts(self.broadcaster, self.metrics)
+        #: the live documents loaded on this node
+        self.documents = LiveDocuments(self.store, settings, self._hosts_document)
         self.membership = Membership(self.sio, self.broadcaster, self.broadcasts, registry,
-                                     self.store, self.connections)
+                                     self.store, self.connections,
+                                     on_leave=self._left_document)
         self.metrics.count_rooms(self.membership.local_rooms)
+        self.metrics.documents_loaded.set_function(lambda: len(self.documents))
         self.context = Context(
             settings=settings, store=self.store, broadcasts=self.broadcasts,
-            rooms=self.membership, verifier=self.verifier, renew=self.renew,
+            rooms=self.membership, documents=self.documents, verifier=self.verifier,
+            renew=self.renew,
         )
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -183,6 +192,10 @@ class CollabApp:
         self.user_limits.release(conn.user_id)
         self.metrics.connections.dec()
         self.metrics.disconnects.labels(disconnect_label(reason)).inc()
+        try:
+            await self.membership.disconnecting(sid)
+        except Exception:  # noqa: BLE001 - the disconnect goes on
+            log.exception("telling the rooms of %s that it left failed", sid)
         await self.membership.disconnected(sid)
         log.debug("disconnected %s (%s)", sid, reason)
         return None
@@ -229,6 +242,35 @@ class CollabApp:
 
     async def _recheck_access(self) -> None:
         await self.membership.recheck_access()
+
+    async def _observe(self, name: str, envelope: Envelope) -> None:
+        """Another node's broadcast to a live document room: this node's copy and
+        awareness states follow it before the members here get it."""
+        room = Room.parse(name)
+        if room is None or not envelope.attachments:
+            return
+        if envelope.event == "documents:yupdate" and envelope.position is not None:
+            await self.documents.observed(room.id, envelope.position, envelope.attachments[0])
+        elif envelope.event == "documents:awareness":
+            try:  # (the states of that node's connections, kept for this node's joiners)
+                self.documents.awareness(room.id).apply(("node", envelope.host),
+                                                        envelope.attachments[0])
+            except CollabError:
+                pass  # that node accepted it under its own bounds; relayed all the same
+
+    # -- live documents ----------------------------------------------------
+
+    def _hosts_document(self, document_id: str) -> bool:
+        return bool(self.broadcaster.rooms.get("/", {}).get(Room.document(document_id).name))
+
+    async def _left_document(self, sid: str, sub: Room) -> None:
+        """``sid`` left a document's sub-room: the live members lose its cursors at once."""
+        if sub.mode != LIVE:
+            return
+        removal = self.documents.awareness(sub.id).remove_connection(sid)
+        if removal is not None:
+            await self.broadcasts.send(sub, "documents:awareness",
+                                       {"document_id": sub.id, "update": removal})
 
     # -- dispatch ----------------------------------------------------------
 

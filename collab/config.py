@@ -253,6 +253,13 @@ class Settings(BaseSettings):
     #: days of document history kept (documents:history, documents:get at a version);
     #: older versions are compacted away once a snapshot covers them. 0: keep everything
     document_history_days: int = Field(0, ge=0)
+    #: a live document's whole Yjs state (history of deletions included) may not pass this
+    max_document_state_bytes: Positive = 8 * 1024 * 1024
+    #: live documents kept in memory at once on this node; past it the least recently
+    #: used is unloaded (and loaded again from the store when next needed)
+    max_loaded_documents: Positive = 1000
+    #: seconds a live document stays loaded after its room's last member here left
+    document_unload_after: float = Field(30.0, ge=0)
 
     websocket_compression: bool = False
     #: broadcast by writing one pre-framed message to each idle WebSocket

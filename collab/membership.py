@@ -29,25 +29,34 @@ class Membership:
 
     def __init__(self, sio: Any, broadcaster: LocalBroadcaster, broadcasts: Broadcasts,
                  registry: Registry, store: Store,
-                 connections: Mapping[str, Connection]) -> None:
+                 connections: Mapping[str, Connection],
+                 on_leave: Callable[[str, Room], Awaitable[None]] | None = None) -> None:
         self._sio = sio
         self._broadcaster = broadcaster
         self._broadcasts = broadcasts
         self._registry = registry
         self._store = store
         self._connections = connections
+        #: told of every sub-room a connection leaves (a leave, a revocation, a disconnect)
+        self._on_leave = on_leave
 
     async def join(
         self, conn: Connection, room: Room, load: Callable[[], Awaitable[dict[str, Any]]],
+        sub: Room | None = None,
     ) -> dict[str, Any]:
-        """Enter a room, then ``load`` what the join returns; undo the entry if that fails.
+        """Enter a room (and ``sub``, one of its sub-rooms: a document member's mode),
+        then ``load`` what the join returns; undo the entry if that fails.
 
         Entering before loading means no broadcast can fall between the two.
         The user is announced only once the join has succeeded, and only if
-        this is their first connection in the room.
+        this is their first connection in the room. A connection in another
+        sub-room of the room (a mode switch) leaves it once the join succeeded.
         """
         rejoin = room.name in self._sio.rooms(conn.sid)
-        await self._sio.enter_room(conn.sid, room.name)
+        entered = [room] if sub is None else [room, sub]
+        fresh = [r for r in entered if not self.contains(conn.sid, r)]
+        for each in entered:
+            await self._sio.enter_room(conn.sid, each.name)
         try:
             first = await self._registry.join(conn.sid, room.name)
             result = await load()
@@ -57,11 +66,15 @@ class Membership:
                 # is in the room, so a revocation cannot fall between check and entry)
                 raise PermissionDenied(f"Access was revoked while joining {room.name!r}")
         except BaseException:
+            for each in fresh if rejoin and self.contains(conn.sid, room) else entered:
+                await self._sio.leave_room(conn.sid, each.name)
             if not rejoin or not self.contains(conn.sid, room):
-                await self._sio.leave_room(conn.sid, room.name)
                 with contextlib.suppress(CollabError):
                     await self._registry.leave(conn.sid, room.name)
             raise
+        for other in self._subs_of(conn.sid, room):
+            if other != sub:
+                await self._leave_sub(conn.sid, other)
         if first:
             await self._broadcasts.send(
                 room, "user:joined", room.presence(conn.user_id), skip_sid=conn.sid)
@@ -69,9 +82,31 @@ class Membership:
 
     async def leave(self, conn: Connection, room: Room) -> None:
         gone = await self._registry.leave(conn.sid, room.name)
+        for sub in self._subs_of(conn.sid, room):
+            await self._leave_sub(conn.sid, sub)
         await self._sio.leave_room(conn.sid, room.name)
         if gone:
             await self._broadcasts.send(room, "user:left", room.presence(conn.user_id))
+
+    def _subs_of(self, sid: str, room: Room) -> list[Room]:
+        """The sub-rooms of ``room`` that ``sid`` is in."""
+        if room.kind != "document":
+            return []
+        return [sub for sub in (room.live, room.plain) if self.contains(sid, sub)]
+
+    async def _leave_sub(self, sid: str, sub: Room) -> None:
+        await self._sio.leave_room(sid, sub.name)
+        if self._on_leave is not None:
+            await self._on_leave(sid, sub)
+
+    async def disconnecting(self, sid: str) -> None:
+        """``sid`` is about to go (still in its rooms): tell who needs to know."""
+        if self._on_leave is None:
+            return
+        for name in list(self._sio.rooms(sid)):
+            room = Room.parse(name)
+            if room is not None and room.mode:
+                await self._on_leave(sid, room)
 
     async def disconnected(self, sid: str) -> None:
         """``sid`` is gone: announce ``user:left`` where it was its user's last connection."""
@@ -109,7 +144,8 @@ class Membership:
         for room, members in self._broadcaster.rooms.get("/", {}).items():
             # python-socketio also keeps a room per sid (holding that sid) and one for
             # everyone (None); a sid may contain "_"
-            if not members or room in members or (parsed := Room.parse(room)) is None:
+            if not members or room in members or (parsed := Room.parse(room)) is None \
+                    or parsed.mode:
                 continue
             counts[parsed.kind] += 1
         return counts
@@ -156,7 +192,7 @@ class Membership:
             try:
                 for name, sids in list(self._broadcaster.rooms.get("/", {}).items()):
                     room = Room.parse(name)
-                    if room is None or room.kind != "document":
+                    if room is None or room.kind != "document" or room.mode:
                         continue
                     users = {conn.user_id for sid in list(sids)
                              if (conn := self._connections.get(sid)) is not None
@@ -189,6 +225,8 @@ class Membership:
                             f"Access to {room.kind} {room.id!r} was revoked",
                             room.subject).to_dict()
         for sid in sids:
+            for sub in self._subs_of(sid, room):
+                await self._leave_sub(sid, sub)
             await self._sio.leave_room(sid, room.name)
         for sid in sids:
             await self._sio.emit("error", error, to=sid)

@@ -34,7 +34,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 #: the room broadcasts the server sends: the only values of ``collab_broadcasts{event}``
 BROADCAST_EVENTS = (
-    "chat:message", "chat:typing", "documents:updated", "user:joined", "user:left",
+    "chat:message", "chat:typing", "documents:updated", "documents:yupdate",
+    "documents:awareness", "user:joined", "user:left",
 )
 #: the kinds of pub/sub message between nodes (collab/broadcast/wire.py)
 PUBSUB_KINDS = ("broadcast", "presence", "revocation")
@@ -114,8 +115,9 @@ class Metrics:
         self.pubsub_channels = Gauge(
             "collab_pubsub_channels", "Room channels this node is subscribed to",
             registry=self.registry)
-        # Loaded documents: nothing is loaded yet (every update goes to the store);
-        # a gauge collab_documents_loaded belongs here once live documents are kept.
+        self.documents_loaded = Gauge(
+            "collab_documents_loaded", "Live documents held in memory on this node",
+            registry=self.registry)
 
     def broadcast(self, event: str) -> None:
         """Count one room broadcast of ``event`` (a name from BROADCAST_EVENTS)."""

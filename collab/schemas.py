@@ -78,6 +78,20 @@ class StrictInteger(fields.Integer):
         return super()._validated(value)
 
 
+class Binary(fields.Field):
+    """Bytes that came as a Socket.IO binary attachment (``Uint8Array`` in JavaScript,
+    ``bytes`` in Python): a Yjs update, state vector or awareness update."""
+
+    default_error_messages = {"invalid": "Must be binary (a Socket.IO attachment)."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bytearray | memoryview):
+            value = bytes(value)
+        if not isinstance(value, bytes):
+            raise self.make_error("invalid")
+        return value
+
+
 class Payload(Schema):
     class Meta:
         unknown = RAISE
@@ -99,6 +113,38 @@ class DocumentShare(Payload):
 
 class DocumentRef(Payload):
     document_id = Id(required=True)
+
+
+class DocumentJoin(Payload):
+    document_id = Id(required=True)
+    #: present (even empty): a live member, synced by Yjs state vectors
+    state_vector = Binary()
+
+
+class DocumentYUpdate(Payload):
+    document_id = Id(required=True)
+    update = Binary(required=True)
+
+
+class DocumentAwareness(Payload):
+    document_id = Id(required=True)
+    update = Binary(required=True)
+
+
+class DocumentHistory(Payload):
+    document_id = Id(required=True)
+    before_version = StrictInteger(validate=validate.Range(min=1))
+    limit = StrictInteger(validate=validate.Range(min=1))
+
+
+class DocumentGet(Payload):
+    document_id = Id(required=True)
+    version = StrictInteger(validate=validate.Range(min=0))
+
+
+class DocumentRestore(Payload):
+    document_id = Id(required=True)
+    version = StrictInteger(required=True, validate=validate.Range(min=0))
 
 
 class DocumentUpdate(Payload):

@@ -186,6 +186,7 @@ class Server:
                                        compression=settings.websocket_compression)
         app = CollabApp(settings, store, registry, broadcaster=broadcaster, metrics=metrics)
         await app.broadcaster.start()  # hear other nodes before the first client
+        app.documents.start()
         metrics_sockets: list[socket.socket] = []
         if settings.metrics_port:
             metrics_sockets = _bind(
@@ -233,6 +234,7 @@ class Server:
             log.warning("some HTTP connections did not close in time")
         await self.app.registry.close()  # its goodbye (user:left) goes out through:
         await self.app.broadcaster.close()
+        await self.app.documents.close()
         await self.app.raw_store.close()
         log.info("collab stopped")
 

@@ -348,7 +348,7 @@ async def test_viewer_joins_and_gets_the_document_and_users(server):
     bob = await server.connect("bob")
     document = await shared_doc(alice, content="text", bob="viewer")
     ack = await bob.call("documents:join", {"document_id": "doc"})
-    assert ack == {"ok": True, "document": document, "users": ["bob"]}
+    assert ack == {"ok": True, "document": document, "role": "viewer", "users": ["bob"]}
 
 
 @pytest.mark.parametrize("document_id", ["doc", "nope"], ids=["existing", "missing"])

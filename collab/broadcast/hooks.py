@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .holdback import PositionLookup
+
+if TYPE_CHECKING:
+    from .wire import Envelope
 
 #: ``(room name, user_id)``: take this node's connections of the user out of the room
 RevokeHandler = Callable[[str, str], Awaitable[None]]
@@ -23,6 +27,10 @@ async def _no_revocation(room: str, user_id: str) -> None:
     return None
 
 
+async def _not_watching(room: str, envelope: Envelope) -> None:
+    return None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeHooks:
     """The node's answers to the broadcaster's questions, given at construction."""
@@ -34,3 +42,7 @@ class NodeHooks:
     #: the broadcaster was cut off from Redis and is back: what was published meanwhile
     #: (revocations too) is lost, so the node checks who may still be in its rooms
     resubscribed: Callable[[], Awaitable[None]] = _nothing
+    #: another node's broadcast to a live document sub-room (``document_<id>#live``),
+    #: in position order, before this node's members get it: the node's own copy of
+    #: the document follows it (collab/livedocs.py)
+    observe: Callable[[str, Envelope], Awaitable[None]] = _not_watching

@@ -46,6 +46,12 @@ class Broadcasts:
         self._metrics.broadcast(event)
         await self._broadcaster.broadcast(room, event, data, skip_sid=skip_sid)
 
+    async def publish_at(self, room: Room, event: str, data: Any, *, position: int,
+                         skip_sid: Any = None) -> None:
+        """Send the item stored at ``position`` now: for a caller that orders its store
+        calls and broadcasts itself (one document's changes go one at a time)."""
+        await self._publish_at(room, event, data, position, skip_sid)
+
     def in_order(self, room: Room) -> Slot:
         """A place in ``room``'s line for one stored item; take it before the store call."""
         return Slot(self, room, self._sequencer.begin(room.name))

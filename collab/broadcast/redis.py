@@ -46,7 +46,7 @@ from socketio import packet as sio_packet
 
 from ..metrics import PUBSUB_KINDS, Metrics
 from ..redisconn import OUTAGES, SOCKET_TIMEOUT
-from ..rooms import Room
+from ..rooms import LIVE, Room
 from .channels import LinkLost, Transport
 from .holdback import GAP_TIMEOUT, Holdback
 from .hooks import NodeHooks
@@ -54,6 +54,9 @@ from .local import DEFAULT_MAX_QUEUED, LocalBroadcaster, SlowConsumerHook, _igno
 from .wire import EMIT, REVOKE, Envelope, channel_for, own_prefix, room_of
 
 log = logging.getLogger("collab.broadcast")
+
+#: the names of the rooms whose broadcasts the node observes (live document sub-rooms)
+LIVE_SUFFIX = "#" + LIVE
 
 RECONNECT_MAX = 2.0
 #: seconds between checks of Redis while the breaker keeps publishing off
@@ -287,6 +290,8 @@ class RedisBroadcaster(LocalBroadcaster):
 
     async def _deliver(self, room: str, envelope: Envelope) -> None:
         """Send one broadcast to this node's members of ``room``."""
+        if envelope.host != self.host_id and room.endswith(LIVE_SUFFIX):
+            await self.hooks.observe(room, envelope)
         if "/" not in self.rooms:
             return  # nobody ever connected here
         if self.fast and not envelope.attachments:

@@ -30,7 +30,7 @@ EMIT = "emit"
 REVOKE = "revoke"
 
 #: events counted as presence in the pub/sub metrics; everything else is a broadcast
-PRESENCE_EVENTS = frozenset({"user:joined", "user:left", "chat:typing"})
+PRESENCE_EVENTS = frozenset({"user:joined", "user:left", "chat:typing", "documents:awareness"})
 
 
 def channel_for(room: str) -> str:

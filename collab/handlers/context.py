@@ -9,6 +9,7 @@ from ..auth import Identity, TokenVerifier
 from ..broadcast import Broadcasts
 from ..config import Settings
 from ..connection import Connection
+from ..livedocs import LiveDocuments
 from ..membership import Membership
 from ..store.base import Store
 
@@ -24,6 +25,8 @@ class Context:
     broadcasts: Broadcasts
     #: joining, leaving and revoking
     rooms: Membership
+    #: the live documents loaded on this node
+    documents: LiveDocuments
     verifier: TokenVerifier
     #: swap a refreshed token's identity into a connection (auth:refresh)
     renew: Callable[[Connection, Identity], None]

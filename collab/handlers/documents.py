@@ -1,4 +1,11 @@
-"""``documents:*`` events."""
+"""``documents:*`` events.
+
+Every change, whatever event made it (``documents:update``, ``documents:yupdate``,
+``documents:restore``), is one version made by :meth:`LiveDocuments.change
+<collab.livedocs.LiveDocuments.change>` and announced by :func:`_announce`: to the
+live members as ``documents:yupdate``, to the plain members as ``documents:updated``,
+each in version order, never back to the connection that made it.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,16 @@ from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..permissions import require_document_role
 from ..rooms import Room
 from ..store.base import new_id
+from ..ydoc import LiveDocument
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..livedocs import Change
     from .context import Context
+
+#: a Yjs update (format v1) with nothing in it: the change of a v1 update that
+#: replaces the content with the same content, which still makes a version
+EMPTY_UPDATE = b"\x00\x00"
 
 
 def room(document_id: str) -> Room:
@@ -26,10 +39,42 @@ def _check_size(ctx: Context, content: str) -> None:
         raise PayloadTooLarge("Document content", limit)
 
 
+def _limits(ctx: Context) -> dict[str, int]:
+    return {"max_content_bytes": ctx.settings.max_document_bytes,
+            "max_state_bytes": ctx.settings.max_document_state_bytes}
+
+
+def _announcer(ctx: Context, conn: Connection, document_id: str):  # noqa: ANN202
+    """What tells the room of a stored change (called in turn, see the module docstring)."""
+    r = room(document_id)
+
+    async def announce(change: Change) -> None:
+        await ctx.broadcasts.publish_at(
+            r.live, "documents:yupdate",
+            {"document_id": document_id, "update": change.update, "version": change.version,
+             "user_id": conn.user_id},
+            position=change.version, skip_sid=conn.sid)
+        await ctx.broadcasts.publish_at(
+            r.plain, "documents:updated", {"document": change.document, "user_id": conn.user_id},
+            position=change.version, skip_sid=conn.sid)
+
+    return announce
+
+
+def _require_live(ctx: Context, conn: Connection, document_id: str) -> None:
+    if not ctx.rooms.contains(conn.sid, room(document_id).live):
+        raise InvalidInput("Join the document live first (documents:join with state_vector)")
+
+
+# -- v1 ------------------------------------------------------------------------
+
+
 async def create(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     _check_size(ctx, data["content"])
+    initial = LiveDocument.new(data["content"], **_limits(ctx))
     document = await ctx.store.create_document(
-        data.get("document_id") or new_id(), data["title"], data["content"], conn.user_id
+        data.get("document_id") or new_id(), data["title"], data["content"], conn.user_id,
+        state=initial.snapshot(),
     )
     return {"document": document}
 
@@ -50,17 +95,29 @@ async def share(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[st
 async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
     await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    state_vector = data.get("state_vector")
 
     async def load() -> dict[str, Any]:
         # again, now that the connection is in the room: a revocation since the
         # check above did not find it there to take it out
-        await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+        role = await require_document_role(ctx.store, conn.identity, document_id, "viewer")
         document = await ctx.store.get_document(document_id)
         if document is None:  # deleted underneath us
             raise NotFound(f"Document {document_id!r} not found")
-        return {"document": document}
+        if state_vector is None:
+            return {"document": document, "role": role}
+        loaded = await ctx.documents.get(document_id)
+        async with loaded.lock:  # everything stored so far, then sync step 2 from it
+            await ctx.documents.catch_up(loaded)
+            update = loaded.doc.diff(state_vector)
+            document = {**document, "content": loaded.doc.content,
+                        "version": loaded.version}
+            return {"document": document, "role": role, "update": update,
+                    "state_vector": loaded.doc.state_vector(),
+                    "awareness": ctx.documents.awareness(document_id).encode_all()}
 
-    return await ctx.rooms.join(conn, room(document_id), load)
+    r = room(document_id)
+    return await ctx.rooms.join(conn, r, load, sub=r.plain if state_vector is None else r.live)
 
 
 async def leave(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -70,17 +127,16 @@ async def leave(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[st
 
 async def update(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
-    _check_size(ctx, data["content"])
+    content = data["content"]
+    _check_size(ctx, content)
     await require_document_role(ctx.store, conn.identity, document_id, "editor")
-    # Two updates' store calls can complete in either order (MongoDB's can):
-    # the broadcasts still leave in version order.
-    with ctx.broadcasts.in_order(room(document_id)) as slot:
-        document = await ctx.store.update_document(
-            document_id, data["content"], data["version"], conn.user_id
-        )
-        await slot.publish("documents:updated", {"document": document, "user_id": conn.user_id},
-                           position=document["version"], skip_sid=conn.sid)
-    return {"document": document}
+    # the smallest edit from the content at version - 1 (v1 keeps its meaning: the same
+    # content still makes a version)
+    change = await ctx.documents.change(
+        document_id, lambda doc: doc.replace_content(content) or EMPTY_UPDATE, conn.user_id,
+        announce=_announcer(ctx, conn, document_id), expected_version=data["version"] - 1)
+    assert change is not None  # (never None: an unchanged content is EMPTY_UPDATE)
+    return {"document": change.document}
 
 
 async def list_documents(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -89,11 +145,90 @@ async def list_documents(ctx: Context, conn: Connection, data: dict[str, Any]) -
     return {"documents": documents, **({"next": after} if after else {})}
 
 
+# -- live (Yjs) ----------------------------------------------------------------
+
+
+async def yupdate(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    _require_live(ctx, conn, document_id)
+    await require_document_role(ctx.store, conn.identity, document_id, "editor")
+    incoming = data["update"]
+    change = await ctx.documents.change(
+        document_id, lambda doc: doc.apply(incoming), conn.user_id,
+        announce=_announcer(ctx, conn, document_id))
+    if change is None:  # nothing the document had not seen: not stored, not broadcast
+        loaded = await ctx.documents.get(document_id)
+        return {"version": loaded.version}
+    return {"version": change.version}
+
+
+async def awareness(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    _require_live(ctx, conn, document_id)
+    await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    accepted = ctx.documents.awareness(document_id).apply(conn.sid, data["update"])
+    if accepted is not None:
+        await ctx.broadcasts.send(
+            room(document_id).live, "documents:awareness",
+            {"document_id": document_id, "update": accepted}, skip_sid=conn.sid)
+    return {}
+
+
+# -- history -------------------------------------------------------------------
+
+
+async def history(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    versions, has_more = await ctx.store.document_history(
+        document_id, data.get("before_version"), limit)
+    return {"versions": versions, "has_more": has_more}
+
+
+async def _at_version(ctx: Context, document_id: str, version: int | None) -> dict[str, Any]:
+    head = await ctx.store.get_document(document_id)
+    if head is None:
+        raise NotFound(f"Document {document_id!r} not found")
+    if version is None or version == head["version"]:
+        return head
+    found = None if version > head["version"] else \
+        await ctx.documents.content_at(document_id, version)
+    if found is None:
+        raise NotFound(f"Version {version} of document {document_id!r} is not kept")
+    content, user_id, created_at = found
+    return {**head, "content": content, "version": version, "updated_by": user_id,
+            "updated_at": created_at}
+
+
+async def get(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    return {"document": await _at_version(ctx, document_id, data.get("version"))}
+
+
+async def restore(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+    document_id = data["document_id"]
+    await require_document_role(ctx.store, conn.identity, document_id, "editor")
+    old = (await _at_version(ctx, document_id, data["version"]))["content"]
+    change = await ctx.documents.change(
+        document_id, lambda doc: doc.replace_content(old), conn.user_id,
+        announce=_announcer(ctx, conn, document_id), fresh=True)
+    if change is None:  # the content is already that: no version
+        return {"document": await _at_version(ctx, document_id, None)}
+    return {"document": change.document}
+
+
 EVENTS = {
     "documents:create": (schemas.DocumentCreate(), create),
     "documents:share": (schemas.DocumentShare(), share),
-    "documents:join": (schemas.DocumentRef(), join),
+    "documents:join": (schemas.DocumentJoin(), join),
     "documents:leave": (schemas.DocumentRef(), leave),
     "documents:update": (schemas.DocumentUpdate(), update),
     "documents:list": (schemas.ListPage(), list_documents),
+    "documents:yupdate": (schemas.DocumentYUpdate(), yupdate),
+    "documents:awareness": (schemas.DocumentAwareness(), awareness),
+    "documents:history": (schemas.DocumentHistory(), history),
+    "documents:get": (schemas.DocumentGet(), get),
+    "documents:restore": (schemas.DocumentRestore(), restore),
 }

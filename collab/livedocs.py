@@ -1,0 +1,340 @@
+"""Live documents held in memory: loaded while their room has members, changed in order.
+
+Every change of a document, whatever path it came by (a Yjs update, a v1
+whole-content replacement, a restore), goes through :meth:`LiveDocuments.change`:
+the edit is applied to the loaded copy, then stored as the next version with a
+compare-and-set on the version the copy has (the store assigns it; two nodes
+cannot both take one). A node that lost the race catches up from the store (the
+updates after its version, applied in order: Yjs updates commute, so its own
+edit stays valid) and tries again, so the content stored with each version is
+the merge of every version below it. Changes to one document on one node go one
+at a time (a lock); the store commits different documents' changes together.
+
+A copy follows the other nodes' changes as they arrive in version order
+(:meth:`LiveDocuments.observed`, from the broadcast layer), and catches up from
+the store whenever it finds a gap, before a live join, and before a v1 change
+(whose compare-and-set is against the version the client saw).
+
+Memory is bounded: at most ``max_loaded_documents`` copies (the least recently
+used goes first), each within ``max_document_state_bytes``, and a copy whose room
+has had no member on this node for ``document_unload_after`` seconds is dropped.
+Every ``SNAPSHOT_EVERY`` versions a copy's state is stored as a snapshot, so that
+loading replays a bounded number of updates; compaction by the retention
+setting runs then too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+
+from .awareness import RoomAwareness
+from .config import Settings
+from .errors import CollabError, NotFound, Unavailable, VersionConflict
+from .store.base import Document, Store
+from .ydoc import LiveDocument
+
+log = logging.getLogger("collab.documents")
+
+#: versions between two snapshots of a loaded document
+SNAPSHOT_EVERY = 200
+#: attempts at storing one change when other nodes keep taking the version
+MAX_ATTEMPTS = 8
+#: seconds between looks for copies to unload
+SWEEP_INTERVAL = 5.0
+#: the client id of a state rebuilt from a document stored before the update log:
+#: fixed, so that every node rebuilding it at once makes the same bytes
+REBUILT_CLIENT_ID = 0
+
+#: the Yjs update one edit made of a copy, or None when it changed nothing
+Edit = Callable[[LiveDocument], "bytes | None"]
+
+
+@dataclasses.dataclass(eq=False)
+class Loaded:
+    """One document in memory."""
+
+    id: str
+    doc: LiveDocument
+    #: every version up to this one is in ``doc`` (and nothing of a later one)
+    version: int
+    #: the newest stored snapshot's version
+    snapshot_version: int
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    #: loop time since when no member of the room is on this node (None: some are)
+    idle_since: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """A stored change: the head it made and the Yjs update that made it."""
+
+    document: Document
+    update: bytes
+
+    @property
+    def version(self) -> int:
+        return int(self.document["version"])
+
+
+class LiveDocuments:
+    """The loaded documents of one node."""
+
+    def __init__(self, store: Store, settings: Settings,
+                 has_members: Callable[[str], bool]) -> None:
+        self._store = store
+        self._settings = settings
+        #: whether this node hosts a member of the document (by id) now
+        self._has_members = has_members
+        self._loaded: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
+        self._loading: dict[str, asyncio.Future[Loaded]] = {}
+        #: awareness per document with live members here: relayed, never stored, and
+        #: kept apart from the copies (dropping a copy must not lose the cursors)
+        self._awareness: dict[str, RoomAwareness] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._limits = {"max_content_bytes": settings.max_document_bytes,
+                        "max_state_bytes": settings.max_document_state_bytes}
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+    def __contains__(self, document_id: str) -> bool:
+        return document_id in self._loaded
+
+    def awareness(self, document_id: str) -> RoomAwareness:
+        """The document's awareness states (created on first use, dropped by the sweep
+        once nobody is in the room here)."""
+        states = self._awareness.get(document_id)
+        if states is None:
+            states = self._awareness[document_id] = RoomAwareness()
+        return states
+
+    def peek(self, document_id: str) -> Loaded | None:
+        """The loaded copy, if there is one (loads nothing)."""
+        return self._loaded.get(document_id)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        self._loaded.clear()
+        self._awareness.clear()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Unload the copies whose room has had no member here for the grace period."""
+        now = asyncio.get_running_loop().time()
+        for document_id in [d for d in self._awareness if not self._has_members(d)]:
+            del self._awareness[document_id]
+        for document_id, loaded in list(self._loaded.items()):
+            if self._has_members(document_id):
+                loaded.idle_since = None
+            elif loaded.idle_since is None:
+                loaded.idle_since = now
+            elif now - loaded.idle_since >= self._settings.document_unload_after \
+                    and not loaded.lock.locked():
+                del self._loaded[document_id]
+
+    def discard(self, document_id: str) -> None:
+        """Drop the copy (it may hold a change the store did not take): loaded again
+        from the store when next needed."""
+        self._loaded.pop(document_id, None)
+
+    # -- loading -----------------------------------------------------------
+
+    async def get(self, document_id: str) -> Loaded:
+        """The loaded copy, loading it from the store if needed (once, however many ask)."""
+        loaded = self._loaded.get(document_id)
+        if loaded is not None:
+            self._loaded.move_to_end(document_id)
+            return loaded
+        pending = self._loading.get(document_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Loaded] = asyncio.get_running_loop().create_future()
+        self._loading[document_id] = future
+        try:
+            loaded = await self._load(document_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # (retrieved: the waiters, if any, get it too)
+            raise
+        finally:
+            del self._loading[document_id]
+        future.set_result(loaded)
+        self._loaded[document_id] = loaded
+        self._evict()
+        return loaded
+
+    def _evict(self) -> None:
+        while len(self._loaded) > self._settings.max_loaded_documents:
+            idle = next((d for d, ld in self._loaded.items()
+                         if not self._has_members(d) and not ld.lock.locked()), None)
+            victim = idle if idle is not None else next(iter(self._loaded))
+            del self._loaded[victim]
+
+    async def _load(self, document_id: str) -> Loaded:
+        snapshot = await self._store.document_snapshot(document_id)
+        after = snapshot.version if snapshot is not None else 0
+        updates = await self._store.document_updates(document_id, after)
+        if snapshot is None or any(not u.update for u in updates):
+            # stored before the update log, or changed by the store's v1 path: the
+            # head's content is the truth; rebuild its state the same way on every node
+            return await self._rebuild(document_id)
+        doc = LiveDocument.load(snapshot.state, [u.update for u in updates], **self._limits)
+        version = updates[-1].version if updates else snapshot.version
+        return Loaded(document_id, doc, version, snapshot.version)
+
+    async def _rebuild(self, document_id: str) -> Loaded:
+        head = await self._store.get_document(document_id)
+        if head is None:
+            raise NotFound(f"Document {document_id!r} not found")
+        fixed = LiveDocument(None, client_id=REBUILT_CLIENT_ID, **self._limits)
+        if head["content"]:
+            fixed.replace_content(head["content"])
+        state = fixed.snapshot()
+        await self._store.save_document_snapshot(document_id, head["version"], state)
+        # (a copy of its own client id for this node's own edits)
+        doc = LiveDocument.load(state, **self._limits)
+        return Loaded(document_id, doc, head["version"], head["version"])
+
+    async def catch_up(self, loaded: Loaded, up_to: int | None = None) -> None:
+        """Apply the stored versions after the copy's, in order (to ``up_to`` at most)."""
+        updates = await self._store.document_updates(loaded.id, loaded.version, up_to=up_to)
+        for update in updates:
+            if update.version != loaded.version + 1:
+                break  # compacted away under us: reload rather than guess
+            if not update.update:  # the store's v1 path wrote this one: no Yjs update
+                self.discard(loaded.id)
+                raise Unavailable("The document changed underneath; retry")
+            loaded.doc.apply(update.update)
+            loaded.version = update.version
+
+    # -- changes -----------------------------------------------------------
+
+    async def change(self, document_id: str, edit: Edit, user_id: str, *,
+                     announce: Callable[[Change], Awaitable[None]],
+                     expected_version: int | None = None,
+                     fresh: bool = False) -> Change | None:
+        """Apply ``edit`` to the copy, store it as the next version, then ``announce`` it
+        (still in turn: the next change of the document waits for it).
+
+        None when the edit changed nothing (nothing stored). ``expected_version``
+        (the v1 compare-and-set): the version the change must follow, else
+        :class:`VersionConflict` with the current document. ``fresh``: the edit
+        depends on the content (a restore), so catch up from the store first.
+        Refusals of the edit itself (InvalidInput, PayloadTooLarge) leave the copy
+        as it was; a store failure drops the copy, since it holds a change nobody
+        acknowledged.
+        """
+        loaded = await self.get(document_id)
+        async with loaded.lock:
+            if expected_version is not None or fresh:
+                await self.catch_up(loaded)
+            if expected_version is not None and loaded.version != expected_version:
+                await self._conflict(document_id)
+            update = edit(loaded.doc)
+            if update is None:
+                return None
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    document = await self._store.append_document_update(
+                        document_id, update, loaded.doc.content, user_id,
+                        expected_version=loaded.version)
+                except VersionConflict:
+                    if expected_version is not None:  # v1: the client must see the new one
+                        self.discard(document_id)
+                        raise
+                    await self.catch_up(loaded)  # another node took it: merge, go again
+                    continue
+                except BaseException:
+                    self.discard(document_id)
+                    raise
+                loaded.version = document["version"]
+                change = Change(document, update)
+                await announce(change)
+                await self._snapshot_if_due(loaded)
+                return change
+            self.discard(document_id)
+            raise Unavailable("The document is too busy; retry")
+
+    async def _conflict(self, document_id: str) -> None:
+        current = await self._store.get_document(document_id)
+        if current is None:
+            raise NotFound(f"Document {document_id!r} not found")
+        raise VersionConflict(current)
+
+    async def _snapshot_if_due(self, loaded: Loaded) -> None:
+        if loaded.version - loaded.snapshot_version < SNAPSHOT_EVERY:
+            return
+        try:
+            await self._store.save_document_snapshot(loaded.id, loaded.version,
+                                                     loaded.doc.snapshot())
+            loaded.snapshot_version = loaded.version
+            days = self._settings.document_history_days
+            if days:
+                cutoff = datetime.datetime.now(datetime.timezone.utc) \
+                    - datetime.timedelta(days=days)
+                await self._store.compact_document(
+                    loaded.id, cutoff.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+        except CollabError as exc:  # the change is stored; the next one tries again
+            log.warning("could not snapshot document %s at version %d: %s",
+                        loaded.id, loaded.version, exc.message)
+
+    # -- other nodes' changes ------------------------------------------------
+
+    async def observed(self, document_id: str, version: int, update: bytes) -> None:
+        """Another node stored ``update`` as ``version``: bring the copy along, if loaded."""
+        loaded = self._loaded.get(document_id)
+        if loaded is None or version <= loaded.version:
+            return
+        if version == loaded.version + 1:
+            try:
+                loaded.doc.apply(update)
+            except CollabError:  # (it was accepted there): take it from the store instead
+                self.discard(document_id)
+                return
+            loaded.version = version
+            return
+        async with loaded.lock:  # a gap: what came between is in the store
+            try:
+                await self.catch_up(loaded, up_to=version)
+            except CollabError:
+                self.discard(document_id)
+
+    # -- reading at a version --------------------------------------------------
+
+    async def content_at(self, document_id: str, version: int) -> tuple[str, str, str] | None:
+        """``(content, user_id, created_at)`` of ``version``, or None when it is not kept
+        (older than the retention, or not made yet)."""
+        snapshot = await self._store.document_snapshot(document_id, at_most=version)
+        if snapshot is None:
+            return None
+        updates = await self._store.document_updates(
+            document_id, snapshot.version - 1, up_to=version)
+        entry = next((u for u in updates if u.version == version), None)
+        replay = [u for u in updates if u.version > snapshot.version]
+        if entry is None or [u.version for u in replay] != list(
+                range(snapshot.version + 1, version + 1)):
+            return None
+        if any(not u.update for u in replay):
+            return None  # a version the store's v1 path made: no Yjs update to replay
+        doc = LiveDocument.load(snapshot.state, [u.update for u in replay])
+        return doc.content, entry.user_id, entry.created_at

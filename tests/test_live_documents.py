@@ -1,0 +1,346 @@
+"""Live documents (PROTOCOL v2 "Live documents: Yjs" and "Document history"): pycrdt
+clients over real Socket.IO beside v1 string clients, on the SQLite store and on the Mongo
+wire server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pycrdt
+import pytest
+from harness import Client, make_settings
+
+from collab.awareness import Entry, decode_update, encode_update
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def settings(request, tmp_path):
+    url = (f"sqlite:///{tmp_path}/collab.db" if request.param == "sqlite"
+           else request.getfixturevalue("mongo_db"))
+    return make_settings(storage_url=url, rate_limit_per_second=0, max_loaded_documents=2,
+                         document_unload_after=0)
+
+
+class Peer:
+    """A live member: a pycrdt document kept in sync over a Socket.IO client."""
+
+    def __init__(self, client: Client, document_id: str) -> None:
+        self.client = client
+        self.document_id = document_id
+        self.doc = pycrdt.Doc()
+        self.text = self.doc.get("content", type=pycrdt.Text)
+        self.version = 0
+        #: the versions this peer has: its own (acked) and the others' (received)
+        self.seen: set[int] = set()
+
+    async def join(self) -> dict:
+        ack = await self.client.ok("documents:join", {"document_id": self.document_id,
+                                                      "state_vector": self.doc.get_state()})
+        self.doc.apply_update(ack["update"])
+        self.version = ack["document"]["version"]
+        missing = self.doc.get_update(ack["state_vector"])
+        if missing != b"\x00\x00":  # what the server lacks (offline edits)
+            await self.send(missing)
+        return ack
+
+    async def send(self, update: bytes) -> dict:
+        ack = await self.client.ok("documents:yupdate",
+                                   {"document_id": self.document_id, "update": update})
+        self.version = max(self.version, ack["version"])
+        self.seen.add(ack["version"])
+        return ack
+
+    def edit(self, change) -> bytes:  # noqa: ANN001
+        """Apply ``change(text)`` locally; the Yjs update it made."""
+        before = self.doc.get_state()
+        change(self.text)
+        return self.doc.get_update(before)
+
+    async def receive(self) -> dict:
+        got = await self.client.next("documents:yupdate")
+        self.doc.apply_update(got["update"])
+        self.version = max(self.version, got["version"])
+        self.seen.add(got["version"])
+        return got
+
+    @property
+    def waiting(self) -> bool:
+        """Whether an update from the room has arrived and was not applied yet."""
+        return not self.client.queues["documents:yupdate"].empty()
+
+    @property
+    def content(self) -> str:
+        return str(self.text)
+
+
+async def document(owner: Client, content: str = "", **roles: str) -> str:
+    await owner.ok("documents:create", {"document_id": "doc", "content": content})
+    for user_id, role in roles.items():
+        await owner.ok("documents:share", {"document_id": "doc", "user_id": user_id,
+                                           "role": role})
+    return "doc"
+
+
+async def test_a_live_join_syncs_the_document_and_says_the_role(server):
+    alice = await server.connect("alice")
+    await document(alice, "hello 👋 wörld", bob="viewer")
+    bob = Peer(await server.connect("bob"), "doc")
+    ack = await bob.join()
+    assert ack["role"] == "viewer"
+    assert bob.content == "hello 👋 wörld" == ack["document"]["content"]
+    assert ack["document"]["version"] == 0
+    assert isinstance(ack["awareness"], bytes) and ack["users"] == ["bob"]
+
+
+async def test_an_update_reaches_live_members_as_yupdate_and_plain_ones_as_updated(server):
+    alice = await server.connect("alice")
+    await document(alice, "abc", bob="editor", carol="viewer")
+    bob, carol = Peer(alice, "doc"), Peer(await server.connect("carol"), "doc")
+    await bob.join()
+    await carol.join()
+    dave = await server.connect("dave")  # plain v1 member (an admin reads anything)
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "dave",
+                                       "role": "viewer"})
+    await dave.ok("documents:join", {"document_id": "doc"})
+
+    update = bob.edit(lambda t: t.insert(3, "def"))
+    assert (await bob.send(update))["version"] == 1
+    got = await carol.receive()
+    assert got["version"] == 1 and got["user_id"] == "alice" and carol.content == "abcdef"
+    plain = await dave.next("documents:updated")
+    assert plain["document"]["content"] == "abcdef" and plain["document"]["version"] == 1
+    assert alice.pending("documents:yupdate") == []  # not back to its author
+    stored = (await dave.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert (stored["content"], stored["version"]) == ("abcdef", 1)
+
+
+@pytest.mark.parametrize("new", [
+    "abc😀def", "a\u0301bc", "日本語のテキスト", "👨‍👩‍👧 family", "x" * 3 + "🇫🇷" + "é" * 3, "",
+])
+async def test_a_v1_update_is_the_smallest_edit_and_round_trips_exactly(server, new):
+    alice = await server.connect("alice")
+    await document(alice, "abc😀 mixed 日本 e\u0301 text")
+    live = Peer(await server.connect("alice"), "doc")
+    await live.join()
+    untouched = live.edit(lambda t: None)  # (nothing)
+    assert untouched == b"\x00\x00"
+    ack = await alice.ok("documents:update", {"document_id": "doc", "content": new,
+                                              "version": 1})
+    assert ack["document"]["content"] == new
+    await live.receive()
+    assert live.content == new
+
+
+async def test_a_v1_update_with_the_same_content_still_makes_a_version(server):
+    alice = await server.connect("alice")
+    await document(alice, "same")
+    live = Peer(await server.connect("alice"), "doc")
+    await live.join()
+    ack = await alice.ok("documents:update", {"document_id": "doc", "content": "same",
+                                              "version": 1})
+    assert ack["document"]["version"] == 1
+    assert (await live.receive())["version"] == 1 and live.content == "same"
+    await alice.fails("documents:update", {"document_id": "doc", "content": "x",
+                                           "version": 1}, "VERSION_CONFLICT")
+
+
+async def test_an_update_with_nothing_new_is_acked_and_neither_stored_nor_sent(server):
+    alice = await server.connect("alice")
+    await document(alice, "x")
+    a, b = Peer(alice, "doc"), Peer(await server.connect("alice"), "doc")
+    await a.join()
+    await b.join()
+    update = a.edit(lambda t: t.insert(1, "y"))
+    assert (await a.send(update))["version"] == 1
+    await b.receive()
+    assert (await a.send(update))["version"] == 1  # again: nothing new
+    assert (await b.send(b.doc.get_update()))["version"] == 1  # everything it has: nothing
+    history = await alice.ok("documents:history", {"document_id": "doc"})
+    assert [v["version"] for v in history["versions"]] == [0, 1]
+    marker = a.edit(lambda t: t.insert(0, "!"))
+    await a.send(marker)
+    assert (await b.receive())["version"] == 2  # the next thing b got: version 2
+
+
+@pytest.mark.parametrize("update", [
+    b"", b"\x00", b"\xff" * 20, b"\x01\x01\xff\xff\xff\xff\x0f", bytes(range(256)),
+])
+async def test_undecodable_updates_are_invalid_input_and_store_nothing(server, update):
+    alice = await server.connect("alice")
+    await document(alice, "keep")
+    live = Peer(alice, "doc")
+    await live.join()
+    await alice.fails("documents:yupdate", {"document_id": "doc", "update": update},
+                      "INVALID_INPUT")
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert (stored["content"], stored["version"]) == ("keep", 0)
+    ok = live.edit(lambda t: t.insert(4, "!"))  # and the document still takes changes
+    assert (await live.send(ok))["version"] == 1
+
+
+async def test_refusals_change_nothing(server):
+    alice = await server.connect("alice")
+    await document(alice, "v", bob="viewer")
+    bob = Peer(await server.connect("bob"), "doc")
+    await bob.join()
+    update = bob.edit(lambda t: t.insert(0, "x"))
+    await bob.client.fails("documents:yupdate", {"document_id": "doc", "update": update},
+                           "PERMISSION_DENIED")
+    plain = await server.connect("alice")
+    await plain.ok("documents:join", {"document_id": "doc"})
+    for event in ("documents:yupdate", "documents:awareness"):
+        await plain.fails(event, {"document_id": "doc", "update": update}, "INVALID_INPUT")
+        await plain.fails(event, {"document_id": "doc", "update": "not bytes"},
+                          "INVALID_INPUT")
+    big = Peer(alice, "doc")
+    await big.join()
+    too_much = big.edit(lambda t: t.insert(0, "x" * (512 * 1024)))
+    await alice.fails("documents:yupdate", {"document_id": "doc", "update": too_much},
+                      "PAYLOAD_TOO_LARGE")
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert (stored["content"], stored["version"]) == ("v", 0)
+
+
+async def test_awareness_is_relayed_and_removed_when_its_connection_leaves(server):
+    alice = await server.connect("alice")
+    await document(alice, bob="editor")
+    a, b = Peer(alice, "doc"), Peer(await server.connect("bob"), "doc")
+    await a.join()
+    await b.join()
+    cursor = encode_update([Entry(a.doc.client_id, 1, '{"cursor":3}')])
+    await alice.ok("documents:awareness", {"document_id": "doc", "update": cursor})
+    got = await b.client.next("documents:awareness")
+    assert decode_update(got["update"]) == [Entry(a.doc.client_id, 1, '{"cursor":3}')]
+    c = Peer(await server.connect("bob"), "doc")
+    joined = await c.join()  # a newcomer sees the others' cursors at once
+    assert decode_update(joined["awareness"]) == [Entry(a.doc.client_id, 1, '{"cursor":3}')]
+    await alice.disconnect()
+    removed = await b.client.next("documents:awareness")
+    assert decode_update(removed["update"]) == [Entry(a.doc.client_id, 1, None)]
+
+
+async def test_history_get_at_a_version_and_restore(server):
+    alice = await server.connect("alice")
+    await document(alice, "one")
+    for version, content in ((1, "two"), (2, "three")):
+        await alice.ok("documents:update", {"document_id": "doc", "content": content,
+                                            "version": version})
+    history = await alice.ok("documents:history", {"document_id": "doc", "limit": 2})
+    assert [v["version"] for v in history["versions"]] == [1, 2] and history["has_more"]
+    older = await alice.ok("documents:history", {"document_id": "doc", "before_version": 1})
+    assert [(v["version"], v["user_id"]) for v in older["versions"]] == [(0, "alice")]
+    assert not older["has_more"]
+    at = (await alice.ok("documents:get", {"document_id": "doc", "version": 1}))["document"]
+    assert (at["content"], at["version"], at["updated_by"]) == ("two", 1, "alice")
+    await alice.fails("documents:get", {"document_id": "doc", "version": 9}, "NOT_FOUND")
+
+    live = Peer(await server.connect("alice"), "doc")
+    await live.join()
+    restored = (await alice.ok("documents:restore", {"document_id": "doc", "version": 0}))
+    assert (restored["document"]["content"], restored["document"]["version"]) == ("one", 3)
+    await live.receive()
+    assert live.content == "one"
+    again = await alice.ok("documents:restore", {"document_id": "doc", "version": 0})
+    assert again["document"]["version"] == 3  # already that content: no version
+
+
+async def test_three_editors_converge_under_interleaved_concurrent_edits(server, settings):
+    alice = await server.connect("alice")
+    await document(alice, "start", bob="editor", carol="editor")
+    peers = [Peer(alice, "doc"), Peer(await server.connect("bob"), "doc"),
+             Peer(await server.connect("carol"), "doc")]
+    for peer in peers:
+        await peer.join()
+    rng = random.Random(7)
+
+    async def typist(peer: Peer) -> None:
+        for _ in range(200):
+            n = len(peer.text)  # (pycrdt counts UTF-8 bytes: ASCII here)
+            if n and rng.random() < 0.3:
+                start = rng.randrange(n)
+                update = peer.edit(lambda t, s=start: t.__delitem__(slice(s, s + 1)))
+            else:
+                at = rng.randrange(n + 1)
+                update = peer.edit(lambda t, a=at: t.insert(a, rng.choice("abcxyz ")))
+            await peer.send(update)
+            while peer.waiting and rng.random() < 0.7:
+                await peer.receive()  # take some of the others' in, leave some for later
+
+    await asyncio.gather(*(typist(p) for p in peers))
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    everything = set(range(1, stored["version"] + 1))
+    for peer in peers:
+        while peer.seen != everything:  # every version: its own, or received from the room
+            try:
+                await peer.receive()
+            except asyncio.TimeoutError:
+                raise AssertionError(f"peer {peers.index(peer)} never got "
+                                     f"{sorted(everything - peer.seen)[:20]}") from None
+    assert len({p.content for p in peers}) == 1
+    assert peers[0].content == stored["content"]
+    # one version per update that changed something (a deletion of a character another
+    # editor deleted first brings nothing new: acked, neither stored nor sent)
+    assert 500 < stored["version"] <= 600
+    assert len((await alice.ok("documents:history", {"document_id": "doc",
+                                                      "limit": 200}))["versions"]) == 200
+    return peers[0].content
+
+
+async def test_live_edits_survive_a_restart_and_load_from_a_snapshot(settings):
+    from harness import Harness
+
+    from collab import livedocs
+    from collab.server import Server
+
+    first = Harness(await Server.start(settings))
+    try:
+        alice = await first.connect("alice")
+        await document(alice, "")
+        peer = Peer(alice, "doc")
+        await peer.join()
+        for i in range(livedocs.SNAPSHOT_EVERY + 5):  # past a snapshot
+            await peer.send(peer.edit(lambda t, i=i: t.insert(len(t), "ab"[i % 2])))
+        expected = peer.content
+    finally:
+        await first.close_clients()
+        await first.server.stop()
+    again = Harness(await Server.start(settings))
+    try:
+        snapshot = await again.app.raw_store.document_snapshot("doc")
+        assert snapshot.version == livedocs.SNAPSHOT_EVERY  # loading replays 5 updates
+        fresh = Peer(await again.connect("alice"), "doc")
+        ack = await fresh.join()
+        assert fresh.content == expected == ack["document"]["content"]
+        assert ack["document"]["version"] == livedocs.SNAPSHOT_EVERY + 5
+    finally:
+        await again.close_clients()
+        await again.server.stop()
+
+
+async def test_documents_are_unloaded_when_their_room_empties_and_capped(server):
+    app = server.app
+    alice = await server.connect("alice")
+    peers = []
+    for i in range(2):
+        await alice.ok("documents:create", {"document_id": f"d{i}", "content": "x"})
+        peer = Peer(await server.connect("alice"), f"d{i}")
+        await peer.join()
+        peers.append(peer)
+    app.documents.sweep()
+    assert len(app.documents) == 2  # every room has its member here
+    await peers[0].client.ok("documents:leave", {"document_id": "d0"})
+    app.documents.sweep()  # starts d0's grace period (document_unload_after: 0 here)
+    app.documents.sweep()
+    assert "d0" not in app.documents and len(app.documents) == 1
+    # past the cap the least recently used goes first, preferring a room nobody is in
+    assert app.settings.max_loaded_documents == 2
+    await alice.ok("documents:create", {"document_id": "d3", "content": "x"})
+    await Peer(await server.connect("alice"), "d3").join()
+    await Peer(await server.connect("alice"), "d0").join()
+    assert len(app.documents) == 2 and "d3" in app.documents  # d1 (least recent) went
+    # and one that was unloaded while edited elsewhere loads again, current
+    stored = await alice.ok("documents:update", {"document_id": "d1", "content": "new",
+                                                 "version": 1})
+    assert stored["document"]["content"] == "new"
