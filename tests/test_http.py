@@ -202,7 +202,8 @@ async def test_broadcasts_are_counted_once_by_event(server):
     assert before['collab_broadcasts_total{event="user:joined"}'] == 3  # one per join
     events = {k for k in after if k.startswith("collab_broadcasts_total")}
     assert events == {f'collab_broadcasts_total{{event="{e}"}}' for e in
-                      ("chat:message", "chat:typing", "documents:updated", "user:joined",
+                      ("chat:message", "chat:typing", "documents:updated",
+                       "documents:yupdate", "documents:awareness", "user:joined",
                        "user:left", "other")}
 
 
