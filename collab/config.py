@@ -297,6 +297,11 @@ class Settings(BaseSettings):
         # TOML file and the environment itself, to know where each value came from.
         return (init_settings,)
 
+    def page_limit(self, requested: int | None) -> int:
+        """The size of a history or listing page: ``history_limit`` unless the client
+        asked for a size, never more than ``history_max``."""
+        return min(requested or self.history_limit, self.history_max)
+
     # -- rules between settings ------------------------------------------------------------
 
     @model_validator(mode="before")

@@ -118,7 +118,7 @@ async def message(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
 async def history(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
     await require_chat_role(ctx.store, conn.identity, chat_id, "member")
-    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    limit = ctx.settings.page_limit(data.get("limit"))
     messages, older = await ctx.store.messages_before(chat_id, data.get("before_seq"), limit)
     messages, cut = _within(messages, ctx.settings.history_page_bytes, newest=True)
     return {"messages": messages, "has_more": older or cut}
@@ -137,7 +137,7 @@ async def typing(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[s
 
 
 async def list_chats(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    limit = ctx.settings.page_limit(data.get("limit"))
     chats, after = await ctx.store.list_chats(conn.user_id, data.get("before"), limit)
     return {"chats": chats, **({"next": after} if after else {})}
 

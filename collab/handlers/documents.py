@@ -140,7 +140,7 @@ async def update(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[s
 
 
 async def list_documents(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    limit = ctx.settings.page_limit(data.get("limit"))
     documents, after = await ctx.store.list_documents(conn.user_id, data.get("before"), limit)
     return {"documents": documents, **({"next": after} if after else {})}
 
@@ -180,7 +180,7 @@ async def awareness(ctx: Context, conn: Connection, data: dict[str, Any]) -> dic
 async def history(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
     await require_document_role(ctx.store, conn.identity, document_id, "viewer")
-    limit = min(data.get("limit") or ctx.settings.history_limit, ctx.settings.history_max)
+    limit = ctx.settings.page_limit(data.get("limit"))
     versions, has_more = await ctx.store.document_history(
         document_id, data.get("before_version"), limit)
     return {"versions": versions, "has_more": has_more}
