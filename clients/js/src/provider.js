@@ -6,7 +6,7 @@
 
 import * as Y from 'yjs'
 import * as awarenessProtocol from 'y-protocols/awareness'
-import { Observable } from 'lib0/observable'
+import { ObservableV2 } from 'lib0/observable'
 
 // codes after which the same request may succeed later (PROTOCOL.md, the error table)
 const RETRYABLE = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
@@ -20,7 +20,7 @@ const bytes = (data) => data instanceof Uint8Array ? data : new Uint8Array(data)
 // a Yjs update (format v1) that holds nothing: no structs, an empty delete set
 const isEmptyUpdate = (update) => update.length === 2 && update[0] === 0 && update[1] === 0
 
-export class SocketIOProvider extends Observable {
+export class SocketIOProvider extends ObservableV2 {
   /**
    * @param {import('socket.io-client').Socket} socket connected or not; the provider
    *   joins on every "connect", so it also resyncs after each reconnection
@@ -60,11 +60,19 @@ export class SocketIOProvider extends Observable {
       this._sendAwareness(added.concat(updated, removed))
     }
     this._onConnect = () => this._join()
-    this._onDisconnect = () => this._lost()
+    this._onDisconnect = () => this._stop()
     this._onYUpdate = (data) => {
       if (data.document_id !== this.documentId) return
       Y.applyUpdate(this.doc, bytes(data.update), this)
       this._setVersion(data.version)
+    }
+    this._onSocketError = (error) => {
+      // a revocation: the server took this connection out of the document's room
+      const details = error && error.details
+      if (error.code !== 'PERMISSION_DENIED' || !details || details.document_id !== this.documentId) return
+      this._stop()
+      this._setRole(null)
+      this.emit('error', [error])
     }
     this._onAwareness = (data) => {
       if (data.document_id !== this.documentId) return
@@ -77,6 +85,7 @@ export class SocketIOProvider extends Observable {
     socket.on('disconnect', this._onDisconnect)
     socket.on('documents:yupdate', this._onYUpdate)
     socket.on('documents:awareness', this._onAwareness)
+    socket.on('error', this._onSocketError)
     // an emit on a disconnected socket would be buffered and sent at connect, next
     // to the join "connect" triggers: join now only if the socket is up
     if (socket.connected) this._join()
@@ -89,6 +98,7 @@ export class SocketIOProvider extends Observable {
     const session = ++this._session
     this._inFlight = null
     this._pending = null
+    this._setSynced(false) // (a rejoin on a live connection: synced again at its ack)
     this.socket.emit('documents:join', {
       document_id: this.documentId,
       state_vector: Y.encodeStateVector(this.doc)
@@ -192,8 +202,11 @@ export class SocketIOProvider extends Observable {
     this._retryTimer = null
   }
 
-  /** The connection went: nothing in flight will be acked; the next "connect" resyncs. */
-  _lost () {
+  /**
+   * No longer a live member (the connection went, or access was revoked): nothing
+   * in flight will be acked, and the next join (at "connect") resyncs.
+   */
+  _stop () {
     this._session++
     this._clearRetry()
     this._inFlight = null
@@ -246,6 +259,7 @@ export class SocketIOProvider extends Observable {
     this.socket.off('disconnect', this._onDisconnect)
     this.socket.off('documents:yupdate', this._onYUpdate)
     this.socket.off('documents:awareness', this._onAwareness)
+    this.socket.off('error', this._onSocketError)
     if (this._ownsAwareness) this.awareness.destroy()
     super.destroy()
   }
