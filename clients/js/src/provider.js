@@ -56,8 +56,12 @@ export class SocketIOProvider extends ObservableV2 {
       if (origin !== this) this._queue(update)
     }
     this._onAwarenessUpdate = ({ added, updated, removed }, origin) => {
-      if (origin === this) return // states received from the server: the server has them
-      this._sendAwareness(added.concat(updated, removed))
+      // only our own state: not those the server sent us (origin this), nor the
+      // others' that the Awareness's 30-second timeout removed here, which would
+      // remove live members' cursors everywhere
+      if (origin === this) return
+      const own = this.awareness.clientID
+      if (added.includes(own) || updated.includes(own) || removed.includes(own)) this._sendAwareness([own])
     }
     this._onConnect = () => this._join()
     this._onDisconnect = () => this._stop()
@@ -118,9 +122,10 @@ export class SocketIOProvider extends ObservableV2 {
       }
       // what we have and the server lacks: edits made offline or before this ack
       const missing = Y.encodeStateAsUpdate(this.doc, bytes(ack.state_vector))
-      this._setSynced(true)
+      this.synced = true // (what _queue and _sendAwareness wait for; announced below)
       if (!isEmptyUpdate(missing)) this._queue(missing)
       if (this.awareness.getLocalState() !== null) this._sendAwareness([this.awareness.clientID])
+      this.emit('synced', [true])
     })
   }
 

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import * as decoding from 'lib0/decoding'
+import { removeAwarenessStates } from 'y-protocols/awareness'
 import { Session, makeDocument, next, synced, until } from './helpers.js'
 
 /** The client ids an awareness update carries (y-protocols' encoding). */
@@ -61,6 +62,11 @@ test('a provider announces only its own client id, never states it received', as
   await until(() => stateOf(b, a) !== undefined, changed(b), "bob sees alice's state")
   b.awareness.setLocalState({ user: 'bob' })
   await until(() => stateOf(a, b) !== undefined, changed(a), "alice sees bob's state")
+  // alice's state timing out at bob's (a throttled tab) is bob's own business
+  removeAwarenessStates(b.awareness, [a.doc.clientID], 'timeout')
+  assert.equal(stateOf(b, a), undefined)
+  b.awareness.setLocalStateField('cursor', 3)
+  await until(() => stateOf(a, b)?.cursor === 3, changed(a), "bob's cursor at alice")
   assert.ok(sent.length > 0)
   assert.deepEqual([...new Set(sent.flat())], [b.doc.clientID])
 })
