@@ -15,7 +15,7 @@ from harness import CLIENT_JS_DIR, Harness, make_settings, make_token, node_or_s
 
 from collab.server import Server
 
-#: the users the node tests connect as (clients/js/test/helpers.js)
+#: the users the node tests connect as (clients/js/test/helpers.js), and "root", an admin
 USERS = ("alice", "bob", "carol", "dave")
 
 
@@ -42,6 +42,7 @@ async def test_provider_against_the_server(server):
             "COLLAB_URL": server.url,
             "COLLAB_URL_LIMITED": Harness(limited).url,
             **{f"COLLAB_TOKEN_{user.upper()}": make_token(user) for user in USERS},
+            "COLLAB_TOKEN_ROOT": make_token("root", roles=["admin"]),
         }
         files = sorted(str(path) for path in (CLIENT_JS_DIR / "test").glob("*.test.js"))
         output = await run(node, "--test", "--test-reporter=tap", *files, env=env)

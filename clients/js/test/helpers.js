@@ -24,7 +24,7 @@ export class Session {
   }
 
   /**
-   * A connected socket for ``user`` (alice, bob, carol, dave), one Manager each
+   * A connected socket for ``user`` (alice, bob, carol, dave; root, an admin), one Manager each
    * like a browser tab; reconnecting quickly after a transport drop.
    */
   async connect (user, { url = env('COLLAB_URL'), ...options } = {}) {

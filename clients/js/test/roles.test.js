@@ -109,3 +109,17 @@ test('an update over the content limit: PAYLOAD_TOO_LARGE as "error", nothing st
   assert.equal(stored.content, 'small')
   assert.equal(stored.version, 0)
 })
+
+test('an admin without a role on the document joins as "admin" and may edit', async (t) => {
+  const s = new Session()
+  t.after(() => s.close())
+  const alice = await s.connect('alice')
+  const document = await makeDocument(alice, { content: 'audit' })
+  const root = s.bind(await s.connect('root'), document.id)
+  await synced(root)
+  assert.equal(root.role, 'admin')
+  root.doc.getText('content').insert(5, 'ed')
+  await until(() => root.version === 1, [[root, 'version']], 'the admin\'s edit stored')
+  const { document: stored } = await request(alice, 'documents:get', { document_id: document.id })
+  assert.equal(stored.content, 'audited')
+})
