@@ -257,10 +257,12 @@ class OtherNode:
 
 
 JS_DIR = Path(__file__).parent / "js"
+#: the JavaScript provider's package (clients/js), tested by tests/test_js_client.py
+CLIENT_JS_DIR = Path(__file__).parent.parent / "clients" / "js"
 
 
-def node_or_skip(package: str) -> str:
-    """The ``node`` binary, once ``tests/js/node_modules/<package>`` is installed.
+def node_or_skip(package: str, directory: Path = JS_DIR) -> str:
+    """The ``node`` binary, once ``<directory>/node_modules/<package>`` is installed.
 
     Without them the test fails in CI (CI=true) and is skipped elsewhere.
     """
@@ -268,8 +270,9 @@ def node_or_skip(package: str) -> str:
     missing = None
     if node is None:
         missing = "node is not installed"
-    elif not (JS_DIR / "node_modules" / package).is_dir():
-        missing = "tests/js/node_modules is missing: run `npm ci --prefix tests/js`"
+    elif not (directory / "node_modules" / package).is_dir():
+        where = directory.relative_to(Path(__file__).parent.parent)
+        missing = f"{where}/node_modules is missing: run `npm ci --prefix {where}`"
     if missing is None:
         return node
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
