@@ -78,7 +78,11 @@ class Redacted(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redacted_text(record.exc_text)
+            masked = redacted_text(record.exc_text)
+            if masked != record.exc_text:
+                # formatters that format exc_info afresh (the JSON one) fall back on
+                # exc_text without it
+                record.exc_text, record.exc_info = masked, None
         return True
 
 
