@@ -380,11 +380,14 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
                                      loaded.doc.diff(payload))
             self._send(reply)
         elif step in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
-            await self._update(payload)
+            await self._update(payload, edited=step == YSyncMessageType.SYNC_UPDATE)
         else:
             raise InvalidInput(f"Unknown sync message type {step}")
 
-    async def _update(self, update: bytes) -> None:
+    async def _update(self, update: bytes, *, edited: bool) -> None:
+        """An update from the client: ``edited`` for a local edit, else its sync step 2
+        (what it has that the server's state vector lacks, plus every deletion it knows,
+        so rarely empty even when it brings nothing new)."""
         if update == b"\x00\x00":
             return  # nothing in it (a sync step 2 of a client with nothing new)
         endpoint = self.endpoint
@@ -395,8 +398,9 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
             except PermissionDenied:
                 self.read_only = True
         if self.read_only:
-            # never applied, stored or relayed; the provider warns once
-            if not self._told_read_only:
+            # never applied, stored or relayed; told once, for an edit (a reconnecting
+            # viewer's sync step 2 repeats deletions the document has: no warning for it)
+            if edited and not self._told_read_only:
                 self._told_read_only = True
                 self._send(permission_denied_message(
                     "Read-only: you are a viewer of this document; updates are ignored"))

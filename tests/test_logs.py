@@ -144,7 +144,8 @@ def test_no_credential_in_a_url_reaches_the_log(tmp_path):
 
 
 def test_tornados_request_errors_are_masked_too(server, caplog):
-    # (the server fixture has set the masking up) Tornado's "Uncaught exception GET /path?query (ip)" line and its repr of the request
+    # Tornado's "Uncaught exception GET /path?query (ip)" line and its repr of the request
+    # (the server fixture has set the masking up)
     import tornado.httputil
     from tornado.log import app_log, gen_log
 

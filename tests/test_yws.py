@@ -319,6 +319,10 @@ async def test_edits_through_different_nodes_converge(pair, yws):
     assert [d["version"] for d in updated] == [1, 2, 3, 4, 5]  # in version order
     assert updated[-1]["content"] == live.content
     assert await versions(alice) == [0, 1, 2, 3, 4, 5]
+    # a revocation made on node one closes the socket on node two
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "carol", "role": None})
+    closed = await yws.next("carol", "closed")
+    assert closed["code"] == 4403
 
 
 async def test_bad_messages_close_the_socket_and_change_nothing(server):
