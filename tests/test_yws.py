@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pycrdt
 import pytest
@@ -364,3 +365,32 @@ async def test_revoking_access_closes_the_socket(server, yws):
     assert server.app.yjs_sockets == {}
     # (4403: the provider does not come back)
     assert [e for e in yws.pending("bob", "sync") if e["synced"]] == []
+
+
+async def test_a_socket_over_its_rate_is_read_slower_and_loses_nothing(tmp_path, yws):
+    from harness import Harness
+
+    from collab.server import Server
+
+    # 20 messages a second, bursts of 4 (enough for alice's three calls): the provider's
+    # 12 edits cannot all go at once
+    settings = make_settings(storage_url=f"sqlite:///{tmp_path}/rate.db",
+                             rate_limit_per_second=20, rate_limit_burst=4)
+    node = Harness(await Server.start(settings))
+    try:
+        alice = await node.connect("alice")
+        await document(alice, "", bob="editor")
+        live = Peer(alice, "doc")
+        await live.join()
+        await yws.open("bob", node.url, "doc", token=make_token("bob"))
+        start = time.monotonic()
+        for i in range(12):
+            await yws.call("insert", name="bob", index=i, text="abcdefghijkl"[i])
+        while len(live.seen) < 12:
+            await live.receive()
+        elapsed = time.monotonic() - start
+        assert live.content == "abcdefghijkl" and sorted(live.seen) == list(range(1, 13))
+        assert elapsed >= (12 - 4) / 20 * 0.75, elapsed  # 8 or more waited for the bucket
+    finally:
+        await node.close_clients()
+        await node.server.stop()
