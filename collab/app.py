@@ -39,7 +39,7 @@ from .rooms import LIVE, Room
 from .sioserver import GuardedServer
 from .store.base import Store
 from .userlimits import UserLimits
-from .yws import YjsEndpoint, YjsHandler
+from .yws import YjsEndpoint, YjsHandler, close_all
 
 log = logging.getLogger("collab")
 
@@ -357,3 +357,5 @@ class CollabApp:
                 await self.sio.disconnect(sid)
             except Exception:  # noqa: BLE001 - keep closing the others
                 log.exception("error disconnecting %s", sid)
+        # (Tornado's close_all_connections does not reach upgraded, detached streams)
+        await close_all(self.yjs_sockets, self.settings.shutdown_timeout)

@@ -139,6 +139,20 @@ class YjsEndpoint:
     sockets: dict[str, YjsHandler]
 
 
+#: how a socket ends when its node shuts down: the provider reconnects (to another node)
+GOING_AWAY = Close(1001, "Server shutting down")
+
+
+async def close_all(sockets: dict[str, YjsHandler], timeout: float) -> None:
+    """Close every socket and wait (up to ``timeout``) until each has left its rooms."""
+    waiting = list(sockets.values())
+    for socket in waiting:
+        socket.end(GOING_AWAY)
+    if waiting:
+        await asyncio.wait([asyncio.ensure_future(s.left.wait()) for s in waiting],
+                           timeout=timeout)
+
+
 class YjsHandler(tornado.websocket.WebSocketHandler):
     """One y-websocket socket: a live member of one document."""
 
@@ -158,6 +172,8 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
         #: set once open() is over: a close during it waits for the entry to finish
         self._open_done = asyncio.Event()
         self._ended: asyncio.Future[None] | None = None
+        #: set once the socket has left its rooms (for a shutdown to wait on)
+        self.left = asyncio.Event()
         self._told_read_only = False
 
     # -- the upgrade -------------------------------------------------------
@@ -272,18 +288,22 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
             self._ended = asyncio.ensure_future(self._leave())
 
     async def _leave(self) -> None:
-        await self._open_done.wait()
+        # (the socket stays in endpoint.sockets until this is over: that reference is
+        # what keeps this task, which only the handler holds, from being collected)
         endpoint = self.endpoint
-        if self._expiry is not None:
-            self._expiry.cancel()
-        endpoint.sockets.pop(self.key, None)
-        endpoint.metrics.yjs_connections.dec()
-        self._release()
         try:
+            await self._open_done.wait()
+            if self._expiry is not None:
+                self._expiry.cancel()
+            self._release()
             await endpoint.membership.leave_outside(self, self.room)
         except Exception:  # noqa: BLE001 - nobody awaits this task
             log.exception("telling document %s that a y-websocket socket left failed",
                           self.document_id)
+        finally:
+            endpoint.sockets.pop(self.key, None)
+            endpoint.metrics.yjs_connections.dec()
+            self.left.set()
 
     def _release(self) -> None:
         share, self._share = self._share, None

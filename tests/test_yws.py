@@ -268,10 +268,13 @@ async def test_edits_made_through_the_endpoint_are_durable_across_a_restart(sett
             await yws.call("insert", name="bob", index=len("".join(
                 ["durable ", "through ", "restarts"][:i])), text=word)
             await live.receive()  # stored (then relayed)
-        await yws.call("destroy", name="bob")
     finally:
         await first.close_clients()
         await first.server.stop()
+    # the node closed the provider's socket as it stopped ("going away": it would retry)
+    assert (await yws.next("bob", "connection-close"))["code"] == 1001
+    assert first.app.yjs_sockets == {}
+    await yws.call("destroy", name="bob")
     again = Harness(await Server.start(settings))
     try:
         await yws.open("bob2", again.url, "doc", token=make_token("bob"))
