@@ -23,6 +23,7 @@ from .errors import (
     CollabError,
     TokenProviderError,
 )
+from .live import LiveDocument, ReadOnlyError, RemoteChange
 from .manager import SocketManager
 
 __all__ = [
@@ -33,6 +34,9 @@ __all__ = [
     "TOKEN_PROVIDER_FAILED",
     "AckTimeout",
     "CollabError",
+    "LiveDocument",
+    "ReadOnlyError",
+    "RemoteChange",
     "SocketManager",
     "TokenProviderError",
 ]
