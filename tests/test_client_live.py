@@ -81,13 +81,16 @@ async def test_open_edit_and_the_others_receive_it_live_and_plain(server):
         assert (updated["document"]["content"], updated["user_id"]) == ("hello 👋 world",
                                                                         "alice")
 
-        # a v1 replacement reaches the live copies as the smallest edit
-        await bob.emit("documents:update", {"document_id": "doc", "content": "hi 👋 world",
-                                            "version": 2})
-        await a.wait_for_version(2)
-        assert a.content == b.content == "hi 👋 world"
-        # nobody echoed anything back: alice's one documents:yupdate is the only one (bob
-        # took his own v1 change in by joining again, which sent nothing either)
+        # a v1 replacement reaches the live copies as the smallest edit; the server does
+        # not send it back to alice's connection, so her binding joins again to get it
+        await alice.emit("documents:update", {"document_id": "doc", "content": "hi 👋 world",
+                                              "version": 2})
+        assert a.version == 2 and a.content == "hi 👋 world"
+        await b.wait_for_version(2)
+        assert b.content == "hi 👋 world"
+        assert [(c.version, c.user_id) for c in got] == [(1, "alice"), (2, "alice")]
+        # nobody echoed anything back, and joining again sent nothing (alice's copy holds
+        # nothing unacked): her one documents:yupdate is the only one
         await b.synced()
         assert await handled(server.url, "documents:yupdate") == 1
         history = await alice.emit("documents:history", {"document_id": "doc"})
@@ -210,23 +213,30 @@ async def test_awareness_is_sent_received_given_to_newcomers_and_removed_on_clos
         await c.close()
 
 
-async def test_awareness_is_announced_again_after_a_reconnect(server):
+async def test_after_a_reconnect_awareness_is_announced_again_and_the_departed_dropped(
+        server):
     gate = Gate()
     alice = manager(server.url, token_provider=gate, reconnect_delay=0.01)
     seen = Recorder(alice, "connected")
     await alice.connect()
-    async with manager(server.url, "bob") as bob:
-        await create(alice, bob="editor")
-        a, b = await alice.open_document("doc"), await bob.open_document("doc")
-        me = a.awareness.client_id
+    async with manager(server.url, "bob") as bob, manager(server.url, "carol") as carol:
+        await create(alice, bob="editor", carol="editor")
+        a, b, c = [await m.open_document("doc") for m in (alice, bob, carol)]
+        me, her = a.awareness.client_id, c.awareness.client_id
         a.awareness.set_local_state({"cursor": 0})
+        c.awareness.set_local_state({"cursor": 9})
         await awareness_until(b, lambda: b.awareness.states.get(me) == {"cursor": 0})
+        await awareness_until(a, lambda: a.awareness.states.get(her) == {"cursor": 9})
 
         gate.open.clear()
         await server.app.sio.disconnect(alice.sid)
         await awareness_until(b, lambda: me not in b.awareness.states)  # removed at once
+        await c.close()  # while alice is away: she gets no removal for carol
+        await awareness_until(b, lambda: her not in b.awareness.states)
+        assert a.awareness.states.get(her) == {"cursor": 9}
         gate.open.set()
         await seen.count("connected", 2)
+        assert her not in a.awareness.states  # not in the rejoin's states: dropped
         await awareness_until(b, lambda: b.awareness.states.get(me) == {"cursor": 0})
         await a.close()
         await b.close()

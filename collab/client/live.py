@@ -121,7 +121,8 @@ class LiveDocument:
         self._unacked = doc is not None
         self._in_flight = False
         self._awareness_dirty = False
-        self._applying = False  # inside a remote apply: the observer skips it
+        self._applying = False  # inside a remote apply: the observer skips it ...
+        self._remote_changed = False  # ... and notes that it changed something
         self._changed = asyncio.Event()
         self._doc_subscription = self.doc.observe(self._on_transaction)
         self._awareness_subscription = self.awareness.observe(self._on_awareness)
@@ -223,6 +224,7 @@ class LiveDocument:
             self._pending = []
         elif self.read_only:
             self._pending = []
+            self._unacked = False  # never to be sent
             await self._report(ReadOnlyError(self.document_id))  # edits made as an editor
         else:
             self._pending = [missing]  # covers every queued update, and the one in flight
@@ -246,11 +248,12 @@ class LiveDocument:
 
     async def receive(self, update: bytes, version: Any, user_id: Any) -> None:
         """A remote ``documents:yupdate``."""
-        self._apply_remote(update)
+        changed = self._apply_remote(update)
         if isinstance(version, int):
             self.version = max(self.version, version)
         self._notify()
-        await self._handlers.deliver("change", RemoteChange(update, self.version, user_id))
+        if changed:
+            await self._handlers.deliver("change", RemoteChange(update, self.version, user_id))
 
     def receive_awareness(self, update: bytes) -> None:
         try:
@@ -279,7 +282,10 @@ class LiveDocument:
 
     def _on_transaction(self, event: pycrdt.TransactionEvent) -> None:
         """The doc's observer, at the commit of every transaction that changed it."""
-        if self._applying or self._closed:
+        if self._applying:
+            self._remote_changed = True
+            return
+        if self._closed:
             return
         if self.read_only:
             raise ReadOnlyError(self.document_id)
@@ -372,16 +378,16 @@ class LiveDocument:
             self._applying = False
 
     def _apply_remote(self, update: bytes) -> bool:
-        """Apply an update from the server; whether it changed the doc."""
-        before = self.doc.get_state()
+        """Apply an update from the server; whether it changed the doc (a deletion
+        changes no state vector, so the observer tells)."""
+        self._remote_changed = False
         try:
             with self._remote():
                 self.doc.apply_update(update)
         except Exception:  # noqa: BLE001 - the server checked it; never stop the dispatcher
             log.warning("collab client: an update for %r could not be applied",
                         self.document_id, exc_info=True)
-            return False
-        return self.doc.get_state() != before
+        return self._remote_changed
 
     def _sync_awareness(self, room: bytes, recovered: bool) -> None:
         """Take the room's states from a join; after a reconnect, drop the states of
@@ -421,24 +427,26 @@ class LiveDocument:
     async def _report(self, error: CollabError) -> None:
         await self._handlers.deliver("error", error)
 
-    async def _stop(self) -> None:
+    def halt(self) -> list[asyncio.Task]:
+        """Stop at once: no more sending, receiving or renewing; the doc is the user's
+        alone. Returns the tasks that were cancelled, for the caller to await."""
         if self._closed:
-            return
+            return []
         self._closed = True
         self._live = False
         self._forget(self)
         self.doc.unobserve(self._doc_subscription)
         self.awareness.unobserve(self._awareness_subscription)
         self._notify()
-        sender, self._sender = self._sender, None
-        if sender is not None and sender is not asyncio.current_task():
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
-        renewal, self._renewal = self._renewal, None
-        if renewal is not None:
-            with suppress(RuntimeError):
-                await self.awareness.stop()
-            await asyncio.gather(renewal, return_exceptions=True)
+        tasks = [task for task in (self._sender, self._renewal)
+                 if task is not None and task is not asyncio.current_task()]
+        self._sender = self._renewal = None
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    async def _stop(self) -> None:
+        await asyncio.gather(*self.halt(), return_exceptions=True)
 
 
 class LiveRooms:
@@ -546,7 +554,7 @@ class LiveRooms:
 
     def clear(self) -> None:
         for live in list(self._documents.values()):
-            asyncio.ensure_future(live.detach())
+            live.halt()  # its tasks end as soon as they run again
         self._documents.clear()
 
     def _forget(self, live: LiveDocument) -> None:
