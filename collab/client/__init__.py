@@ -7,6 +7,12 @@
         chat = (await manager.emit("chat:create", {"title": "General"}))["chat"]
         await manager.emit("chat:join", {"chat_id": chat["id"]})
 
+Live documents, a ``pycrdt.Doc`` kept in sync (``LiveDocument``):
+
+    async with await manager.open_document("notes") as live:
+        live.text += "more"
+        await live.synced()
+
 See docs/client.md. Needs aiohttp for its transports, which the ``client`` extra installs:
 ``pip install "collab-server[client]"``.
 """
