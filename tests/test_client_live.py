@@ -162,6 +162,44 @@ async def test_offline_edits_are_merged_by_state_vectors_after_a_reconnect(serve
     await alice.disconnect()
 
 
+async def test_edits_typed_through_repeated_drops_are_all_kept(server):
+    """Alice types on while the server drops her connection three times (sends in flight
+    lost, edits queued while reconnecting, rejoins racing with her typing); bob types
+    meanwhile. Every character of both ends up in both copies and on the server."""
+    alice = manager(server.url, reconnect_delay=0.01, reconnect_delay_max=0.05)
+    seen = Recorder(alice, "connected")
+    await alice.connect()
+    async with manager(server.url, "bob") as bob:
+        await create(alice, bob="editor")
+        a, b = await alice.open_document("doc"), await bob.open_document("doc")
+        drops = {20: 2, 80: 3, 140: 4}  # at keystroke -> then waits for connect number
+
+        async def typist(live: LiveDocument, letter: str, n: int) -> None:
+            for i in range(n):
+                live.text.insert(len(live.text) if i % 2 else 0, letter)
+                await asyncio.sleep(0)  # a keystroke at a time: the others run between
+
+        async def alice_types() -> None:
+            for i in range(200):
+                a.text.insert(len(a.text) if i % 2 else 0, "a")
+                if i in drops:
+                    await server.app.sio.disconnect(alice.sid)  # and types on, offline
+                if i - 30 in drops:
+                    await seen.count("connected", drops[i - 30])  # back: types on, live
+                await asyncio.sleep(0)
+
+        await asyncio.gather(alice_types(), typist(b, "b", 100))
+        assert len(seen.seen["connected"]) == 4
+        await asyncio.gather(a.synced(), b.synced())
+        content, version = await stored(bob)
+        await asyncio.gather(a.wait_for_version(version), b.wait_for_version(version))
+        assert a.content == b.content == content
+        assert sorted(content) == ["a"] * 200 + ["b"] * 100
+        await a.close()
+        await b.close()
+    await alice.disconnect()
+
+
 async def test_offline_edits_survive_a_sigkill_and_restart(tmp_path):
     server = CollabProcess(tmp_path)
     server.start()
