@@ -11,9 +11,10 @@ from typing import Any
 
 import pycrdt
 import pytest
-from harness import WAIT, CollabProcess, Gate, Recorder, manager, scrape
+from harness import WAIT, CollabProcess, Gate, Harness, Recorder, make_settings, manager, scrape
 
 from collab.client import CollabError, LiveDocument, ReadOnlyError, RemoteChange, SocketManager
+from collab.server import Server
 
 
 async def create(owner: SocketManager, content: str = "", document_id: str = "doc",
@@ -331,6 +332,29 @@ async def test_a_change_the_server_refuses_closes_the_binding_with_the_error(ser
         again = await bob.open_document("doc")  # open afresh: the server's copy, read-only
         assert (again.content, again.role) == ("v", "viewer")
         await again.close()
+
+
+async def test_sends_refused_as_rate_limited_are_sent_again_after_the_wait():
+    srv = await Server.start(make_settings(rate_limit_per_second=20, rate_limit_burst=5))
+    server = Harness(srv)
+    try:
+        async with manager(server.url) as alice:
+            errors = Recorder(alice, "error")
+            await create(alice)
+            live = await alice.open_document("doc")
+            for i in range(30):  # one send per keystroke: faster than 20 a second
+                live.text += str(i % 10)
+                await asyncio.wait_for(live.synced(), WAIT)
+            assert {e["code"] for e in errors.seen["error"]} == {"RATE_LIMITED"}
+            assert not live.closed and live.error is None
+            expected = "".join(str(i % 10) for i in range(30))
+            assert live.content == expected and live.version == 30
+            async with manager(server.url) as reader:  # a connection with a full bucket
+                assert await stored(reader) == (expected, 30)
+            await live.close()
+    finally:
+        await server.close_clients()
+        await srv.stop()
 
 
 async def test_close_sends_what_is_still_unsent(server):
