@@ -16,15 +16,13 @@ How a binding moves changes (PROTOCOL "Live documents: Yjs"):
   binding (as y-websocket's provider does), and its own observer skips those, so they
   are never echoed back;
 - awareness is a ``pycrdt.Awareness`` on the doc: the local state is sent as
-  ``documents:awareness`` (encoded here: pycrdt's encoder writes string lengths in code
-  points, not bytes), incoming updates are applied, and the server removes the
+  ``documents:awareness``, incoming updates are applied, and the server removes the
   binding's state for the others when it leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -33,8 +31,6 @@ from typing import Any, Protocol
 
 import pycrdt
 
-from ..awareness import Entry, decode_update, encode_update
-from ..errors import CollabError as ServerError
 from .calls import unwrap
 from .dispatch import Handler, Handlers
 from .errors import DISCONNECTED, TIMEOUT, CollabError
@@ -353,14 +349,12 @@ class LiveDocument:
 
     async def _send_awareness(self) -> None:
         self._awareness_dirty = False
-        client_id = self.awareness.client_id
-        state = self.awareness.get_local_state()
-        entry = Entry(client_id, self.awareness.meta[client_id]["clock"],
-                      None if state is None else json.dumps(state, separators=(",", ":")))
+        # (pycrdt writes the JSON with ``ensure_ascii``: its string lengths, which it
+        # counts in code points, are then byte counts as lib0 wants)
+        update = self.awareness.encode_awareness_update([self.awareness.client_id])
         try:
             unwrap(await self._call("documents:awareness",
-                                    {"document_id": self.document_id,
-                                     "update": encode_update([entry])}))
+                                    {"document_id": self.document_id, "update": update}))
         except CollabError as exc:
             if exc.code == DISCONNECTED or exc.code in RETRIED:
                 self._awareness_dirty = True
@@ -396,12 +390,10 @@ class LiveDocument:
         self.receive_awareness(room)
         if not recovered:
             return
-        try:
-            present = {entry.client_id for entry in decode_update(room)}
-        except ServerError:
-            present = set()
+        present = awareness_client_ids(room)
         own = self.awareness.client_id
-        gone = [cid for cid in self.awareness.states if cid != own and cid not in present]
+        gone = [cid for cid in self.awareness.states if cid != own and cid not in present] \
+            if present is not None else []
         if gone:
             self.awareness.remove_awareness_states(gone, self)
         state = self.awareness.get_local_state()
@@ -560,6 +552,20 @@ class LiveRooms:
     def _forget(self, live: LiveDocument) -> None:
         if self._documents.get(live.document_id) is live:
             del self._documents[live.document_id]
+
+
+def awareness_client_ids(update: bytes) -> set[int] | None:
+    """The client ids an awareness update has entries for; None if it is malformed."""
+    decoder = pycrdt.Decoder(update)
+    ids: set[int] = set()
+    try:
+        for _ in range(decoder.read_var_uint()):
+            ids.add(decoder.read_var_uint())
+            decoder.read_var_uint()  # clock
+            decoder.read_var_string()  # state
+    except (RuntimeError, IndexError, ValueError):  # pycrdt's decoder on bad input
+        return None
+    return ids
 
 
 def retry_after(error: CollabError) -> float | None:
