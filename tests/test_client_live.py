@@ -403,4 +403,10 @@ async def test_a_doc_with_content_of_its_own_is_merged_at_open(server):
         assert live.doc is offline
         assert await live.synced() == 1
         assert await stored(alice) == ("kept server", 1)
-        await live.close()
+    # disconnect() closes the bindings; the doc stays the caller's
+    assert live.closed and alice.live_documents == []
+    with pytest.raises(CollabError) as closed:
+        await live.synced()
+    assert closed.value.code == "DISCONNECTED"
+    live.text += " (local)"
+    assert str(offline.get("content", type=pycrdt.Text)) == "kept server (local)"

@@ -71,11 +71,12 @@ class RemoteChange:
     """What the ``change`` handlers of a :class:`LiveDocument` get, after it is applied."""
 
     update: bytes
-    #: the version the change made; after a reconnect, the version the document is at
+    #: the version the change made; for a recovered one, the version the document is at
     version: int
-    #: who made it; ``None`` for what a reconnect brought (possibly several users)
+    #: who made it; ``None`` for a recovered one (possibly several users' changes)
     user_id: str | None
-    #: True for the changes a reconnect brought in
+    #: True when a join again brought it in: after a reconnect, or after a
+    #: ``documents:update``/``documents:restore`` sent on the same manager
     recovered: bool = False
 
 
