@@ -1,6 +1,7 @@
 """collab.client's live documents (``SocketManager.open_document``): pycrdt docs kept in
-sync over real Socket.IO with an in-process server, and with a `collab serve` process
-killed with SIGKILL and restarted (PROTOCOL "Live documents: Yjs")."""
+sync over real Socket.IO with an in-process server, with a `collab serve` process
+killed with SIGKILL and restarted, and beside the stock y-websocket provider (yjs in
+Node) on the same document (PROTOCOL "Live documents: Yjs")."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from typing import Any
 
 import pycrdt
 import pytest
-from harness import WAIT, CollabProcess, Gate, Harness, Recorder, make_settings, manager, scrape
+from harness import (
+    WAIT,
+    CollabProcess,
+    Gate,
+    Harness,
+    Recorder,
+    YjsProviders,
+    make_settings,
+    make_token,
+    manager,
+    scrape,
+)
 
 from collab.client import CollabError, LiveDocument, ReadOnlyError, RemoteChange, SocketManager
 from collab.server import Server
@@ -410,3 +422,35 @@ async def test_a_doc_with_content_of_its_own_is_merged_at_open(server):
     assert closed.value.code == "DISCONNECTED"
     live.text += " (local)"
     assert str(offline.get("content", type=pycrdt.Text)) == "kept server (local)"
+
+
+async def test_a_python_binding_and_the_stock_yjs_provider_edit_together(server):
+    """pycrdt counts UTF-8 bytes, yjs UTF-16 code units: text with emoji round-trips
+    between the two, and so do awareness states with non-ASCII text."""
+    yws = await YjsProviders.start()
+    try:
+        async with manager(server.url) as alice:
+            await create(alice, "héllo 👋", bob="editor")
+            live = await alice.open_document("doc")
+            bob_id = await yws.open("bob", server.url, "doc", token=make_token("bob"),
+                                    state={"user": "Bøb 🎈"})
+            await yws.text_is("bob", "héllo 👋")
+
+            live.text += " wörld 🌍"
+            await live.synced()
+            await yws.text_is("bob", "héllo 👋 wörld 🌍")
+            await yws.call("insert", name="bob", index=len("héllo 👋".encode("utf-16-le")) // 2,
+                           text=" 🎉!")
+            await live.wait_for_version(2)
+            assert live.content == "héllo 👋 🎉! wörld 🌍"
+
+            await awareness_until(live, lambda: live.awareness.states.get(bob_id)
+                                  == {"user": "Bøb 🎈"})
+            me = str(live.awareness.client_id)
+            live.awareness.set_local_state({"user": "Zoë", "cursor": 3})
+            await yws.until("bob", "awareness",
+                            lambda e: e["states"].get(me) == {"user": "Zoë", "cursor": 3})
+            await live.close()
+            await yws.until("bob", "awareness", lambda e: me not in e["states"])
+    finally:
+        await yws.close()
