@@ -368,6 +368,17 @@ async def test_offline_edits_merge_on_rejoin_by_state_vectors(server, peers):
     assert report["received"] == [] and report["joins"] == [0, 4]
     assert [ack["version"] for ack in report["acks"]] == [1, 5]
 
+    # again with nothing done offline: the rejoin still sends its diff (a Yjs diff
+    # carries the whole delete set), which brings nothing new: acked with the current
+    # version, neither stored nor sent
+    await a.disconnect()
+    again = await a.reconnect()
+    assert again["sent"] == {"ok": True, "version": 5}
+    assert await b.insert(0, "+") == {"ack": {"ok": True, "version": 6}, "text": "+" + merged,
+                                      "utf16_length": utf16("+" + merged)}
+    assert (await b.report())["received"] == [1, 5]  # nothing between 5 and its own 6
+    assert sorted(await history(alice)) == list(range(7))
+
 
 # -- awareness -----------------------------------------------------------------------
 
