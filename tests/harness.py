@@ -386,8 +386,10 @@ class LivePeer:
         self._stderr_reader = asyncio.ensure_future(self._drain_stderr())
 
     @classmethod
-    async def start(cls, url: str, token: str) -> LivePeer:
-        """A peer connected to ``url`` with ``token`` (asserts the connection succeeded)."""
+    async def start(cls, url: str, token: str,
+                    transports: tuple[str, ...] = ("websocket",)) -> LivePeer:
+        """A peer connected to ``url`` with ``token`` over ``transports`` (asserts the
+        connection succeeded)."""
         node = node_or_skip("socket.io-client")
         node_or_skip("y-protocols")
         proc = await asyncio.create_subprocess_exec(
@@ -395,7 +397,8 @@ class LivePeer:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         peer = cls(proc)
-        connected = await peer.call("connect", url=url, token=token)
+        connected = await peer.call("connect", url=url, token=token,
+                                    transports=list(transports))
         assert connected["connected"], connected
         return peer
 
@@ -507,6 +510,11 @@ class LivePeer:
         answer = await self.call("reconnect")
         assert answer["connected"], answer
         return answer
+
+    async def reload(self) -> dict[str, Any]:
+        """Drop the ``Y.Doc`` and rejoin with a fresh one (a new client id): what a client
+        does after a refusal. ``{client_id, ack, sent, text}``."""
+        return await self.call("reload")
 
     async def close(self) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():

@@ -13,15 +13,13 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pycrdt
 import pytest
 from harness import Client, Harness, LivePeer, PycrdtPeer, make_settings, make_token
 
 from collab.server import Server
-
-Start = Callable[[str, str], Awaitable[LivePeer]]
 
 
 @pytest.fixture
@@ -37,8 +35,8 @@ def peers(io_loop):
     """``await peers(url, user_id)``: a connected :class:`LivePeer`; all closed after."""
     started: list[LivePeer] = []
 
-    async def start(url: str, user_id: str) -> LivePeer:
-        peer = await LivePeer.start(url, make_token(user_id))
+    async def start(url: str, user_id: str, **options: Any) -> LivePeer:
+        peer = await LivePeer.start(url, make_token(user_id), **options)
         started.append(peer)
         return peer
 
@@ -199,6 +197,63 @@ async def test_members_joining_during_interleaved_edits_miss_nothing(server, pee
         assert [v for v in before + after if v > joined] == \
             list(range(joined + 1, head["version"] + 1))
         assert before == sorted(set(before))
+
+
+async def test_a_live_editor_on_long_polling_converges_with_one_on_websocket(server, peers):
+    """Polling batches what was buffered while the last POST was out: one POST carries
+    many updates (two Engine.IO packets each, the event and its attachment)."""
+    alice = await server.connect("alice")
+    await create(alice, "", bob="editor")
+    polling = await peers(server.url, "alice", transports=("polling",))
+    websocket = await peers(server.url, "bob")
+    await polling.join("doc")
+    await websocket.join("doc")
+    await asyncio.gather(polling.random_edits(100, seed=5), websocket.random_edits(100, seed=6))
+    head = await stored(alice)
+    assert await polling.settled(head["version"]) == head["content"]
+    assert await websocket.settled(head["version"]) == head["content"]
+    for peer in (polling, websocket):
+        report = await peer.report()
+        assert report["refused"] == [] and report["errors"] == [] and len(report["acks"]) == 100
+        assert report["joins"] == [0]  # never cut off and rejoined
+    assert head["version"] > 150
+
+
+async def test_other_shared_types_are_kept_merged_and_relayed(settings, peers):
+    """A ProseMirror binding's Y.XmlFragment, a Y.Map: stored and relayed, untouched by
+    v1 updates of the content, there again after a restart."""
+    types = {"meta": "map", "prosemirror": "xml", "content": "text"}
+    first = Harness(await Server.start(settings))
+    try:
+        alice = await first.connect("alice")
+        await create(alice, "plain", bob="editor")
+        a, b = await peers(first.url, "alice"), await peers(first.url, "bob")
+        await a.join("doc")
+        await b.join("doc")
+        assert (await a.call("map_set", name="meta", key="title",
+                             value={"text": "Tïtle 📝", "level": 1}))["ack"]["version"] == 1
+        assert (await b.call("xml_append", name="prosemirror", tag="paragraph",
+                             text="hello 👋"))["ack"]["version"] == 2
+        await alice.ok("documents:update", {"document_id": "doc", "content": "plain v1",
+                                            "version": 3})
+        await a.settled(3)
+        await b.settled(3)
+        expected = {"meta": {"title": {"text": "Tïtle 📝", "level": 1}},
+                    "prosemirror": "<paragraph>hello 👋</paragraph>", "content": "plain v1"}
+        for peer in (a, b):
+            assert (await peer.call("shared", types=types))["shared"] == expected
+        assert (await stored(alice))["content"] == "plain v1"
+    finally:
+        await first.close_clients()
+        await first.server.stop()
+    again = Harness(await Server.start(settings))
+    try:
+        fresh = await peers(again.url, "bob")
+        await fresh.join("doc")
+        assert (await fresh.call("shared", types=types))["shared"] == expected
+    finally:
+        await again.close_clients()
+        await again.server.stop()
 
 
 # -- live and plain members together --------------------------------------------------
@@ -454,3 +509,45 @@ async def test_refusals_from_js_change_nothing(server, peers):
     await viewer.settled(1)
     assert (await viewer.report())["received"] == [1]
     assert (await stored(alice))["content"] == "keep!"
+
+
+async def test_after_a_refusal_a_client_reloads_its_document(server, peers):
+    """A refused update stays in the Y.Doc that made it, and every later update of that
+    client id builds on it: the server refuses those as depending on what it lacks, and
+    the client's way back is a fresh Y.Doc, joined again."""
+    alice = await server.connect("alice")
+    await create(alice, "keep", bob="viewer")
+    bob = await peers(server.url, "bob")
+    await bob.join("doc")
+    denied = (await bob.insert(0, "x"))["ack"]
+    assert denied["error"]["code"] == "PERMISSION_DENIED"
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "bob",
+                                       "role": "editor"})
+    stuck = (await bob.insert(5, "!"))["ack"]
+    assert stuck["ok"] is False and stuck["error"]["code"] == "INVALID_INPUT"
+    reloaded = await bob.reload()
+    assert reloaded["text"] == "keep" and reloaded["sent"] is None
+    assert (await bob.insert(4, "!"))["ack"] == {"ok": True, "version": 1}
+    head = await stored(alice)
+    assert (head["content"], head["version"]) == ("keep!", 1)
+
+
+async def test_a_downgraded_or_revoked_editor_is_refused(server, peers):
+    alice = await server.connect("alice")
+    await create(alice, "keep", bob="editor", carol="editor")
+    bob, carol = await peers(server.url, "bob"), await peers(server.url, "carol")
+    await bob.join("doc")
+    await carol.join("doc")
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "bob",
+                                       "role": "viewer"})
+    downgraded = (await bob.insert(0, "b"))["ack"]
+    assert downgraded["error"]["code"] == "PERMISSION_DENIED"
+    await alice.ok("documents:share", {"document_id": "doc", "user_id": "carol",
+                                       "role": None})
+    revoked = (await carol.insert(0, "c"))["ack"]
+    # taken out of the room at the revocation (told by an `error` event): no longer live
+    assert revoked["ok"] is False and revoked["error"]["code"] == "INVALID_INPUT"
+    assert [e["code"] for e in (await carol.report())["errors"]] == \
+        ["PERMISSION_DENIED", "INVALID_INPUT"]
+    head = await stored(alice)
+    assert (head["content"], head["version"]) == ("keep", 0)

@@ -24,12 +24,18 @@ const bin = (text) => new Uint8Array(Buffer.from(text, 'base64'))
 // Node's socket.io-client hands binary attachments over as Buffers
 const bytes = (value) => new Uint8Array(value)
 
-const ydoc = new Y.Doc()
-const ytext = ydoc.getText('content')
-const awareness = new awarenessProtocol.Awareness(ydoc)
-// no 15-second renewals and no 30-second expiry during a test: a removal seen here
-// came from the server
-clearInterval(awareness._checkInterval)
+let ydoc, ytext, awareness
+// a fresh Y.Doc (a new client id) and its Awareness
+function fresh () {
+  if (awareness !== undefined) awareness.destroy()
+  ydoc = new Y.Doc()
+  ytext = ydoc.getText('content')
+  awareness = new awarenessProtocol.Awareness(ydoc)
+  // no 15-second renewals and no 30-second expiry during a test: a removal seen here
+  // came from the server
+  clearInterval(awareness._checkInterval)
+}
+fresh()
 
 let socket = null
 let documentId = null
@@ -79,10 +85,10 @@ function version () {
 
 // -- the connection ----------------------------------------------------------------
 
-function connect ({ url, token }) {
+function connect ({ url, token, transports = ['websocket'] }) {
   // forceNew: a Manager of its own, like a browser tab; no automatic reconnection,
   // the test says when (reconnect)
-  socket = io(url, { auth: { token }, transports: ['websocket'], reconnection: false, forceNew: true, timeout: TIMEOUT_MS })
+  socket = io(url, { auth: { token }, transports, reconnection: false, forceNew: true, timeout: TIMEOUT_MS })
   socket.on('documents:yupdate', (data) => {
     if (data.document_id !== documentId) return
     Y.applyUpdate(ydoc, bytes(data.update), 'remote')
@@ -264,9 +270,7 @@ async function randomEdits ({ n, seed, delete_ratio: deleteRatio = 0.3, alphabet
 // -- the commands ------------------------------------------------------------------
 
 const ops = {
-  async connect ({ url, token }) {
-    return connect({ url, token })
-  },
+  connect,
   async join ({ document_id: id }) {
     documentId = id
     return join()
@@ -280,6 +284,24 @@ const ops = {
     return { ack, ...described() }
   },
   random_edits: randomEdits,
+  // other shared types, which the server keeps and relays without interpreting
+  async map_set ({ name, key, value }) {
+    const ack = await send(edit(() => ydoc.getMap(name).set(key, value)), 'map')
+    return { ack }
+  },
+  async xml_append ({ name, tag, text }) {
+    const ack = await send(edit(() => {
+      const element = new Y.XmlElement(tag)
+      element.insert(0, [new Y.XmlText(text)])
+      ydoc.getXmlFragment(name).push([element])
+    }), 'xml')
+    return { ack }
+  },
+  // `types`: {name: 'map' | 'xml' | 'text'}; each one's JSON (XML as a string)
+  async shared ({ types }) {
+    const get = { map: (n) => ydoc.getMap(n).toJSON(), xml: (n) => ydoc.getXmlFragment(n).toString(), text: (n) => ydoc.getText(n).toString() }
+    return { shared: Object.fromEntries(Object.entries(types).map(([name, type]) => [name, get[type](name)])) }
+  },
   async text () {
     return { ...described(), version: version() }
   },
@@ -341,6 +363,13 @@ const ops = {
       })
     }
     return { ...result, ...rejoined }
+  },
+  // drop the Y.Doc and join again with a fresh one (and an empty state vector): the
+  // way back after a refusal, since a refused update stays in the Y.Doc that made it
+  // and every later update of that client id depends on it
+  async reload () {
+    fresh()
+    return { client_id: ydoc.clientID, ...await join() }
   },
   // any event, for refusals: `binary` fields (base64) go as Uint8Array attachments
   async send ({ event, payload, binary = {} }) {
