@@ -511,6 +511,11 @@ class LivePeer:
         assert answer["connected"], answer
         return answer
 
+    async def resync(self) -> dict[str, Any]:
+        """Join again on this connection by state vectors, sending what the server lacks
+        (refused updates included) as one: ``{ack, sent, text}``."""
+        return await self.call("resync")
+
     async def reload(self) -> dict[str, Any]:
         """Drop the ``Y.Doc`` and rejoin with a fresh one (a new client id): what a client
         does after a refusal. ``{client_id, ack, sent, text}``."""

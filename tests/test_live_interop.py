@@ -10,15 +10,19 @@ and are skipped elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pycrdt
 import pytest
 from harness import Client, Harness, LivePeer, PycrdtPeer, make_settings, make_token
 
+from collab.config import Settings
 from collab.server import Server
 
 
@@ -46,6 +50,17 @@ def peers(io_loop):
         await asyncio.gather(*(peer.close() for peer in started))
 
     io_loop.run_sync(close)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Harness]:
+    """A server of its own (to restart on the same store, or a second node)."""
+    harness = Harness(await Server.start(settings))
+    try:
+        yield harness
+    finally:
+        await harness.close_clients()
+        await harness.server.stop()
 
 
 async def create(owner: Client, content: str = "", **roles: str) -> str:
@@ -109,8 +124,7 @@ def utf16_splice(text: str, index: int, delete: int = 0, insert: str = "") -> st
 async def test_three_js_editors_converge_under_interleaved_edits_and_after_a_restart(
         settings, peers):
     users = ["alice", "bob", "carol"]
-    first = Harness(await Server.start(settings))
-    try:
+    async with running(settings) as first:
         alice = await first.connect("alice")
         await create(alice, "start ✨ 日本", bob="editor", carol="editor")
         js = [await peers(first.url, user) for user in users]
@@ -125,9 +139,6 @@ async def test_three_js_editors_converge_under_interleaved_edits_and_after_a_res
         assert [await peer.text() for peer in js] == texts
         reports = [await peer.report() for peer in js]
         made_by = await history(alice)
-    finally:
-        await first.close_clients()
-        await first.server.stop()
 
     everything = set(range(1, head["version"] + 1))
     assert sorted(made_by) == [0, *sorted(everything)] and made_by[0] == "alice"
@@ -152,8 +163,7 @@ async def test_three_js_editors_converge_under_interleaved_edits_and_after_a_res
     assert head["version"] + nothing_new_count == 200 * 3
     assert any(ch in head["content"] for ch in "😀👍🏽é日")
 
-    again = Harness(await Server.start(settings))  # the same store, read afresh
-    try:
+    async with running(settings) as again:  # the same store, read afresh
         reader = await again.connect("bob")
         after = await stored(reader)
         assert (after["content"], after["version"]) == (head["content"], head["version"])
@@ -161,9 +171,6 @@ async def test_three_js_editors_converge_under_interleaved_edits_and_after_a_res
         joined = await fresh.join("doc")
         assert joined["text"] == head["content"]
         assert joined["ack"]["document"]["version"] == head["version"]
-    finally:
-        await again.close_clients()
-        await again.server.stop()
 
 
 async def test_members_joining_during_interleaved_edits_miss_nothing(server, peers):
@@ -223,8 +230,7 @@ async def test_other_shared_types_are_kept_merged_and_relayed(settings, peers):
     """A ProseMirror binding's Y.XmlFragment, a Y.Map: stored and relayed, untouched by
     v1 updates of the content, there again after a restart."""
     types = {"meta": "map", "prosemirror": "xml", "content": "text"}
-    first = Harness(await Server.start(settings))
-    try:
+    async with running(settings) as first:
         alice = await first.connect("alice")
         await create(alice, "plain", bob="editor")
         a, b = await peers(first.url, "alice"), await peers(first.url, "bob")
@@ -243,17 +249,55 @@ async def test_other_shared_types_are_kept_merged_and_relayed(settings, peers):
         for peer in (a, b):
             assert (await peer.call("shared", types=types))["shared"] == expected
         assert (await stored(alice))["content"] == "plain v1"
-    finally:
-        await first.close_clients()
-        await first.server.stop()
-    again = Harness(await Server.start(settings))
-    try:
+    async with running(settings) as again:
         fresh = await peers(again.url, "bob")
         await fresh.join("doc")
         assert (await fresh.call("shared", types=types))["shared"] == expected
-    finally:
-        await again.close_clients()
-        await again.server.stop()
+
+
+async def test_editors_on_two_nodes_converge_and_a_refused_one_resyncs(peers, redis_url,
+                                                                       mongo_db):
+    """Two nodes on one Redis and one Mongo store, an editor on one and two on the
+    other, all typing at once. A node that keeps losing the version to the other may
+    answer UNAVAILABLE, and the updates that client sent after it then depend on one
+    the server never took (INVALID_INPUT); the client syncs again by state vectors and
+    nothing it typed is lost."""
+    def node_settings() -> Settings:
+        return make_settings(registry_url=redis_url, storage_url=mongo_db,
+                             node_id=f"node-{uuid.uuid4().hex[:8]}", rate_limit_per_second=0,
+                             user_rate_limit_per_second=0)
+
+    async with running(node_settings()) as a, running(node_settings()) as b:
+        alice = await a.connect("alice")
+        await create(alice, "", bob="editor", carol="editor")
+        js = [await peers(a.url, "alice"), await peers(b.url, "bob"),
+              await peers(b.url, "carol")]
+        for peer in js:
+            await peer.join("doc")
+        alphabets = [["a", "á"], ["b", "😀"], ["c", "日本"]]  # whose is whose, at the end
+        runs = await asyncio.gather(*(
+            peer.random_edits(150, seed=21 + i, delete_ratio=0, alphabet=alphabet)
+            for i, (peer, alphabet) in enumerate(zip(js, alphabets, strict=True))))
+        for peer in js:
+            refused = [r["error"]["code"] for r in (await peer.report())["refused"]]
+            if refused:
+                assert refused[0] == "UNAVAILABLE" and set(refused[1:]) <= {"INVALID_INPUT"}
+                assert (await peer.resync())["sent"]["ok"] is True
+        head = await stored(alice)
+        assert [await peer.settled(head["version"]) for peer in js] == [head["content"]] * 3
+        assert (await stored(await b.connect("bob")))["content"] == head["content"]
+        # nothing lost: every character each typed is there
+        assert Counter(head["content"]) == Counter("".join("".join(run["inserted"])
+                                                           for run in runs))
+        everything = set(range(1, head["version"] + 1))
+        all_made = []
+        for peer in js:
+            report = await peer.report()
+            made, _ = own_versions(report)
+            assert report["received"] == sorted(set(report["received"]))
+            assert set(report["received"]) | set(made) == everything
+            all_made += made
+        assert sorted(all_made) == sorted(everything)  # every accepted change one version
 
 
 # -- live and plain members together --------------------------------------------------

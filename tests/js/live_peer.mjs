@@ -364,6 +364,12 @@ const ops = {
     }
     return { ...result, ...rejoined }
   },
+  // sync again on this connection (the join's state vectors): the way back after an
+  // update was refused for a passing reason (UNAVAILABLE), and after the later ones
+  // refused for building on it; everything the server lacks goes as one update
+  async resync () {
+    return join()
+  },
   // drop the Y.Doc and join again with a fresh one (and an empty state vector): the
   // way back after a refusal, since a refused update stays in the Y.Doc that made it
   // and every later update of that client id depends on it
