@@ -9,7 +9,7 @@ import asyncio
 import random
 
 import pytest
-from harness import Client, PycrdtPeer, make_settings
+from harness import WAIT, Client, PycrdtPeer, make_settings
 
 from collab.awareness import Entry, decode_update, encode_update
 
@@ -291,3 +291,66 @@ async def test_documents_are_unloaded_when_their_room_empties_and_capped(server)
     stored = await alice.ok("documents:update", {"document_id": "d1", "content": "new",
                                                  "version": 1})
     assert stored["document"]["content"] == "new"
+
+
+class QueueingLock(asyncio.Lock):
+    """A lock that tells who came to wait for it (``waiting``: one item a waiter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: asyncio.Queue[None] = asyncio.Queue()
+
+    async def acquire(self) -> bool:
+        if self.locked():
+            self.waiting.put_nowait(None)
+        return await super().acquire()
+
+
+async def test_what_waited_behind_a_refused_change_neither_stores_nor_shows_it(
+        server, monkeypatch):
+    """A change the store refuses leaves its edit in the loaded copy, which is dropped.
+    Whatever waited for that copy's lock meanwhile must take the document as stored, not
+    go on with the dropped copy: a change made from it stored content no update holds,
+    and a join sent the refused edit in its update."""
+    from collab.errors import Unavailable
+
+    alice = await server.connect("alice")
+    await document(alice, "keep")
+    x, y = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("alice"), "doc")
+    z = PycrdtPeer(await server.connect("alice"), "doc")
+    await x.join()
+    await y.join()
+    store = server.app.store
+    append = store.append_document_update
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def refuse_the_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not entered.is_set():
+            entered.set()
+            await release.wait()
+            raise Unavailable("The store is away")
+        return await append(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_document_update", refuse_the_first)
+    lock = server.app.documents.peek("doc").lock = QueueingLock()
+    lost = x.edit(lambda t: t.insert(0, "LOST "))
+    refused = asyncio.ensure_future(alice.call("documents:yupdate",
+                                               {"document_id": "doc", "update": lost}))
+    await entered.wait()  # x's change holds the copy, its store call pending
+    kept = y.edit(lambda t: t.insert(4, "!"))
+    accepted = asyncio.ensure_future(y.client.call("documents:yupdate",
+                                                   {"document_id": "doc", "update": kept}))
+    joined = asyncio.ensure_future(z.join())
+    for _ in range(2):  # y's change and z's join wait for the copy
+        await asyncio.wait_for(lock.waiting.get(), WAIT)
+    release.set()
+
+    assert (await refused)["error"]["code"] == "UNAVAILABLE"
+    assert (await accepted) == {"ok": True, "version": 1}
+    await joined
+    assert "LOST" not in z.content
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert (stored["content"], stored["version"]) == ("keep!", 1)
+    fresh = PycrdtPeer(await server.connect("alice"), "doc")
+    await fresh.join()
+    assert fresh.content == "keep!"
