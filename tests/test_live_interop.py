@@ -20,6 +20,7 @@ from typing import Any
 
 import pycrdt
 import pytest
+from conftest import cancel_leftover_tasks
 from harness import Client, Harness, LivePeer, PycrdtPeer, make_settings, make_token
 
 from collab.config import Settings
@@ -298,6 +299,7 @@ async def test_editors_on_two_nodes_converge_and_a_refused_one_resyncs(peers, re
             assert set(report["received"]) | set(made) == everything
             all_made += made
         assert sorted(all_made) == sorted(everything)  # every accepted change one version
+    await cancel_leftover_tasks()  # (the Redis registry's, after both nodes stopped)
 
 
 # -- live and plain members together --------------------------------------------------
