@@ -419,7 +419,7 @@ class LivePeer:
         while chunk := await self.proc.stderr.read(1 << 16):
             self._stderr = (self._stderr + chunk)[-(1 << 16):]  # the tail: bounded
 
-    async def call(self, op: str, timeout: float = 2 * WAIT, **fields: Any) -> dict[str, Any]:
+    async def call(self, op: str, timeout: float = 3 * WAIT, **fields: Any) -> dict[str, Any]:
         """Send request ``op``; its answer. ``bytes`` fields go as base64."""
         assert self.proc.stdin is not None
         request_id = next(self._ids)
@@ -455,19 +455,19 @@ class LivePeer:
     async def text(self) -> str:
         return (await self.call("text"))["text"]
 
-    async def settled(self, version: int, timeout: float = WAIT) -> str:
+    async def settled(self, version: int, timeout: float = 2 * WAIT) -> str:
         """The text once the peer has ``version`` and no ack is outstanding."""
         answer = await self.call("settled", timeout=timeout + 1, version=version,
                                  timeout_ms=int(timeout * 1000))
         return answer["text"]
 
-    async def wait_version(self, version: int, timeout: float = WAIT) -> int:
+    async def wait_version(self, version: int, timeout: float = 2 * WAIT) -> int:
         """Once the peer has seen ``version`` (its own or the room's); the version it has."""
         answer = await self.call("wait_version", timeout=timeout + 1, version=version,
                                  timeout_ms=int(timeout * 1000))
         return answer["version"]
 
-    async def wait_text(self, text: str, timeout: float = WAIT) -> None:
+    async def wait_text(self, text: str, timeout: float = 2 * WAIT) -> None:
         await self.call("wait_text", timeout=timeout + 1, text=text,
                         timeout_ms=int(timeout * 1000))
 
@@ -475,7 +475,8 @@ class LivePeer:
         """``{received, acks: [{kind, version}], joins, refused, errors, timeline,
         client_id}``: the versions received from the room in arrival order, the own
         updates acked and refused, each join's version, the ``error`` events, and
-        ``timeline``: ``["join", version]`` and ``["yupdate", version]`` as they came."""
+        ``timeline``: ``["join", version]``, ``["yupdate", version]`` and ``["ack",
+        version, kind]`` as they came."""
         return await self.call("report")
 
     async def send(self, event: str, payload: dict[str, Any],
@@ -494,7 +495,7 @@ class LivePeer:
         states = (await self.call("awareness_states"))["states"]
         return {int(client_id): state for client_id, state in states.items()}
 
-    async def wait_awareness(self, client_id: int, state: Any, timeout: float = WAIT) -> float:
+    async def wait_awareness(self, client_id: int, state: Any, timeout: float = 2 * WAIT) -> float:
         """Wait until ``client_id``'s state is ``state`` (None: gone); milliseconds waited."""
         answer = await self.call("wait_awareness", timeout=timeout + 1, client_id=client_id,
                                  state=state, timeout_ms=int(timeout * 1000))

@@ -16,7 +16,7 @@ import { io } from 'socket.io-client'
 import * as Y from 'yjs'
 import * as awarenessProtocol from 'y-protocols/awareness'
 
-const TIMEOUT_MS = 5000
+const TIMEOUT_MS = 10000
 // a Yjs update (format v1) with nothing in it
 const EMPTY_UPDATE = new Uint8Array([0, 0])
 
@@ -48,7 +48,8 @@ const acks = [] // {kind, version} per own update the server acknowledged
 const joins = [] // the document version each join's ack carried
 const refused = [] // {kind, error} per own update the server refused
 const errors = [] // `error` events
-// what arrived, in order: ['join', version] at each join's ack, ['yupdate', version]
+// what arrived, in order: ['join', version] at each join's ack, ['yupdate', version],
+// ['ack', version, kind] for an own update acknowledged
 const timeline = []
 let pending = 0 // own updates sent and not acknowledged yet
 
@@ -189,8 +190,12 @@ function send (update, kind) {
   if (update === null || !live) return Promise.resolve(null)
   pending += 1
   return call('documents:yupdate', { document_id: documentId, update }, (ack) => {
-    if (ack.ok) acks.push({ kind, version: ack.version })
-    else refused.push({ kind, error: ack.error })
+    if (ack.ok) {
+      acks.push({ kind, version: ack.version })
+      timeline.push(['ack', ack.version, kind])
+    } else {
+      refused.push({ kind, error: ack.error })
+    }
   }).finally(() => { pending -= 1; notify() })
 }
 
