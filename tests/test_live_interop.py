@@ -404,8 +404,10 @@ async def test_unicode_round_trips_exactly_between_yjs_v1_and_pycrdt(server, pee
         assert (answer["text"], answer["utf16_length"]) == (expected, utf16(expected))
         assert py.content == expected
         assert (await stored(plain))["content"] == expected
+        versions.append(expected)
 
     text = ""
+    versions = [""]  # each version's content, as every client had it
     yjs_edits = [  # (UTF-16 index, units deleted, inserted), as an editor binding makes them
         (0, 0, "😀日本語 e\u0301 👨‍👩‍👧 🇫🇷"),
         (2, 0, "|"),  # just after the emoji (2 units)
@@ -432,8 +434,10 @@ async def test_unicode_round_trips_exactly_between_yjs_v1_and_pycrdt(server, pee
     await py.send(py.edit(lambda t: t.insert(at, "𝔘𝔫𝔦 ")))
     text = text[:3] + "𝔘𝔫𝔦 " + text[3:]
     await everyone_has(text, by="py")
-    versions = sorted((await history(plain)).keys())
-    assert versions == list(range(len(versions)))
+    # and the history, replayed from the stored Yjs updates, has each exactly
+    assert sorted(await history(plain)) == list(range(len(versions))) == list(range(9))
+    for version, content in enumerate(versions):
+        assert (await stored(plain, version))["content"] == content
 
 
 # -- offline -----------------------------------------------------------------------
