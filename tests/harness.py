@@ -310,10 +310,12 @@ class OtherNode:
 
 
 JS_DIR = Path(__file__).parent / "js"
+#: the JavaScript provider's package (clients/js), tested by tests/test_js_client.py
+CLIENT_JS_DIR = Path(__file__).parent.parent / "clients" / "js"
 
 
-def node_or_skip(package: str) -> str:
-    """The ``node`` binary, once ``tests/js/node_modules/<package>`` is installed.
+def node_or_skip(package: str, directory: Path = JS_DIR) -> str:
+    """The ``node`` binary, once ``<directory>/node_modules/<package>`` is installed.
 
     Without them the test fails in CI (CI=true) and is skipped elsewhere.
     """
@@ -321,8 +323,9 @@ def node_or_skip(package: str) -> str:
     missing = None
     if node is None:
         missing = "node is not installed"
-    elif not (JS_DIR / "node_modules" / package).is_dir():
-        missing = "tests/js/node_modules is missing: run `npm ci --prefix tests/js`"
+    elif not (directory / "node_modules" / package).is_dir():
+        where = directory.relative_to(Path(__file__).parent.parent)
+        missing = f"{where}/node_modules is missing: run `npm ci --prefix {where}`"
     if missing is None:
         return node
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -364,6 +367,93 @@ class YjsPeer:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(10)
+
+
+class YjsProviders:
+    """The stock y-websocket ``WebsocketProvider`` in a Node process (tests/js/yws_provider.mjs),
+    playing named clients against a server on this event loop.
+
+    ``await call(op, **fields)`` sends a request and returns its answer; what the
+    providers see meanwhile (``status``, ``sync``, ``closed``, ``connection-close``,
+    ``permission-denied``, ``text`` after each document update, ``awareness``) is queued
+    per client and kind for :meth:`next` and :meth:`until`.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._ids = 0
+        self._answers: dict[int, asyncio.Future] = {}
+        self.events: dict[tuple[str, str], asyncio.Queue] = defaultdict(asyncio.Queue)
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls) -> YjsProviders:
+        node = node_or_skip("y-websocket")
+        proc = await asyncio.create_subprocess_exec(
+            node, str(JS_DIR / "yws_provider.mjs"), cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024)
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            message = json.loads(line)
+            if "event" in message:
+                self.events[(message.pop("name", ""), message.pop("event"))].put_nowait(message)
+            elif (answer := self._answers.pop(message.pop("id"), None)) is not None:
+                answer.set_result(message)
+        for answer in self._answers.values():
+            answer.set_exception(AssertionError("yws_provider.mjs exited"))
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        self._ids += 1
+        answer = self._answers[self._ids] = asyncio.get_running_loop().create_future()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"id": self._ids, "op": op, **fields}) + "\n").encode())
+        result = await asyncio.wait_for(answer, WAIT)
+        assert result.pop("ok") is True, result.get("error")
+        return result
+
+    async def open(self, name: str, url: str, document_id: str, **fields: Any) -> int:
+        """A provider for ``document_id`` on the server at ``url`` (its ``/yjs`` endpoint);
+        returns its Yjs client id once it has synced."""
+        ws_url = url.replace("http://", "ws://", 1) + "/yjs"
+        opened = await self.call("open", name=name, url=ws_url, room=document_id, **fields)
+        await self.until(name, "sync", lambda e: e["synced"])
+        return opened["client_id"]
+
+    async def next(self, name: str, kind: str, timeout: float = WAIT) -> dict[str, Any]:
+        return await asyncio.wait_for(self.events[(name, kind)].get(), timeout)
+
+    async def until(self, name: str, kind: str, accept: Any,
+                    timeout: float = WAIT) -> dict[str, Any]:
+        """The first ``kind`` event of ``name`` that ``accept(event)`` takes (earlier ones
+        are consumed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await self.next(name, kind, max(0.0, deadline - time.monotonic()))
+            if accept(event):
+                return event
+
+    async def text_is(self, name: str, expected: str) -> None:
+        """Wait until ``name``'s document text is ``expected``."""
+        if (await self.call("text", name=name))["text"] != expected:
+            await self.until(name, "text", lambda e: e["text"] == expected)
+
+    def pending(self, name: str, kind: str) -> list[dict[str, Any]]:
+        queue = self.events[(name, kind)]
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    async def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), WAIT)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader
 
 
 class LivePeer:
