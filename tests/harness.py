@@ -174,8 +174,12 @@ class PycrdtPeer:
         self.doc = pycrdt.Doc()
         self.text = self.doc.get("content", type=pycrdt.Text)
         self.version = 0
-        #: the versions this peer has: its own (acked) and the others' (received)
+        #: the versions this peer has: its own (acked) and the others' (received). An
+        #: update that brought nothing new is acked with the current version, maybe
+        #: another's not received yet: where that can happen, wait on ``received``
         self.seen: set[int] = set()
+        #: the versions that came from the room
+        self.received: set[int] = set()
 
     async def join(self) -> dict:
         ack = await self.client.ok("documents:join", {"document_id": self.document_id,
@@ -205,6 +209,7 @@ class PycrdtPeer:
         self.doc.apply_update(got["update"])
         self.version = max(self.version, got["version"])
         self.seen.add(got["version"])
+        self.received.add(got["version"])
         return got
 
     @property
@@ -215,6 +220,20 @@ class PycrdtPeer:
     @property
     def content(self) -> str:
         return str(self.text)
+
+
+async def versions_by_user(client: Client, document_id: str) -> dict[int, str]:
+    """Who made each version of the document, from ``documents:history`` page by page."""
+    made: dict[int, str] = {}
+    before: int | None = None
+    while True:
+        page = await client.ok("documents:history", {
+            "document_id": document_id, "limit": 200,
+            **({"before_version": before} if before is not None else {})})
+        made.update((entry["version"], entry["user_id"]) for entry in page["versions"])
+        if not page["has_more"] or not page["versions"]:
+            return made
+        before = page["versions"][0]["version"]
 
 
 class Harness:
