@@ -38,6 +38,9 @@ class Reader:
 
     def var_uint(self) -> int:
         data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:  # one byte: most lengths, counts, flags
+            self.pos = pos + 1
+            return data[pos]
         value = 0
         shift = 0
         for _ in range(_MAX_VAR_UINT_BYTES):
