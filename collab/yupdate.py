@@ -46,6 +46,8 @@ class Kind(enum.IntEnum):
 
 
 _KINDS = tuple(Kind)  # (indexing a tuple is cheaper than calling the enum)
+# plain ints for the decoder's comparisons, cheaper than the enum's members
+_GC, _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
 
 #: the type refs Yjs reads (src/structs/ContentType.js ``typeRefs``); these two have a name
 _TYPE_REFS = range(7)
@@ -127,9 +129,9 @@ def decode_update(data: bytes) -> Update:
 def _read_struct(reader: Reader, client: int, clock: int) -> Struct:
     info = _byte(reader)
     kind = info & _KIND_BITS
-    if kind == Kind.GC or kind == Kind.SKIP:
+    if kind == _GC or kind == _SKIP:
         return Struct(_KINDS[kind], client, clock, reader.var_uint())
-    if kind > Kind.SKIP:
+    if kind > _SKIP:
         raise Lib0Error(f"unknown struct kind {kind}")
     origin = Id(reader.var_uint(), reader.var_uint()) if info & _HAS_ORIGIN else None
     right = Id(reader.var_uint(), reader.var_uint()) if info & _HAS_RIGHT_ORIGIN else None
@@ -142,35 +144,35 @@ def _read_struct(reader: Reader, client: int, clock: int) -> Struct:
         if info & _HAS_PARENT_SUB:
             reader.var_bytes()  # the map key
     text = None
-    if kind == Kind.STRING:
+    if kind == _STRING:
         text = reader.var_string()
         length = utf16_length(text)
-    elif kind == Kind.DELETED:
+    elif kind == _DELETED:
         length = reader.var_uint()
-    elif kind == Kind.JSON:
+    elif kind == _JSON:
         length = reader.var_uint()
         for _ in range(length):
             reader.var_string()
-    elif kind == Kind.ANY:
+    elif kind == _ANY:
         length = reader.var_uint()
         for _ in range(length):
             _skip_any(reader)
     else:
         length = 1
-        if kind == Kind.BINARY:
+        if kind == _BINARY:
             reader.var_bytes()
-        elif kind == Kind.EMBED:
+        elif kind == _EMBED:
             reader.var_string()  # JSON
-        elif kind == Kind.FORMAT:
+        elif kind == _FORMAT:
             reader.var_string()  # key
             reader.var_string()  # JSON value
-        elif kind == Kind.TYPE:
+        elif kind == _TYPE:
             ref = reader.var_uint()
             if ref not in _TYPE_REFS:
                 raise Lib0Error(f"unknown type ref {ref}")
             if ref in _NAMED_TYPE_REFS:
                 reader.var_string()
-        elif kind == Kind.DOC:
+        elif kind == _DOC:
             reader.var_string()  # guid
             _skip_any(reader)  # options
     return Struct(_KINDS[kind], client, clock, length, origin, right, text)

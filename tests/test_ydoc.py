@@ -17,7 +17,7 @@ import pytest
 
 from collab.errors import InvalidInput, PayloadTooLarge
 from collab.lib0 import read_state_vector
-from collab.surrogates import SurrogateIndex
+from collab.surrogates import SurrogateIndex, high_units, may_hold_pairs
 from collab.ydoc import STATE_GROWTH_PER_UPDATE_BYTE, LiveDocument
 from collab.yupdate import decode_update
 
@@ -616,6 +616,15 @@ def test_sync_with_yjs_by_state_vectors(yjs):
 
 
 # -- surrogate pairs: updates that split one are refused ------------------------------------
+
+def test_high_units_are_utf16_offsets_and_the_byte_scan_finds_every_pair():
+    assert high_units("a😀b\U00010348") == [1, 4]
+    assert high_units("é中 plain") == [] and high_units("") == []
+    assert high_units("👨\u200d👩") == [0, 3]
+    for text in ("😀", "x\U00010348", "🇫🇷"):
+        assert may_hold_pairs(text.encode())
+    assert not may_hold_pairs("é中 plain".encode())
+
 
 def yjs_beside(yjs, name: str, doc: LiveDocument, client_id: int) -> None:
     """A Yjs client named ``name`` holding ``doc``'s state."""

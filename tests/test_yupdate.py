@@ -7,7 +7,7 @@ from __future__ import annotations
 import pycrdt
 import pytest
 
-from collab.lib0 import Lib0Error, var_uint
+from collab.lib0 import Lib0Error, Reader, var_uint
 from collab.yupdate import MAX_ANY_DEPTH, Kind, decode_update, utf16_length
 
 #: scenarios in tests/js/yjs_peer.mjs, and the struct kinds each must contain
@@ -147,3 +147,24 @@ def test_counts_allocate_nothing_before_the_bytes_are_there():
                     b"\x03" + var_uint(2**40)):
         with pytest.raises(Lib0Error):
             decode_update(one_item(content[0], content[1:]))
+
+
+def test_var_uints_of_every_width_read_back_wherever_they_sit():
+    # lib0's Reader reads one to three bytes without its loop: every width, at the end of
+    # the input and short of it, reads the same as it was written
+    values = [0, 1, 127, 128, 300, 2**14 - 1, 2**14, 2**21 - 1, 2**21, 2**28, 2**35 + 3,
+              2**53 - 1]
+    for value in values:
+        raw = var_uint(value)
+        for before, after in ((b"", b""), (b"\x05", b""), (b"", b"\x00" * 3),
+                              (b"\x01", b"\x7f")):
+            reader = Reader(before + raw + after)
+            if before:
+                assert reader.var_uint() == before[0]
+            assert reader.var_uint() == value
+            assert reader.pos == len(before) + len(raw)
+        for cut in range(1, len(raw)):
+            with pytest.raises(Lib0Error, match="truncated"):
+                Reader(raw[:cut]).var_uint()
+    with pytest.raises(Lib0Error, match="above"):
+        Reader(b"\xff" * 7 + b"\x7f").var_uint()
