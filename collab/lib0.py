@@ -38,6 +38,20 @@ class Reader:
 
     def var_uint(self) -> int:
         data, pos = self.data, self.pos
+        # one to three bytes (below 2**21: lengths, counts, most clocks) without the loop
+        if pos + 3 <= len(data):
+            first = data[pos]
+            if first < 0x80:
+                self.pos = pos + 1
+                return first
+            second = data[pos + 1]
+            if second < 0x80:
+                self.pos = pos + 2
+                return (first & 0x7F) | second << 7
+            third = data[pos + 2]
+            if third < 0x80:
+                self.pos = pos + 3
+                return (first & 0x7F) | (second & 0x7F) << 7 | third << 14
         value = 0
         shift = 0
         for _ in range(_MAX_VAR_UINT_BYTES):

@@ -19,6 +19,12 @@ Exception`` lets through. So every refused change is rolled back by rebuilding t
 as they grow), and a refusal is always :class:`~collab.errors.InvalidInput` or
 :class:`~collab.errors.PayloadTooLarge` with the document as it was.
 
+Every update is first read by :mod:`collab.yupdate`, strictly and the way Yjs reads
+it, before pycrdt sees its bytes: Yrs reads nested values recursively, and an update
+nesting them deep enough kills the process (measured, see ``MAX_ANY_DEPTH``). An update
+that would split a surrogate pair (see :mod:`collab.surrogates`) is refused before it
+is applied: Yjs and Yrs disagree about such an update, and the copies would differ.
+
 An update whose dependencies the document lacks (a clock gap, an origin it has never
 seen, a deletion of unknown items) is refused too: Yrs would keep it "pending" in
 memory, invisible to :meth:`snapshot` and to the state limit, and store it nowhere.
@@ -39,6 +45,7 @@ does not need.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -47,7 +54,11 @@ import pycrdt
 
 from .errors import InvalidInput, PayloadTooLarge
 from .lib0 import Lib0Error, Reader, read_state_vector
+from .surrogates import SurrogateIndex, may_hold_pairs
 from .text import is_text
+from .yupdate import decode_update
+
+log = logging.getLogger(__name__)
 
 #: the name of the ``Y.Text`` that holds the v1 ``content`` string
 CONTENT = "content"
@@ -100,6 +111,8 @@ class LiveDocument:
         self.max_state_bytes = max_state_bytes
         self._captured: list[bytes] = []
         self._client_id = client_id
+        #: the document's surrogate pairs, built from its state when first needed
+        self._surrogates: SurrogateIndex | None = None
         stored = [u for u in ([baseline] if baseline else []) + list(updates)]
         if client_id is None:
             # this copy's own (v1 bridge) edits need an id the document has never seen:
@@ -194,13 +207,22 @@ class LiveDocument:
             raise InvalidInput("update must be bytes")
         update = bytes(update)
         try:
-            # decodes without touching the document: garbage costs no rollback
-            pycrdt.get_state(update)
+            # before pycrdt sees the bytes (deep nesting crashes Yrs); touches nothing
+            decoded = decode_update(update)
+        except Lib0Error as exc:
+            raise InvalidInput(f"update cannot be decoded: {exc}") from None
+        try:
+            pycrdt.get_state(update)  # what Yrs would not decode costs no rollback either
         except BaseException as exc:  # noqa: B036 - PanicException is a BaseException
             if not (isinstance(exc, Exception) or _is_panic(exc)):
                 raise
             raise InvalidInput("update cannot be decoded") from None
-        return self._change(lambda doc: doc.apply_update(update), update)
+        surrogates = self._surrogate_index()
+        if len(surrogates) or may_hold_pairs(update):
+            refusal = surrogates.refusal(decoded, read_state_vector(self._doc.get_state()))
+            if refusal is not None:
+                raise InvalidInput(f"{refusal}; Yjs and Yrs would disagree about it")
+        return self._follow(self._change(lambda doc: doc.apply_update(update), update))
 
     def replace_content(self, new: str) -> bytes | None:
         """The v1 bridge: make ``content`` equal ``new`` by the smallest edit (common
@@ -230,7 +252,7 @@ class LiveDocument:
                 if inserted:
                     text.insert(byte_start, inserted)
 
-        return self._change(edit)
+        return self._follow(self._change(edit))
 
     # -- internals ---------------------------------------------------------------
 
@@ -279,6 +301,30 @@ class LiveDocument:
         self._log_bytes += len(produced)
         if self._log_bytes > max(_MIN_LOG_BYTES, len(self._base)):
             self._rebase()
+        return produced
+
+    def _surrogate_index(self) -> SurrogateIndex:
+        if self._surrogates is None:
+            state = self._doc.get_update()
+            try:
+                self._surrogates = (SurrogateIndex.of(decode_update(state))
+                                    if may_hold_pairs(state) else SurrogateIndex())
+            except Lib0Error as exc:
+                # stored before updates were read the way Yjs reads them: no Yjs client
+                # can load this state at all, so none can disagree with it either
+                log.warning("document state is not one Yjs can read (%s): surrogate pairs "
+                            "already in it are not protected", exc)
+                self._surrogates = SurrogateIndex()
+        return self._surrogates
+
+    def _follow(self, produced: bytes | None) -> bytes | None:
+        """Keep the surrogate index in step with an accepted change."""
+        if produced is not None and self._surrogates is not None:
+            if len(self._surrogates) or may_hold_pairs(produced):
+                try:
+                    self._surrogates.follow(decode_update(produced))
+                except Lib0Error:  # (Yrs wrote it: cannot happen) rebuild from the state
+                    self._surrogates = None
         return produced
 
     def _left_pending(self, update: bytes) -> bool:

@@ -361,8 +361,9 @@ def node_or_skip(package: str, directory: Path = JS_DIR) -> str:
 class YjsPeer:
     """Real ``yjs`` and ``y-protocols`` in a Node process (tests/js/yjs_peer.mjs).
 
-    ``call(op, **fields)`` sends one request and returns its answer; ``bytes`` fields go
-    as base64 and the answer's ``update`` / ``state_vector`` come back as ``bytes``.
+    ``call(op, **fields)`` sends one request and returns its answer; ``bytes`` fields
+    (and lists of them) go as base64 and the answer's ``update`` / ``state_vector``
+    come back as ``bytes``.
     Synchronous: the tests that use it have no event loop to keep serving.
     """
 
@@ -375,8 +376,15 @@ class YjsPeer:
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         request = {"op": op}
+        def encoded(value: Any) -> Any:
+            if isinstance(value, bytes):
+                return base64.b64encode(value).decode()
+            if isinstance(value, list):
+                return [encoded(item) for item in value]
+            return value
+
         for key, value in fields.items():
-            request[key] = base64.b64encode(value).decode() if isinstance(value, bytes) else value
+            request[key] = encoded(value)
         # ensure_ascii: lone surrogates travel as \uXXXX escapes, which JSON.parse keeps
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()

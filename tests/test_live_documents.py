@@ -127,6 +127,36 @@ async def test_undecodable_updates_are_invalid_input_and_store_nothing(server, u
     assert (await live.send(ok))["version"] == 1
 
 
+async def test_a_yjs_update_splitting_a_surrogate_pair_is_invalid_input(server, yjs):
+    # Yjs and Yrs disagree about it (Yjs makes both halves U+FFFD): refused, not stored,
+    # not sent, and the document goes on as before
+    alice = await server.connect("alice")
+    await document(alice, "a😀b", bob="editor")
+    live, other = Peer(alice, "doc"), Peer(await server.connect("bob"), "doc")
+    await live.join()
+    await other.join()
+    for n, (op, fields) in enumerate([("insert", {"index": 2, "text": "X"}),
+                                      ("delete", {"index": 1, "length": 1}),
+                                      ("delete", {"index": 2, "length": 2})]):
+        name = f"splitter-{n}"
+        yjs.call("new", doc=name, client_id=6000 + n)
+        yjs.call("apply", doc=name, update=live.doc.get_update())  # as the server sent it
+        split = yjs.call(op, doc=name, **fields)
+        assert "\ufffd" in split["text"]
+        error = await alice.fails("documents:yupdate", {"document_id": "doc",
+                                                        "update": split["update"]},
+                                  "INVALID_INPUT")
+        assert "surrogate pair" in error["message"]
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert (stored["content"], stored["version"]) == ("a😀b", 0)
+    history = await alice.ok("documents:history", {"document_id": "doc"})
+    assert [v["version"] for v in history["versions"]] == [0]
+    # a normal edit beside the emoji still goes through, and is the first thing bob gets
+    assert (await live.send(live.edit(lambda t: t.insert(len(t), "😀!"))))["version"] == 1
+    assert (await other.receive())["version"] == 1
+    assert other.content == live.content == "a😀b😀!"
+
+
 async def test_refusals_change_nothing(server):
     alice = await server.connect("alice")
     await document(alice, "v", bob="viewer")

@@ -6,14 +6,22 @@ fixture), not against pycrdt alone.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pycrdt
 import pytest
 
 from collab.errors import InvalidInput, PayloadTooLarge
 from collab.lib0 import read_state_vector
+from collab.surrogates import SurrogateIndex, high_units, may_hold_pairs
 from collab.ydoc import STATE_GROWTH_PER_UPDATE_BYTE, LiveDocument
+from collab.yupdate import decode_update
+
+ROOT = Path(__file__).resolve().parent.parent
 
 UNICODE_CASES = [
     "plain ascii",
@@ -547,7 +555,7 @@ def test_yjs_edits_at_utf16_positions_apply_exactly(yjs, content):
     expected = content
     rng = random.Random(content)
     for _ in range(12):
-        # code-point positions, so Yjs never splits a surrogate pair (see the xfail below)
+        # code-point positions: Yjs never splits a surrogate pair (a split is refused below)
         at = rng.randint(0, len(expected))
         if rng.random() < 0.6 or not expected:
             piece = rng.choice(["x", "😀", "é", "中", "e\u0301", "👨\u200d👩", "🇫🇷"])
@@ -607,14 +615,242 @@ def test_sync_with_yjs_by_state_vectors(yjs):
     assert set(doc.content.split()) == {"offline", "😀", "server", "side", "中"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Yrs 0.28 and Yjs disagree when a Yjs client splits a surrogate pair: Yjs turns both "
-    "halves into U+FFFD, Yrs keeps the character and moves the insert after it. No editor "
-    "binding puts a cursor inside a pair; a client that does makes the server's copy differ"))
-def test_yjs_edit_inside_a_surrogate_pair_converges(yjs):
+# -- surrogate pairs: updates that split one are refused ------------------------------------
+
+def test_high_units_are_utf16_offsets_and_the_byte_scan_finds_every_pair():
+    assert high_units("a😀b\U00010348") == [1, 4]
+    assert high_units("é中 plain") == [] and high_units("") == []
+    assert high_units("👨\u200d👩") == [0, 3]
+    for text in ("😀", "x\U00010348", "🇫🇷"):
+        assert may_hold_pairs(text.encode())
+    assert not may_hold_pairs("é中 plain".encode())
+
+
+def yjs_beside(yjs, name: str, doc: LiveDocument, client_id: int) -> None:
+    """A Yjs client named ``name`` holding ``doc``'s state."""
+    yjs.call("new", doc=name, client_id=client_id)
+    yjs.call("apply", doc=name, update=doc.snapshot())
+
+
+def assert_refused_unchanged(doc: LiveDocument, update: bytes, yjs, name: str) -> None:
+    """``update`` is refused, the document is as it was, and a normal edit still works."""
+    state, content = doc.snapshot(), doc.content
+    with pytest.raises(InvalidInput, match="surrogate pair"):
+        doc.apply(update)
+    assert doc.snapshot() == state and doc.content == content
+    yjs_beside(yjs, name + "-after", doc, 9000 + len(name))
+    fine = yjs.call("insert", doc=name + "-after", index=len(content.encode("utf-16-le")) // 2,
+                    text="!😀")
+    assert doc.apply(fine["update"]) is not None
+    assert doc.content == fine["text"] == content + "!😀"
+
+
+# units of "a😀b" written by one client: a = clock 0, the emoji's high half 1, low half 2, b 3
+SPLITS = {
+    "insert between the halves": ("insert", {"index": 2, "text": "X"}),
+    "delete the high half": ("delete", {"index": 1, "length": 1}),
+    "delete the low half": ("delete", {"index": 2, "length": 1}),
+    "delete up to the high half": ("delete", {"index": 0, "length": 2}),
+    "delete from the low half on": ("delete", {"index": 2, "length": 2}),
+    "origin at the high half only": ("raw_insert", {"origin": 1, "right_origin": 3, "text": "X"}),
+    "right origin at the low half only": ("raw_insert", {"origin": 0, "right_origin": 2,
+                                                         "text": "X"}),
+}
+
+
+@pytest.mark.parametrize("case", SPLITS)
+def test_yjs_edits_inside_a_surrogate_pair_are_refused(yjs, case):
+    # Yjs turns both halves into U+FFFD; Yrs would keep the character and misplace the
+    # edit, so the server's copy would differ from every JavaScript client's: refused
     doc = LiveDocument.new("a😀b")
-    yjs.call("new", doc="split", client_id=5000)
-    yjs.call("apply", doc="split", update=doc.snapshot())
-    answer = yjs.call("insert", doc="split", index=2, text="X")  # between the halves
-    doc.apply(answer["update"])
+    name = f"split-{list(SPLITS).index(case)}"
+    yjs_beside(yjs, name, doc, 5000)
+    op, fields = SPLITS[case]
+    if op == "raw_insert":  # a hostile client's item, with origins of its choosing
+        fields = {**fields, "origin": [doc.client_id, fields["origin"]],
+                  "right_origin": [doc.client_id, fields["right_origin"]]}
+    answer = yjs.call(op, doc=name, **fields)
+    assert "\ufffd" in answer["text"]  # what Yjs made of it
+    assert_refused_unchanged(doc, answer["update"], yjs, name)
+
+
+def test_before_the_fix_yrs_and_yjs_disagreed_about_a_split_pair(yjs):
+    # the divergence the refusal prevents, on pycrdt itself (no LiveDocument)
+    doc = LiveDocument.new("a😀b")
+    yjs_beside(yjs, "diverge", doc, 5001)
+    answer = yjs.call("insert", doc="diverge", index=2, text="X")
+    raw, text = pydoc(5002)
+    raw.apply_update(doc.snapshot())
+    raw.apply_update(answer["update"])
+    assert answer["text"] == "a\ufffdX\ufffdb" and str(text) == "a😀Xb"
+    yjs.call("new", doc="diverge-fresh")  # and Yrs's state reads differently again in Yjs
+    fresh = yjs.call("apply", doc="diverge-fresh", update=raw.get_update())
+    assert fresh["text"] == "a\ufffdXb\ufffd"
+
+
+@pytest.mark.parametrize("second", [
+    {"op": "insert", "index": 2, "text": "X"},
+    {"op": "delete", "index": 1, "length": 1},
+    {"op": "delete", "index": 2, "length": 1},
+])
+@pytest.mark.parametrize("same_client", [True, False])
+def test_a_split_in_the_same_update_as_the_pair_is_refused(yjs, second, same_client):
+    # the emoji and the edit inside it in one (merged) update: the pair is in the update
+    doc = LiveDocument.new("start ")
+    yjs_beside(yjs, "author", doc, 5100)
+    first = yjs.call("insert", doc="author", index=6, text="a😀b")["update"]
+    editor = "author"
+    if not same_client:
+        yjs_beside(yjs, "other", doc, 5101)
+        yjs.call("apply", doc="other", update=first)
+        editor = "other"
+    index = 6 + second["index"]
+    if second["op"] == "insert":
+        split = yjs.call("insert", doc=editor, index=index, text=second["text"])
+    else:
+        split = yjs.call("delete", doc=editor, index=index, length=second["length"])
+    assert "\ufffd" in split["text"]
+    merged = yjs.call("merge", updates=[first, split["update"]])["update"]
+    yjs_beside(yjs, "merged-reader", doc, 5102)  # Yjs reading it splits the pair too
+    assert "\ufffd" in yjs.call("apply", doc="merged-reader", update=merged)["text"]
+    assert_refused_unchanged(doc, merged, yjs, f"merged-{same_client}-{second['index']}")
+
+
+def test_a_split_made_within_one_yjs_transaction_is_no_pair_and_is_accepted(yjs):
+    # inside one transaction Yjs splits its own new item before encoding it: the update
+    # carries U+FFFD, not a pair, and every copy agrees on that
+    doc = LiveDocument.new("")
+    yjs_beside(yjs, "one-transaction", doc, 5200)
+    answer = yjs.call("transact", doc="one-transaction", steps=[
+        {"op": "insert", "index": 0, "text": "a😀b"}, {"op": "insert", "index": 2, "text": "X"}])
+    assert answer["text"] == "a\ufffdX\ufffdb"
+    assert doc.apply(answer["update"]) is not None
     assert doc.content == answer["text"]
+
+
+def test_an_item_cut_inside_its_own_pair_is_refused(yjs):
+    # a client re-sends clocks the document has with other text: the known part is cut
+    # off the new string, here between the halves of its emoji
+    doc = LiveDocument.new("")
+    for name in ("first-writer", "second-writer"):
+        yjs.call("new", doc=name, client_id=5300)  # one client id, two writers (hostile)
+    known = yjs.call("insert", doc="first-writer", index=0, text="ab")["update"]
+    assert doc.apply(known) is not None
+    clash = yjs.call("insert", doc="second-writer", index=0, text="a😀b")["update"]
+    assert_refused_unchanged(doc, clash, yjs, "cut")
+
+
+def test_naming_the_inside_of_a_deleted_character_is_accepted_and_converges(yjs):
+    # deleted text is gone from both sides (Yrs and Yjs keep only its length), so an
+    # update naming the inside of a deleted emoji changes no text anywhere
+    doc = LiveDocument.new("a😀b")
+    server_id = doc.client_id
+    doc.replace_content("ab")
+    yjs_beside(yjs, "deleted", doc, 5400)
+    answer = yjs.call("raw_insert", doc="deleted", origin=[server_id, 1],
+                      right_origin=[server_id, 2], text="X")
+    assert doc.apply(answer["update"]) is not None
+    assert doc.content == answer["text"] == "aXb"
+    yjs.call("new", doc="deleted-fresh")
+    assert yjs.call("apply", doc="deleted-fresh", update=doc.snapshot())["text"] == "aXb"
+
+
+def test_edits_next_to_pairs_in_every_shared_type_are_accepted(yjs):
+    # the check covers every string (XmlText too) and refuses nothing normal
+    doc = LiveDocument.new("😀")
+    yjs_beside(yjs, "rich", doc, 5500)
+    for scenario in ("xml", "format", "nested", "text"):
+        update = yjs.call("scenario", doc="rich", name=scenario)["update"]
+        assert doc.apply(update) is not None
+    for index in (0, 2, 4):
+        answer = yjs.call("insert", doc="rich", index=index, text="😀")
+        assert doc.apply(answer["update"]) is not None
+    assert doc.content == yjs.call("text", doc="rich")["text"]
+    yjs.call("new", doc="rich-fresh")
+    assert yjs.call("apply", doc="rich-fresh", update=doc.snapshot())["text"] == doc.content
+
+
+def test_deeply_nested_values_are_refused_before_pycrdt_reads_them(tmp_path):
+    # Yrs reads nested values recursively: 50,000 levels crash the process (SIGSEGV), so
+    # this runs in a child process; the update is refused before pycrdt sees it
+    script = tmp_path / "deep.py"
+    script.write_text(
+        "from collab.errors import InvalidInput\n"
+        "from collab.ydoc import LiveDocument\n"
+        "deep = b'\\x01\\x01\\x07\\x00\\x08\\x01\\x01m\\x01' + b'\\x75\\x01' * 50_000"
+        " + b'\\x77\\x00\\x00'\n"
+        "doc = LiveDocument.new('x')\n"
+        "try:\n"
+        "    doc.apply(deep)\n"
+        "except InvalidInput as exc:\n"
+        "    print('refused:', exc.message)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "refused: update cannot be decoded: values nested deeper than" in done.stdout
+
+
+@pytest.mark.parametrize("type_ref", [b"\x09", b"\x0f"])
+def test_updates_yrs_takes_but_yjs_cannot_read_are_refused(type_ref):
+    # Yrs takes these type refs (a sub-document, "undefined"); Yjs throws on them, so
+    # every JavaScript client would fail to load the document once it held one
+    update = b"\x01\x01\x01\x00\x07\x01\x01m" + type_ref + b"\x00"
+    pycrdt.Doc().apply_update(update)
+    doc = LiveDocument.new("x")
+    with pytest.raises(InvalidInput, match="unknown type ref"):
+        doc.apply(update)
+    assert doc.content == "x"
+
+
+def test_a_stored_state_yjs_cannot_read_still_loads_and_takes_edits(caplog):
+    # stored before updates were read the Yjs way: no surrogate check for what is in it
+    # (no Yjs client can load it to disagree), later edits are checked and kept
+    legacy = (b"\x01\x02\x01\x00" + b"\x04\x01\x07content\x04" + "😀".encode()
+              + b"\x07\x01\x01m\x0f" + b"\x00")  # "😀" in content, then the type ref
+    doc = LiveDocument.load(legacy)
+    assert doc.content == "😀"
+    client, text = pydoc(5700)
+    client.apply_update(doc.snapshot())
+    with caplog.at_level("WARNING", logger="collab.ydoc"):
+        assert doc.apply(edit(client, lambda: text.insert(4, "a😀b"))) is not None
+    assert "not one Yjs can read" in caplog.text
+    assert [(i.client, i.clock) for i in doc._surrogate_index()] == [(5700, 1)]
+    assert doc.content == "😀a😀b"
+
+
+def test_the_surrogate_index_follows_changes_exactly(yjs):
+    # the index kept up to date change by change equals one built from the state afresh
+    doc = LiveDocument.new("😀 start 𐍈")
+    yjs_beside(yjs, "follow", doc, 5600)
+    rng = random.Random(5)
+    expected = doc.content
+    for step in range(60):
+        at = rng.randint(0, len(expected))
+        if rng.random() < 0.55 or not expected:
+            piece = rng.choice(["😀", "x😀y", "é", "𐍈𐍈", "ab"])
+            answer = yjs.call("insert", doc="follow", index=utf16_index(expected, at), text=piece)
+            expected = expected[:at] + piece + expected[at:]
+        elif step % 7 == 0:  # the v1 bridge, deleting and inserting pairs itself
+            expected = expected[:at] + "🇫🇷" + expected[at + 2:]
+            update = doc.replace_content(expected)
+            if update is not None:
+                assert yjs.call("apply", doc="follow", update=update)["text"] == expected
+            continue
+        else:
+            length = min(rng.randint(1, 3), len(expected) - at)
+            if length == 0:
+                continue
+            start, stop = utf16_index(expected, at), utf16_index(expected, at + length)
+            answer = yjs.call("delete", doc="follow", index=start, length=stop - start)
+            expected = expected[:at] + expected[at + length:]
+        assert doc.apply(answer["update"]) is not None and doc.content == expected
+        followed = list(doc._surrogate_index())
+        assert followed == list(SurrogateIndex.of(decode_update(doc.snapshot())))
+    assert len(followed) == sum(1 for c in expected if ord(c) > 0xFFFF)
+    # a nested Y.Text with a pair, then its map entry replaced: its text is deleted too
+    for scenario in ("nested", "unnest"):
+        before = len(list(doc._surrogate_index()))
+        assert doc.apply(yjs.call("scenario", doc="follow", name=scenario)["update"]) is not None
+        followed = list(doc._surrogate_index())
+        assert len(followed) == before + (1 if scenario == "nested" else -1)
+        assert followed == list(SurrogateIndex.of(decode_update(doc.snapshot())))
