@@ -132,7 +132,7 @@ async def test_a_yjs_update_splitting_a_surrogate_pair_is_invalid_input(server, 
     # not sent, and the document goes on as before
     alice = await server.connect("alice")
     await document(alice, "a😀b", bob="editor")
-    live, other = Peer(alice, "doc"), Peer(await server.connect("bob"), "doc")
+    live, other = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc")
     await live.join()
     await other.join()
     for n, (op, fields) in enumerate([("insert", {"index": 2, "text": "X"}),
