@@ -27,6 +27,7 @@ from .proxy import TrustedProxies
 from .registry import open_registry
 from .store import open_store
 from .urls import redacted, scrubbed
+from .webapp import webapp_routes
 
 log = logging.getLogger("collab")
 
@@ -91,6 +92,7 @@ def make_tornado_app(app: CollabApp) -> tornado.web.Application:
             (r"/healthz", HealthzHandler),
             (r"/readyz", ReadyzHandler, {"app": app, "readiness": Readiness()}),
             *([] if app.settings.metrics_port else [make_metrics_route(app)]),
+            *webapp_routes(),
         ],
         websocket_max_message_size=app.settings.max_packet_bytes,
     )

@@ -39,6 +39,9 @@ export class SocketIOProvider extends ObservableV2 {
     this.role = null
     this.version = 0
     this.document = null
+    // who is in the document's room, as the latest join ack listed them (the app
+    // follows user:joined / user:left from there)
+    this.users = []
     this.destroyed = false
     // one join per connection: acks of an older one (before a disconnect or a
     // newer join) are ignored, because their state vector no longer describes us
@@ -110,6 +113,7 @@ export class SocketIOProvider extends ObservableV2 {
       }
       this._retryMs = FIRST_RETRY_MS
       this.document = ack.document
+      this.users = Array.isArray(ack.users) ? ack.users : []
       this._setRole(ack.role)
       this._setVersion(ack.document.version)
       Y.applyUpdate(this.doc, bytes(ack.update), this)
@@ -119,6 +123,7 @@ export class SocketIOProvider extends ObservableV2 {
       // what we have and the server lacks: edits made offline or before this ack
       const missing = Y.encodeStateAsUpdate(this.doc, bytes(ack.state_vector))
       this._setSynced(true)
+      this.emit('users', [this.users])
       if (!isEmptyUpdate(missing)) this._queue(missing)
       if (this.awareness.getLocalState() !== null) this._sendAwareness([this.doc.clientID])
     })
