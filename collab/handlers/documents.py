@@ -4,7 +4,10 @@ Every change, whatever event made it (``documents:update``, ``documents:yupdate`
 ``documents:restore``), is one version made by :meth:`LiveDocuments.change
 <collab.livedocs.LiveDocuments.change>` and announced by :func:`_announce`: to the
 live members as ``documents:yupdate``, to the plain members as ``documents:updated``,
-each in version order, never back to the connection that made it.
+each in version order. Back to the connection that made it only where it lacks the
+change: a ``documents:yupdate``'s sender has it, and a plain member gets the document in
+its ack, but a live member's copy has no ``documents:update`` or ``documents:restore``
+until the update reaches it (a restore button in a live editor, web/).
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ def _limits(ctx: Context) -> dict[str, int]:
             "max_state_bytes": ctx.settings.max_document_state_bytes}
 
 
-def _announcer(ctx: Context, conn: Connection, document_id: str):  # noqa: ANN202
-    """What tells the room of a stored change (called in turn, see the module docstring)."""
+def _announcer(ctx: Context, conn: Connection, document_id: str,  # noqa: ANN202
+               sender_has_it: bool = False):
+    """What tells the room of a stored change (called in turn, see the module docstring);
+    ``sender_has_it``: the change is the sender's own Yjs update."""
     r = room(document_id)
 
     async def announce(change: Change) -> None:
@@ -53,7 +58,7 @@ def _announcer(ctx: Context, conn: Connection, document_id: str):  # noqa: ANN20
             r.live, "documents:yupdate",
             {"document_id": document_id, "update": change.update, "version": change.version,
              "user_id": conn.user_id},
-            position=change.version, skip_sid=conn.sid)
+            position=change.version, skip_sid=conn.sid if sender_has_it else None)
         await ctx.broadcasts.publish_at(
             r.plain, "documents:updated", {"document": change.document, "user_id": conn.user_id},
             position=change.version, skip_sid=conn.sid)
@@ -155,7 +160,7 @@ async def yupdate(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
     incoming = data["update"]
     change = await ctx.documents.change(
         document_id, lambda doc: doc.apply(incoming), conn.user_id,
-        announce=_announcer(ctx, conn, document_id))
+        announce=_announcer(ctx, conn, document_id, sender_has_it=True))
     if change is None:  # nothing the document had not seen: not stored, not broadcast
         loaded = await ctx.documents.get(document_id)
         return {"version": loaded.version}

@@ -82,7 +82,7 @@ export function documentView(root, session, { id: documentId }) {
     history.changed(v);
   });
   provider.on("synced", (synced) => {
-    syncEl.textContent = synced ? "saved" : "offline, edits are kept";
+    syncEl.textContent = synced ? "live" : "offline: edits are kept and sent on reconnection";
     if (!synced) return;
     joinedOnce = true;
     showBanner("");
