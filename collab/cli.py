@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--url", action="store_true",
                        help="print a sign-in URL for the web app at the configured host and "
                             "port instead of the bare token")
+    token.add_argument("--host", help="with --url: as given to collab serve")
+    token.add_argument("--port", type=int, help="with --url: as given to collab serve")
 
     config = sub.add_parser(
         "config", help="print the effective settings, credentials masked, and their origin"
@@ -113,10 +115,7 @@ def sign_in_url(settings: Settings, token: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("serve", "config"):
-            settings = _settings(args, {"host": args.host, "port": args.port})
-        else:
-            settings = _settings(args)
+        settings = _settings(args, {"host": args.host, "port": args.port})
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"collab: configuration error: {line}", file=sys.stderr)
