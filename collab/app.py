@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import socketio
 from marshmallow import ValidationError
 
+from .admin import instrument
 from .auth import Identity, TokenVerifier, token_from_handshake
 from .broadcast import BroadcasterFactory, Broadcasts, NodeHooks, open_broadcaster
 from .broadcast.wire import Envelope
@@ -116,6 +117,9 @@ class CollabApp:
             self.sio.on(event, self._dispatcher(event, schema, handler))
         # several nodes: presence changes the registry finds by itself (a node died)
         registry.on_presence = self.membership.announce_presence
+        #: the Socket.IO Admin UI's instrumentation, when configured
+        self.admin = instrument(self.sio, self.verifier, settings.admin_ui_read_only) \
+            if settings.admin_ui else None
 
     # -- origins -----------------------------------------------------------
 

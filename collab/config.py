@@ -261,6 +261,12 @@ class Settings(BaseSettings):
     #: seconds a live document stays loaded after its room's last member here left
     document_unload_after: float = Field(30.0, ge=0)
 
+    #: the Socket.IO Admin UI on the /admin namespace, signed in with an admin-role JWT
+    #: as the password (collab/admin.py, docs/deployment.md)
+    admin_ui: bool = False
+    #: leave out the Admin UI's actions (emit, join, leave, disconnect)
+    admin_ui_read_only: bool = True
+
     websocket_compression: bool = False
     #: broadcast by writing one pre-framed message to each idle WebSocket
     #: (collab/broadcast/local.py)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -37,6 +36,7 @@ from .awareness import RoomAwareness
 from .config import Settings
 from .errors import CollabError, NotFound, Unavailable, VersionConflict
 from .store.base import Document, Store
+from .tasks import cancel_and_wait
 from .ydoc import LiveDocument
 
 log = logging.getLogger("collab.documents")
@@ -125,11 +125,8 @@ class LiveDocuments:
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        sweeper, self._sweeper = self._sweeper, None
+        await cancel_and_wait(sweeper)
         self._loaded.clear()
         self._awareness.clear()
 

@@ -226,6 +226,8 @@ class Server:
         for endpoint in self._endpoints:
             endpoint.listener.stop()
         await self.app.disconnect_all()
+        if self.app.admin is not None:
+            await self.app.admin.shutdown()
         await self.app.sio.shutdown()
         try:
             await asyncio.wait_for(

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 
-from harness import CLIENT_JS_DIR, make_token, node_or_skip
+from harness import CLIENT_JS_DIR, Harness, make_settings, make_token, node_or_skip
 
-#: the users the node tests connect as (clients/js/test/helpers.js)
+from collab.server import Server
+
+#: the users the node tests connect as (clients/js/test/helpers.js), and "root", an admin
 USERS = ("alice", "bob", "carol", "dave")
 
 
@@ -32,18 +34,26 @@ async def run(*args: str, env: dict[str, str] | None = None, timeout: float = 12
 
 async def test_provider_against_the_server(server):
     node = node_or_skip("socket.io-client", CLIENT_JS_DIR)
-    env = {
-        **os.environ,
-        "COLLAB_URL": server.url,
-        **{f"COLLAB_TOKEN_{user.upper()}": make_token(user) for user in USERS},
-    }
-    files = sorted(str(path) for path in (CLIENT_JS_DIR / "test").glob("*.test.js"))
-    output = await run(node, "--test", "--test-reporter=tap", *files, env=env)
-    # the TAP summary: every test ran and passed, none skipped or left to do
+    # a second server whose rate limit the retry test can reach in a few events
+    limited = await Server.start(make_settings(rate_limit_per_second=2, rate_limit_burst=3))
+    try:
+        env = {
+            **os.environ,
+            "COLLAB_URL": server.url,
+            "COLLAB_URL_LIMITED": Harness(limited).url,
+            **{f"COLLAB_TOKEN_{user.upper()}": make_token(user) for user in USERS},
+            "COLLAB_TOKEN_ROOT": make_token("root", roles=["admin"]),
+        }
+        files = sorted((CLIENT_JS_DIR / "test").glob("*.test.js"))
+        output = await run(node, "--test", "--test-reporter=tap", *map(str, files), env=env)
+    finally:
+        await limited.stop()
+    # the TAP summary: every test declared ran and passed, none skipped or left to do
+    declared = sum(path.read_text().count("\ntest(") for path in files)
     summary = dict(line[2:].split(" ", 1) for line in output.splitlines()
                    if line.startswith("# ") and line[2:].split(" ", 1)[0] in
                    ("tests", "pass", "fail", "skipped", "todo", "cancelled"))
-    assert int(summary["tests"]) > 0 and summary["pass"] == summary["tests"], output
+    assert declared > 0 and summary["tests"] == summary["pass"] == str(declared), output
     assert summary["fail"] == summary["skipped"] == summary["todo"] == summary["cancelled"] == "0"
 
 

@@ -47,6 +47,7 @@ from socketio import packet as sio_packet
 from ..metrics import PUBSUB_KINDS, Metrics
 from ..redisconn import OUTAGES, SOCKET_TIMEOUT
 from ..rooms import LIVE, Room
+from ..tasks import cancel_and_wait
 from .channels import LinkLost, Transport
 from .holdback import GAP_TIMEOUT, Holdback
 from .hooks import NodeHooks
@@ -127,13 +128,7 @@ class RedisBroadcaster(LocalBroadcaster):
             await asyncio.wait_for(self.flush_outbox(), SOCKET_TIMEOUT)
         tasks = [self._recheck, self._sender, self._probe, self._listener,
                  *self._unsubscribes]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait(*tasks)
         self._recheck = self._sender = self._probe = self._listener = None
         self.holdback.close()
         await self.transport.close()

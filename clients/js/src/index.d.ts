@@ -457,7 +457,8 @@ export interface SocketIOProviderEvents {
  */
 export class SocketIOProvider extends ObservableV2<SocketIOProviderEvents> {
   constructor (
-    socket: Socket<any, any> | CollabSocket,
+    /** Any socket.io-client socket (a ``CollabSocket`` or an untyped one). */
+    socket: Socket<any, any>,
     documentId: Id,
     doc: Y.Doc,
     options?: SocketIOProviderOptions

@@ -59,8 +59,12 @@ export class SocketIOProvider extends ObservableV2 {
       if (origin !== this) this._queue(update)
     }
     this._onAwarenessUpdate = ({ added, updated, removed }, origin) => {
-      if (origin === this) return // states received from the server: the server has them
-      this._sendAwareness(added.concat(updated, removed))
+      // only our own state: not those the server sent us (origin this), nor the
+      // others' that the Awareness's 30-second timeout removed here, which would
+      // remove live members' cursors everywhere
+      if (origin === this) return
+      const own = this.awareness.clientID
+      if (added.includes(own) || updated.includes(own) || removed.includes(own)) this._sendAwareness([own])
     }
     this._onConnect = () => this._join()
     this._onDisconnect = () => this._stop()
@@ -122,10 +126,11 @@ export class SocketIOProvider extends ObservableV2 {
       }
       // what we have and the server lacks: edits made offline or before this ack
       const missing = Y.encodeStateAsUpdate(this.doc, bytes(ack.state_vector))
-      this._setSynced(true)
-      this.emit('users', [this.users])
+      this.synced = true // (what _queue and _sendAwareness wait for; announced below)
       if (!isEmptyUpdate(missing)) this._queue(missing)
-      if (this.awareness.getLocalState() !== null) this._sendAwareness([this.doc.clientID])
+      if (this.awareness.getLocalState() !== null) this._sendAwareness([this.awareness.clientID])
+      this.emit('users', [this.users])
+      this.emit('synced', [true])
     })
   }
 
@@ -141,7 +146,8 @@ export class SocketIOProvider extends ObservableV2 {
   }
 
   _flush () {
-    if (this._inFlight !== null || this._pending === null || !this._canWrite()) return
+    if (this._inFlight !== null || this._pending === null || this._retryTimer !== null) return
+    if (!this._canWrite()) return
     const update = this._pending
     const session = this._session
     this._pending = null
@@ -217,9 +223,27 @@ export class SocketIOProvider extends ObservableV2 {
     this._inFlight = null
     this._pending = null
     this._setSynced(false)
-    // the others' cursors are stale until the next join's ack brings the current ones
-    const others = Array.from(this.awareness.getStates().keys()).filter((id) => id !== this.doc.clientID)
-    awarenessProtocol.removeAwarenessStates(this.awareness, others, this)
+    this._forgetOthers()
+  }
+
+  /**
+   * Drop the others' awareness states: stale until the next join's ack brings the
+   * current ones. Not by removeAwarenessStates, which raises each one's clock, so
+   * that the same states in that ack (same clocks) would be refused as old.
+   */
+  _forgetOthers () {
+    const others = []
+    for (const id of this.awareness.getStates().keys()) {
+      if (id !== this.awareness.clientID) others.push(id)
+    }
+    if (others.length === 0) return
+    for (const id of others) {
+      this.awareness.states.delete(id)
+      this.awareness.meta.delete(id)
+    }
+    const change = { added: [], updated: [], removed: others }
+    this.awareness.emit('change', [change, this])
+    this.awareness.emit('update', [change, this])
   }
 
   _setSynced (synced) {
@@ -247,7 +271,7 @@ export class SocketIOProvider extends ObservableV2 {
     if (this.destroyed) return
     if (this.synced && this.awareness.getLocalState() !== null) {
       // tells the others at once (the server would also remove it at the leave)
-      awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'destroy')
+      awarenessProtocol.removeAwarenessStates(this.awareness, [this.awareness.clientID], 'destroy')
     }
     if (this.socket.connected) {
       this.socket.emit('documents:leave', { document_id: this.documentId }, () => {})

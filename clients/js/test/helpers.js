@@ -23,9 +23,12 @@ export class Session {
     this.awarenesses = []
   }
 
-  /** A connected socket for ``user`` (alice, bob, carol, dave), one Manager each like a browser tab. */
-  async connect (user, options = {}) {
-    const socket = io(env('COLLAB_URL'), {
+  /**
+   * A connected socket for ``user`` (alice, bob, carol, dave; root, an admin), one Manager each
+   * like a browser tab; reconnecting quickly after a transport drop.
+   */
+  async connect (user, { url = env('COLLAB_URL'), ...options } = {}) {
+    const socket = io(url, {
       auth: { token: env(`COLLAB_TOKEN_${user.toUpperCase()}`) },
       transports: ['websocket'],
       forceNew: true,
