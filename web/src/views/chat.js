@@ -10,6 +10,8 @@ const TYPING_REPEAT_MS = 2000; // "still typing" at most this often
 const TYPING_IDLE_MS = 3000; // silence after which we say we stopped
 const TYPING_EXPIRE_MS = 6000; // forget another's typing if no word comes
 const HISTORY_PAGE = 50;
+// a chat left open for days stays this long in the page; older ones page in again
+const MAX_SHOWN = 1000;
 
 export function chatView(root, session, { id: chatId }) {
   const socket = session.socket;
@@ -74,7 +76,22 @@ export function chatView(root, session, { id: chatId }) {
       typers.delete(message.user_id);
     }
     renderTyping();
-    if (stick) scroller.scrollTop = scroller.scrollHeight;
+    if (stick) {
+      trim();
+      scroller.scrollTop = scroller.scrollHeight;
+    }
+  }
+
+  /** Drop the oldest shown beyond MAX_SHOWN (only while reading the newest). */
+  function trim() {
+    while (messagesEl.childElementCount > MAX_SHOWN) {
+      const oldest = messagesEl.firstElementChild;
+      seen.delete(Number(oldest.dataset.seq));
+      oldest.remove();
+      hasOlder = true;
+    }
+    const first = messagesEl.firstElementChild;
+    if (first) oldestSeq = Number(first.dataset.seq);
   }
 
   // -- joining, and rejoining after a reconnection ----------------------------------

@@ -79,6 +79,7 @@ export function documentView(root, session, { id: documentId }) {
   });
   provider.on("version", (v) => {
     version.textContent = `version ${v}`;
+    if (provider.synced) syncEl.textContent = "live"; // (after a "retrying...")
     history.changed(v);
   });
   provider.on("synced", (synced) => {
@@ -94,6 +95,11 @@ export function documentView(root, session, { id: documentId }) {
   });
   provider.on("users", (users) => presence.set(users));
   provider.on("error", (error) => {
+    if (error.code === "UNAVAILABLE" || error.code === "RATE_LIMITED") {
+      // the provider tries again by itself; nothing is lost meanwhile
+      syncEl.textContent = "retrying...";
+      return;
+    }
     if (error.code === "NOT_FOUND" || (error.code === "PERMISSION_DENIED" && !joinedOnce)) {
       showBanner("This document does not exist, or you have no access to it.");
       syncEl.textContent = "";
