@@ -230,7 +230,9 @@ async def test_home_creates_shares_and_invites(server, built_app):
         await page.testid("new-document").get_by_role("button").click()
         await expect(page.page).to_have_url(re.compile(r"#/documents/[A-Za-z0-9_.:-]+$"))
         document_id = page.page.url.rsplit("/", 1)[1]
-        await ready_to_edit(page)
+        # no wait for the join: the editor appears when it may be typed into
+        await page.testid("editor").click()
+        await page.page.keyboard.type("first words")
         await expect(page.testid("role")).to_have_text("owner")
 
         await page.page.evaluate("location.hash = '#/'")
@@ -255,6 +257,7 @@ async def test_home_creates_shares_and_invites(server, built_app):
         await chat_row.get_by_role("button", name="Invite").click()
         await expect(chat_row.locator(".outcome")).to_have_text("bob invited")
 
+    assert (await stored(bob, document_id, "first words"))["title"] == "Plans"
     documents = (await bob.ok("documents:list", {}))["documents"]
     assert [(d["id"], d["title"], d["role"]) for d in documents] == [
         (document_id, "Plans", "viewer")]

@@ -26,7 +26,8 @@ export function documentView(root, session, { id: documentId }) {
   const syncEl = h("span", { className: "sync muted", testid: "sync" }, "joining...");
   const banner = h("p", { className: "banner", role: "alert", hidden: true });
   const presence = presenceList(session.userId);
-  const editorHost = h("div", { className: "editor-host" });
+  const editorHost = h("div", { className: "editor-host" },
+    h("p", { className: "muted placeholder" }, "Opening the document..."));
   const history = historyPanel(session, documentId);
   root.append(h("div", { className: "document" },
     h("section", { className: "card editor-card" },
@@ -47,29 +48,35 @@ export function documentView(root, session, { id: documentId }) {
   awareness.setLocalStateField("user", { name: session.userId, ...userColor(session.userId) });
   const undoManager = new Y.UndoManager(text);
   const editable = new Compartment();
-  const view = new EditorView({
-    parent: editorHost,
-    state: EditorState.create({
-      doc: text.toString(),
-      extensions: [
-        basicSetup,
-        EditorView.lineWrapping,
-        yCollab(text, awareness, { undoManager }),
-        // read-only until the join ack says we may write
-        editable.of(readOnlyWhen(true)),
-        EditorView.contentAttributes.of({ "data-testid": "editor", "aria-label": "document text" }),
-      ],
-    }),
-  });
+  let view = null; // made at the first sync: it opens as the join ack's role allows
+
+  const readOnlyFor = (role) => role === null || role === "viewer";
+
+  function openEditor(role) {
+    editorHost.replaceChildren();
+    view = new EditorView({
+      parent: editorHost,
+      state: EditorState.create({
+        doc: text.toString(),
+        extensions: [
+          basicSetup,
+          EditorView.lineWrapping,
+          yCollab(text, awareness, { undoManager }),
+          editable.of(readOnlyWhen(readOnlyFor(role))),
+          EditorView.contentAttributes.of({ "data-testid": "editor", "aria-label": "document text" }),
+        ],
+      }),
+    });
+  }
 
   const provider = new SocketIOProvider(socket, documentId, doc, { awareness });
   let joinedOnce = false;
 
   function applyRole(role) {
-    const readOnly = role === null || role === "viewer";
-    view.dispatch({ effects: editable.reconfigure(readOnlyWhen(readOnly)) });
+    const readOnly = readOnlyFor(role);
+    view?.dispatch({ effects: editable.reconfigure(readOnlyWhen(readOnly)) });
     roleEl.textContent = role ? (readOnly ? `${role} (read-only)` : role) : "";
-    history.setCanRestore(role !== null && role !== "viewer");
+    history.setCanRestore(!readOnly);
   }
 
   provider.on("role", (role) => {
@@ -86,6 +93,7 @@ export function documentView(root, session, { id: documentId }) {
     syncEl.textContent = synced ? "live" : "offline: edits are kept and sent on reconnection";
     if (!synced) return;
     joinedOnce = true;
+    if (view === null) openEditor(provider.role);
     showBanner("");
     version.textContent = `version ${provider.version}`; // (no "version" event for 0)
     const fields = provider.document ?? {};
@@ -127,15 +135,12 @@ export function documentView(root, session, { id: documentId }) {
       for (const [event, handler] of Object.entries(roomEvents)) socket.off(event, handler);
       history.destroy();
       provider.destroy(); // documents:leave, and our cursor withdrawn
-      view.destroy();
+      view?.destroy();
       undoManager.destroy();
       awareness.destroy();
       doc.destroy();
       document.title = "collab";
     },
-    // for tests and the curious: the live parts of this view
-    provider,
-    view,
   };
 }
 
