@@ -371,6 +371,23 @@ async def test_history_shows_versions_and_restores_one(server, built_app):
     assert (await stored(alice, "essay", "draft two"))["version"] == 3
 
 
+async def test_what_does_not_exist_or_is_not_yours_says_so(server, built_app):
+    bob = await server.connect("bob")
+    await bob.ok("documents:create", {"document_id": "private"})
+    await bob.ok("chat:create", {"chat_id": "secret"})
+    async with browsing(server.url, "no access") as web:
+        page = await web.open("alice", "#/documents/private")
+        await expect(page.page.get_by_role("alert")).to_have_text(
+            "This document does not exist, or you have no access to it.")
+        await expect(page.testid("editor")).to_have_count(0)
+        await page.page.evaluate("location.hash = '#/chats/secret'")
+        await expect(page.page.get_by_role("alert")).to_have_text(
+            "This chat does not exist, or you are not a member of it.")
+        await page.page.evaluate("location.hash = '#/nowhere'")
+        await expect(page.page.locator("h1")).to_have_text("Nothing here")
+        await expect(page.status).to_have_text("connected")
+
+
 # -- chats --------------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ export class Session extends EventTarget {
       // read at every (re)connection, so a new sign-in in this tab takes effect
       auth: (cb) => cb({ token: this.token }),
       transports: ["websocket", "polling"],
+      tryAllTransports: true, // long-polling where a proxy lets no WebSocket through
       reconnectionDelay: 500,
       reconnectionDelayMax: 5000,
     });
