@@ -39,6 +39,7 @@ from .rooms import LIVE, Room
 from .sioserver import GuardedServer
 from .store.base import Store
 from .userlimits import UserLimits
+from .yws import YjsEndpoint, YjsHandler, close_all
 
 log = logging.getLogger("collab")
 
@@ -100,9 +101,17 @@ class CollabApp:
         self.broadcasts = Broadcasts(self.broadcaster, self.metrics)
         #: the live documents loaded on this node
         self.documents = LiveDocuments(self.store, settings, self._hosts_document)
+        #: this node's y-websocket sockets by key: the document rooms' outside members
+        self.yjs_sockets: dict[str, YjsHandler] = {}
         self.membership = Membership(self.sio, self.broadcaster, self.broadcasts, registry,
                                      self.store, self.connections,
-                                     on_leave=self._left_document)
+                                     on_leave=self._left_document, outside=self.yjs_sockets)
+        #: what the y-websocket endpoint's handlers share (collab/yws.py)
+        self.yjs = YjsEndpoint(
+            settings=settings, store=self.store, verifier=self.verifier,
+            documents=self.documents, broadcasts=self.broadcasts, membership=self.membership,
+            user_limits=self.user_limits, metrics=self.metrics,
+            origin_allowed=self.request_origin_allowed, sockets=self.yjs_sockets)
         self.metrics.count_rooms(self.membership.local_rooms)
         self.metrics.documents_loaded.set_function(lambda: len(self.documents))
         self.context = Context(
@@ -125,16 +134,18 @@ class CollabApp:
 
     def origin_allowed(self, origin: str | None, environ: dict[str, Any] | None = None) -> bool:
         """The server's own origin (as a trusted proxy forwarded it), or a configured one."""
+        # Engine.IO's environ fakes REMOTE_ADDR and copies X-Forwarded-Proto into
+        # wsgi.url_scheme for everyone; the Tornado request knows the real peer.
+        handler = (environ or {}).get("tornado.handler")
+        return self.request_origin_allowed(origin, handler.request if handler else None)
+
+    def request_origin_allowed(self, origin: str | None, request: Any) -> bool:
+        """:meth:`origin_allowed` for a Tornado request (also the y-websocket upgrade's)."""
         if not origin:
             return True
         if origin in self.settings.cors_origins or "*" in self.settings.cors_origins:
             return True
-        # Engine.IO's environ fakes REMOTE_ADDR and copies X-Forwarded-Proto into
-        # wsgi.url_scheme for everyone; the Tornado request knows the real peer.
-        handler = (environ or {}).get("tornado.handler")
-        if handler is None:
-            return False
-        return origin == public_origin(handler.request, self.proxies)
+        return request is not None and origin == public_origin(request, self.proxies)
 
     # -- connection lifecycle ---------------------------------------------
 
@@ -265,7 +276,7 @@ class CollabApp:
     # -- live documents ----------------------------------------------------
 
     def _hosts_document(self, document_id: str) -> bool:
-        return bool(self.broadcaster.rooms.get("/", {}).get(Room.document(document_id).name))
+        return self.broadcaster.hosts(Room.document(document_id).name)
 
     async def _left_document(self, sid: str, sub: Room) -> None:
         """``sid`` left a document's sub-room: the live members lose its cursors at once."""
@@ -346,3 +357,5 @@ class CollabApp:
                 await self.sio.disconnect(sid)
             except Exception:  # noqa: BLE001 - keep closing the others
                 log.exception("error disconnecting %s", sid)
+        # (Tornado's close_all_connections does not reach upgraded, detached streams)
+        await close_all(self.yjs_sockets, self.settings.shutdown_timeout)

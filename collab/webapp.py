@@ -14,6 +14,8 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
+from .urls import redacted_target
+
 #: where web/build.mjs writes by default, and what the wheel ships
 STATIC_DIR = Path(__file__).parent / "static"
 #: the command that builds the app into STATIC_DIR from a source checkout
@@ -76,7 +78,7 @@ class PageHandler(tornado.web.RequestHandler):
         # Tornado logs every 5xx at ERROR: a missing build is an answer, said once above
         if self.get_status() == 503:
             access_log.info("%d %s %s (%s) %.2fms", self.get_status(), self.request.method,
-                            self.request.uri, self.request.remote_ip,
+                            redacted_target(self.request.uri or ""), self.request.remote_ip,
                             1000.0 * self.request.request_time())
         else:
             super()._log()

@@ -8,8 +8,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +21,11 @@ import jwt
 import pytest
 import socketio
 from redis.asyncio.cluster import RedisCluster
+from services import ServiceProcess
 from tornado.httpclient import AsyncHTTPClient
 
 from collab.broadcast.wire import EMIT, Envelope, channel_for
+from collab.client import SocketManager
 from collab.config import Settings, build_settings
 from collab.packet import CollabPacket
 from collab.redisconn import RedisTarget, open_client
@@ -314,3 +320,184 @@ class YjsPeer:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(10)
+
+
+class YjsProviders:
+    """The stock y-websocket ``WebsocketProvider`` in a Node process (tests/js/yws_provider.mjs),
+    playing named clients against a server on this event loop.
+
+    ``await call(op, **fields)`` sends a request and returns its answer; what the
+    providers see meanwhile (``status``, ``sync``, ``closed``, ``connection-close``,
+    ``permission-denied``, ``text`` after each document update, ``awareness``) is queued
+    per client and kind for :meth:`next` and :meth:`until`.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._ids = 0
+        self._answers: dict[int, asyncio.Future] = {}
+        self.events: dict[tuple[str, str], asyncio.Queue] = defaultdict(asyncio.Queue)
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls) -> YjsProviders:
+        node = node_or_skip("y-websocket")
+        proc = await asyncio.create_subprocess_exec(
+            node, str(JS_DIR / "yws_provider.mjs"), cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024)
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            message = json.loads(line)
+            if "event" in message:
+                self.events[(message.pop("name", ""), message.pop("event"))].put_nowait(message)
+            elif (answer := self._answers.pop(message.pop("id"), None)) is not None:
+                answer.set_result(message)
+        for answer in self._answers.values():
+            answer.set_exception(AssertionError("yws_provider.mjs exited"))
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        self._ids += 1
+        answer = self._answers[self._ids] = asyncio.get_running_loop().create_future()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"id": self._ids, "op": op, **fields}) + "\n").encode())
+        result = await asyncio.wait_for(answer, WAIT)
+        assert result.pop("ok") is True, result.get("error")
+        return result
+
+    async def open(self, name: str, url: str, document_id: str, **fields: Any) -> int:
+        """A provider for ``document_id`` on the server at ``url`` (its ``/yjs`` endpoint);
+        returns its Yjs client id once it has synced."""
+        ws_url = url.replace("http://", "ws://", 1) + "/yjs"
+        opened = await self.call("open", name=name, url=ws_url, room=document_id, **fields)
+        await self.until(name, "sync", lambda e: e["synced"])
+        return opened["client_id"]
+
+    async def next(self, name: str, kind: str, timeout: float = WAIT) -> dict[str, Any]:
+        return await asyncio.wait_for(self.events[(name, kind)].get(), timeout)
+
+    async def until(self, name: str, kind: str, accept: Any,
+                    timeout: float = WAIT) -> dict[str, Any]:
+        """The first ``kind`` event of ``name`` that ``accept(event)`` takes (earlier ones
+        are consumed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await self.next(name, kind, max(0.0, deadline - time.monotonic()))
+            if accept(event):
+                return event
+
+    async def text_is(self, name: str, expected: str) -> None:
+        """Wait until ``name``'s document text is ``expected``."""
+        if (await self.call("text", name=name))["text"] != expected:
+            await self.until(name, "text", lambda e: e["text"] == expected)
+
+    def pending(self, name: str, kind: str) -> list[dict[str, Any]]:
+        queue = self.events[(name, kind)]
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    async def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), WAIT)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader
+
+
+# -- collab.client: managers, what their handlers got, a `collab serve` process ----------
+
+
+class Recorder:
+    """Records what a manager's handlers receive, so a test can await a condition."""
+
+    def __init__(self, manager: SocketManager, *events: str) -> None:
+        self.seen: dict[str, list[Any]] = defaultdict(list)
+        self._changed = asyncio.Event()
+        for event in events:
+            manager.on(event, partial(self._record, event))
+
+    def _record(self, event: str, data: Any) -> None:
+        self.seen[event].append(data)
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    async def count(self, event: str, n: int, timeout: float = WAIT) -> list[Any]:
+        """Wait until ``event`` was received at least ``n`` times; return them all."""
+        await self.until(lambda: len(self.seen[event]) >= n, timeout)
+        return self.seen[event]
+
+    def contents(self) -> list[str]:
+        return [data["message"]["content"] for data in self.seen["chat:message"]]
+
+    def seqs(self) -> list[int]:
+        return [data["message"]["seq"] for data in self.seen["chat:message"]]
+
+
+def manager(url: str, user: str = "alice", **options: Any) -> SocketManager:
+    options.setdefault("ack_timeout", WAIT)
+    if "token_provider" not in options:
+        options.setdefault("token", make_token(user))
+    return SocketManager(url, **options)
+
+
+class Gate:
+    """A token_provider the test can hold closed: reconnection waits on it."""
+
+    def __init__(self, user: str = "alice", **claims: Any) -> None:
+        self.user, self.claims = user, claims
+        self.calls = 0
+        self.asked = asyncio.Event()
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        self.asked.set()
+        await self.open.wait()
+        return make_token(self.user, **self.claims)
+
+
+class CollabProcess(ServiceProcess):
+    """``python -m collab serve`` on a fixed port with its SQLite file in ``tmpdir``."""
+
+    name = "collab"
+
+    def __init__(self, tmpdir: Path, **settings: Any) -> None:
+        super().__init__(tmpdir)
+        self.config = Path(tmpdir) / "collab.toml"
+        settings = {"storage_url": f"sqlite:///{Path(tmpdir) / 'c.db'}",
+                    "jwt_secret": SECRET, "log_level": "WARNING", **settings}
+        self.config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
+
+    def local_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "collab", "serve", "--config", str(self.config),
+                "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def ping(self) -> None:
+        urllib.request.urlopen(self.url + "/healthz", timeout=1).close()
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, connections just die."""
+        proc, self._proc = self._proc, None
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+
+
+def _toml(value: Any) -> str:
+    return str(value) if isinstance(value, int) else f'"{value}"'

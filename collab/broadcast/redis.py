@@ -287,16 +287,23 @@ class RedisBroadcaster(LocalBroadcaster):
         """Send one broadcast to this node's members of ``room``."""
         if envelope.host != self.host_id and room.endswith(LIVE_SUFFIX):
             await self.hooks.observe(room, envelope)
-        if "/" not in self.rooms:
-            return  # nobody ever connected here
-        if self.fast and not envelope.attachments:
-            self.deliver(envelope.packet, "/", room, list(envelope.skip))
+        receivers = room in self.receivers
+        sockets = "/" in self.rooms  # (else nobody ever connected here)
+        if self.fast and not envelope.attachments and not receivers:
+            if sockets:
+                self.deliver(envelope.packet, "/", room, list(envelope.skip))
             return
         pkt = self.server.packet_class(encoded_packet=envelope.packet)
         for attachment in envelope.attachments:
             pkt.add_attachment(attachment)
         event, *args = pkt.data
         data = args[0] if len(args) == 1 else tuple(args)
+        self.to_receivers(room, event, data, envelope.skip)
+        if not sockets:
+            return
+        if self.fast and not envelope.attachments:
+            self.deliver(envelope.packet, "/", room, list(envelope.skip))
+            return
         await LocalBroadcaster.emit(self, event, data, "/", room=room,
                                     skip_sid=list(envelope.skip))
 
@@ -343,8 +350,18 @@ class RedisBroadcaster(LocalBroadcaster):
                 self._room_idle(room)
         return result
 
+    async def add_receiver(self, room: str, receiver: Any) -> None:
+        # as a Socket.IO member's entry: subscribed, and the room's position known
+        await self.holdback.enter(room, self.hooks.room_position,
+                                  before_lookup=functools.partial(self._subscribe, room))
+        await super().add_receiver(room, receiver)
+
+    async def remove_receiver(self, room: str, key: str) -> None:
+        await super().remove_receiver(room, key)
+        self._room_idle(room)
+
     def _hosted(self, room: str) -> bool:
-        return bool(self.rooms.get("/", {}).get(room))
+        return self.hosts(room)
 
     def _room_idle(self, room: str) -> None:
         """Nothing is pending in ``room``: once no local member is left, let it go."""

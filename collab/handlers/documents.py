@@ -1,17 +1,19 @@
 """``documents:*`` events.
 
-Every change, whatever event made it (``documents:update``, ``documents:yupdate``,
-``documents:restore``), is one version made by :meth:`LiveDocuments.change
-<collab.livedocs.LiveDocuments.change>` and announced by :func:`_announce`: to the
-live members as ``documents:yupdate``, to the plain members as ``documents:updated``,
-each in version order. Back to the connection that made it only where it lacks the
-change: a ``documents:yupdate``'s sender has it, and a plain member gets the document in
-its ack, but a live member's copy has no ``documents:update`` or ``documents:restore``
-until the update reaches it (a restore button in a live editor, web/).
+Every change, whatever made it (``documents:update``, ``documents:yupdate``,
+``documents:restore``, an update on the y-websocket endpoint), is one version made by
+:meth:`LiveDocuments.change <collab.livedocs.LiveDocuments.change>` and announced by
+:func:`announcer`: to the live members as ``documents:yupdate``, to the plain members
+as ``documents:updated``, each in version order. Back to the connection that made it
+only where it lacks the change: the sender of a Yjs update (``documents:yupdate``, the
+y-websocket endpoint) has it, and a plain member gets the document in its ack, but a
+live member's copy has no ``documents:update`` or ``documents:restore`` it made until
+the update reaches it (a restore button in a live editor, web/).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import schemas
@@ -22,6 +24,7 @@ from ..store.base import new_id
 from ..ydoc import LiveDocument
 
 if TYPE_CHECKING:
+    from ..broadcast import Broadcasts
     from ..connection import Connection
     from ..livedocs import Change
     from .context import Context
@@ -47,23 +50,31 @@ def _limits(ctx: Context) -> dict[str, int]:
             "max_state_bytes": ctx.settings.max_document_state_bytes}
 
 
-def _announcer(ctx: Context, conn: Connection, document_id: str,  # noqa: ANN202
-               sender_has_it: bool = False):
-    """What tells the room of a stored change (called in turn, see the module docstring);
-    ``sender_has_it``: the change is the sender's own Yjs update."""
+def announcer(broadcasts: Broadcasts, document_id: str, user_id: str, skip: str,
+              *, sender_has_it: bool = True) -> Callable[[Change], Awaitable[None]]:
+    """What tells the room of a change ``user_id`` made through the connection (or
+    y-websocket socket) ``skip``: called in turn, see the module docstring.
+    ``sender_has_it``: the change is the sender's own Yjs update, so its live copy has
+    it; otherwise the live broadcast goes back to it too."""
     r = room(document_id)
 
     async def announce(change: Change) -> None:
-        await ctx.broadcasts.publish_at(
+        await broadcasts.publish_at(
             r.live, "documents:yupdate",
             {"document_id": document_id, "update": change.update, "version": change.version,
-             "user_id": conn.user_id},
-            position=change.version, skip_sid=conn.sid if sender_has_it else None)
-        await ctx.broadcasts.publish_at(
-            r.plain, "documents:updated", {"document": change.document, "user_id": conn.user_id},
-            position=change.version, skip_sid=conn.sid)
+             "user_id": user_id},
+            position=change.version, skip_sid=skip if sender_has_it else None)
+        await broadcasts.publish_at(
+            r.plain, "documents:updated", {"document": change.document, "user_id": user_id},
+            position=change.version, skip_sid=skip)
 
     return announce
+
+
+def _announcer(ctx: Context, conn: Connection, document_id: str,
+               sender_has_it: bool = False) -> Callable[[Change], Awaitable[None]]:
+    return announcer(ctx.broadcasts, document_id, conn.user_id, conn.sid,
+                     sender_has_it=sender_has_it)
 
 
 def _require_live(ctx: Context, conn: Connection, document_id: str) -> None:
