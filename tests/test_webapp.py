@@ -13,6 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -542,35 +544,73 @@ def clean_copy(dest: Path) -> Path:
     return dest
 
 
-def build_wheel(source: Path, out: Path, path: str) -> tuple[list[str], str]:
+def build_wheel(source: Path, out: Path, path: str) -> tuple[Path, str]:
+    """``pip wheel`` of ``source`` with ``PATH``; the wheel unpacked, and pip's output."""
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(source)],
         env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [wheel] = out.glob("*.whl")
+    unpacked = out / "unpacked"
     with zipfile.ZipFile(wheel) as archive:
-        return archive.namelist(), result.stdout + result.stderr
+        archive.extractall(unpacked)
+    return unpacked, result.stdout + result.stderr
+
+
+def files_in(unpacked: Path) -> list[str]:
+    return sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*") if p.is_file())
+
+
+def serve_from(unpacked: Path, tmp_path: Path, name: str) -> CollabProcess:
+    """``collab serve`` importing collab from the unpacked wheel (the test's own
+    environment provides the dependencies)."""
+    return CollabProcess(tmp_path / name, env={"PYTHONPATH": str(unpacked)}).start()
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
                     reason="needs the git checkout")
-def test_a_wheel_from_a_clean_clone_holds_the_built_app(tmp_path):
+def test_a_wheel_from_a_clean_clone_serves_the_built_app(tmp_path):
     if shutil.which("node") is None or shutil.which("npm") is None:
         missing("node and npm are needed to build the web app")
     source = clean_copy(tmp_path / "clone")
     assert not (source / "collab" / "static").exists()
     bare_source = clean_copy(tmp_path / "clone-without-node")
-    names, _ = build_wheel(source, tmp_path / "with-node", os.environ["PATH"])
+    unpacked, _ = build_wheel(source, tmp_path / "with-node", os.environ["PATH"])
+    names = files_in(unpacked)
     assert "collab/static/index.html" in names
     bundles = [n for n in names if re.fullmatch(r"collab/static/assets/main-[A-Z0-9]+\.js", n)]
     assert len(bundles) == 1, names
     assert not any("node_modules" in n or n.startswith("web/") for n in names)
+    node = serve_from(unpacked, tmp_path, "served")
+    try:
+        status, page = fetch(node.url + "/")
+        assert status == 200 and bundles[0].removeprefix("collab/static/").encode() in page
+        status, bundle = fetch(f"{node.url}/{bundles[0].removeprefix('collab/static/')}")
+        assert status == 200 and bundle == (unpacked / bundles[0]).read_bytes()
+    finally:
+        node.kill()
 
     # without Node on the PATH: a wheel all the same, without the app, and it says why
     bare = tmp_path / "bin"
     bare.mkdir()
-    names, output = build_wheel(bare_source, tmp_path / "without-node", str(bare))
+    unpacked, output = build_wheel(bare_source, tmp_path / "without-node", str(bare))
+    names = files_in(unpacked)
     assert not any(n.startswith("collab/static/") for n in names)
     assert "collab/webapp.py" in names
     assert "Node.js and npm were not found" in output
+    node = serve_from(unpacked, tmp_path, "unbuilt")
+    try:  # the server runs, and / says how to build the app
+        status, page = fetch(node.url + "/")
+        assert status == 503 and b"npm ci --prefix web" in page
+        assert fetch(node.url + "/healthz")[0] == 200
+    finally:
+        node.kill()
