@@ -517,6 +517,9 @@ async def test_the_page_recovers_after_the_server_restarts(node, built_app):
             await ready_to_edit(a)
 
         await expect(message_texts(b)).to_have_text(["sent during terminate", "sent during kill"])
+        # each word typed offline went as one update at the rejoin: one version each
+        await expect(a.testid("version")).to_have_text("version 2")
+        await expect(a.testid("history").locator("li")).to_have_count(3)
 
         checker = await connect(node.url, tokens["alice"])
         assert text == "start terminate kill"

@@ -99,7 +99,7 @@ export function documentView(root, session, { id: documentId }) {
     const fields = provider.document ?? {};
     title.textContent = fields.title || documentId;
     document.title = `${fields.title || documentId} - collab`;
-    if (!history.loaded) history.load();
+    history.load(); // (again at each rejoin: versions made while away)
   });
   provider.on("users", (users) => presence.set(users));
   provider.on("error", (error) => {
@@ -172,7 +172,8 @@ function historyPanel(session, documentId) {
       older.hidden = !ack.has_more;
       state.textContent = "";
     } catch (err) {
-      state.textContent = `Could not load the history: ${err.message}`;
+      // offline: the rejoin loads it again
+      if (err.code !== "DISCONNECTED") state.textContent = `Could not load the history: ${err.message}`;
     }
   }
 
@@ -225,7 +226,7 @@ function historyPanel(session, documentId) {
       if (!panel.loaded || refreshTimer !== null) return;
       refreshTimer = setTimeout(() => {
         refreshTimer = null;
-        load(null);
+        if (session.connected) load(null);
       }, 1000);
     },
     destroy() {
