@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .awareness import RoomAwareness
 from .config import Settings
@@ -154,6 +155,22 @@ class LiveDocuments:
         from the store when next needed."""
         self._loaded.pop(document_id, None)
 
+    @contextlib.asynccontextmanager
+    async def locked(self, document_id: str) -> AsyncIterator[Loaded]:
+        """The document's copy with its lock held, loading it if needed.
+
+        A copy dropped while we waited for its lock is not the document any more: one
+        discarded holds a change the store refused (reading it would show that change,
+        editing it would store content no update holds), and one evicted follows the
+        other nodes no longer. Then the copy loaded now is taken instead.
+        """
+        while True:
+            loaded = await self.get(document_id)
+            async with loaded.lock:
+                if self._loaded.get(document_id) is loaded:
+                    yield loaded
+                    return
+
     # -- loading -----------------------------------------------------------
 
     async def get(self, document_id: str) -> Loaded:
@@ -241,8 +258,7 @@ class LiveDocuments:
         as it was; a store failure drops the copy, since it holds a change nobody
         acknowledged.
         """
-        loaded = await self.get(document_id)
-        async with loaded.lock:
+        async with self.locked(document_id) as loaded:
             if expected_version is not None or fresh:
                 await self.catch_up(loaded)
             if expected_version is not None and loaded.version != expected_version:

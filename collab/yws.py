@@ -256,8 +256,8 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
             role = await require_document_role(endpoint.store, self.identity,
                                                self.document_id, "viewer")
             self.read_only = role == "viewer"
-            loaded = await endpoint.documents.get(self.document_id)
-            async with loaded.lock:  # everything stored so far, nothing unstored
+            async with endpoint.documents.locked(self.document_id) as loaded:
+                # everything stored so far, nothing unstored
                 await endpoint.documents.catch_up(loaded)
                 step1 = sync_message(YSyncMessageType.SYNC_STEP1, loaded.doc.state_vector())
             self._send(step1)
@@ -393,8 +393,8 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
     async def _sync(self, step: int, payload: bytes) -> None:
         documents = self.endpoint.documents
         if step == YSyncMessageType.SYNC_STEP1:  # the client's state vector: what it lacks
-            loaded = await documents.get(self.document_id)
-            async with loaded.lock:  # (nothing the store has not taken yet)
+            async with documents.locked(self.document_id) as loaded:
+                # (nothing the store has not taken yet)
                 await documents.catch_up(loaded)
                 reply = sync_message(YSyncMessageType.SYNC_STEP2,
                                      loaded.doc.diff(payload))

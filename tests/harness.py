@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pycrdt
 import pytest
 import socketio
 from redis.asyncio.cluster import RedisCluster
@@ -162,6 +163,77 @@ class Client:
 
     async def disconnect(self) -> None:
         await self.sio.disconnect()
+
+
+class PycrdtPeer:
+    """A live member in Python: a pycrdt document kept in sync over a :class:`Client`."""
+
+    def __init__(self, client: Client, document_id: str) -> None:
+        self.client = client
+        self.document_id = document_id
+        self.doc = pycrdt.Doc()
+        self.text = self.doc.get("content", type=pycrdt.Text)
+        self.version = 0
+        #: the versions this peer has: its own (acked) and the others' (received). An
+        #: update that brought nothing new is acked with the current version, maybe
+        #: another's not received yet: where that can happen, wait on ``received``
+        self.seen: set[int] = set()
+        #: the versions that came from the room
+        self.received: set[int] = set()
+
+    async def join(self) -> dict:
+        ack = await self.client.ok("documents:join", {"document_id": self.document_id,
+                                                      "state_vector": self.doc.get_state()})
+        self.doc.apply_update(ack["update"])
+        self.version = ack["document"]["version"]
+        missing = self.doc.get_update(ack["state_vector"])
+        if missing != b"\x00\x00":  # what the server lacks (offline edits)
+            await self.send(missing)
+        return ack
+
+    async def send(self, update: bytes) -> dict:
+        ack = await self.client.ok("documents:yupdate",
+                                   {"document_id": self.document_id, "update": update})
+        self.version = max(self.version, ack["version"])
+        self.seen.add(ack["version"])
+        return ack
+
+    def edit(self, change) -> bytes:  # noqa: ANN001
+        """Apply ``change(text)`` locally; the Yjs update it made."""
+        before = self.doc.get_state()
+        change(self.text)
+        return self.doc.get_update(before)
+
+    async def receive(self) -> dict:
+        got = await self.client.next("documents:yupdate")
+        self.doc.apply_update(got["update"])
+        self.version = max(self.version, got["version"])
+        self.seen.add(got["version"])
+        self.received.add(got["version"])
+        return got
+
+    @property
+    def waiting(self) -> bool:
+        """Whether an update from the room has arrived and was not applied yet."""
+        return not self.client.queues["documents:yupdate"].empty()
+
+    @property
+    def content(self) -> str:
+        return str(self.text)
+
+
+async def versions_by_user(client: Client, document_id: str) -> dict[int, str]:
+    """Who made each version of the document, from ``documents:history`` page by page."""
+    made: dict[int, str] = {}
+    before: int | None = None
+    while True:
+        page = await client.ok("documents:history", {
+            "document_id": document_id, "limit": 200,
+            **({"before_version": before} if before is not None else {})})
+        made.update((entry["version"], entry["user_id"]) for entry in page["versions"])
+        if not page["has_more"] or not page["versions"]:
+            return made
+        before = page["versions"][0]["version"]
 
 
 class Harness:
@@ -501,3 +573,168 @@ class CollabProcess(ServiceProcess):
 
 def _toml(value: Any) -> str:
     return str(value) if isinstance(value, int) else f'"{value}"'
+class LivePeer:
+    """A live member in Node (tests/js/live_peer.mjs): socket.io-client v4, a ``Y.Doc``
+    and a y-protocols ``Awareness`` against a running server, as an editor's provider.
+
+    Each method sends one request and awaits its answer; requests to one peer may be
+    in flight together. Asynchronous, unlike :class:`YjsPeer`, because the server the
+    peer talks to may run on the test's own event loop. A server's refusal comes back
+    as the ack it sent (``ack["ok"]`` false); a failure of the peer itself (a timeout,
+    a crash) fails the test.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._ids = iter(range(1, 1 << 62))
+        self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.ensure_future(self._read())
+        self._stderr = bytearray()
+        self._stderr_reader = asyncio.ensure_future(self._drain_stderr())
+
+    @classmethod
+    async def start(cls, url: str, token: str,
+                    transports: tuple[str, ...] = ("websocket",)) -> LivePeer:
+        """A peer connected to ``url`` with ``token`` over ``transports`` (asserts the
+        connection succeeded)."""
+        node = node_or_skip("socket.io-client")
+        node_or_skip("y-protocols")
+        proc = await asyncio.create_subprocess_exec(
+            node, str(JS_DIR / "live_peer.mjs"), cwd=JS_DIR, limit=1 << 24,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        peer = cls(proc)
+        connected = await peer.call("connect", url=url, token=token,
+                                    transports=list(transports))
+        assert connected["connected"], connected
+        return peer
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            answer = json.loads(line)
+            future = self._answers.pop(answer.pop("id"), None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+        for future in self._answers.values():  # the process ended
+            if not future.done():
+                future.set_exception(AssertionError(
+                    f"live_peer.mjs exited ({self.proc.returncode}):\n{self._stderr.decode()}"))
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := await self.proc.stderr.read(1 << 16):
+            self._stderr = (self._stderr + chunk)[-(1 << 16):]  # the tail: bounded
+
+    async def call(self, op: str, timeout: float = 3 * WAIT, **fields: Any) -> dict[str, Any]:
+        """Send request ``op``; its answer. ``bytes`` fields go as base64."""
+        assert self.proc.stdin is not None
+        request_id = next(self._ids)
+        future = self._answers[request_id] = asyncio.get_running_loop().create_future()
+        request = {"id": request_id, "op": op, **fields}
+        # ensure_ascii: lone surrogates travel as \uXXXX escapes, which JSON.parse keeps
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        await self.proc.stdin.drain()
+        answer = await asyncio.wait_for(future, timeout)
+        assert answer.pop("ok") is True, f"{op}: {answer.get('error')}"
+        return answer
+
+    # -- the document ---------------------------------------------------------
+
+    async def join(self, document_id: str) -> dict[str, Any]:
+        """Join live by state vector, send what the server lacks: ``{ack, sent, text}``."""
+        return await self.call("join", document_id=document_id)
+
+    async def insert(self, index: int, text: str) -> dict[str, Any]:
+        """Insert at a UTF-16 ``index`` and send the update: ``{ack, text}`` (``ack``
+        None while offline)."""
+        return await self.call("insert", index=index, text=text)
+
+    async def delete(self, index: int, length: int) -> dict[str, Any]:
+        return await self.call("delete", index=index, length=length)
+
+    async def random_edits(self, n: int, seed: int, **options: Any) -> dict[str, Any]:
+        """``n`` random inserts and deletes, sent interleaved with the room's updates
+        (options: ``delete_ratio``, ``alphabet``): ``{edits: {insert, delete}, inserted,
+        text}``."""
+        return await self.call("random_edits", timeout=60, n=n, seed=seed, **options)
+
+    async def text(self) -> str:
+        return (await self.call("text"))["text"]
+
+    async def settled(self, version: int, timeout: float = 2 * WAIT) -> str:
+        """The text once the peer has ``version`` and no ack is outstanding."""
+        answer = await self.call("settled", timeout=timeout + 1, version=version,
+                                 timeout_ms=int(timeout * 1000))
+        return answer["text"]
+
+    async def wait_version(self, version: int, timeout: float = 2 * WAIT) -> int:
+        """Once the peer has seen ``version`` (its own or the room's); the version it has."""
+        answer = await self.call("wait_version", timeout=timeout + 1, version=version,
+                                 timeout_ms=int(timeout * 1000))
+        return answer["version"]
+
+    async def wait_text(self, text: str, timeout: float = 2 * WAIT) -> None:
+        await self.call("wait_text", timeout=timeout + 1, text=text,
+                        timeout_ms=int(timeout * 1000))
+
+    async def report(self) -> dict[str, Any]:
+        """``{received, acks: [{kind, version}], joins, refused, errors, timeline,
+        client_id}``: the versions received from the room in arrival order, the own
+        updates acked and refused, each join's version, the ``error`` events, and
+        ``timeline``: ``["join", version]``, ``["yupdate", version]`` and ``["ack",
+        version, kind]`` as they came."""
+        return await self.call("report")
+
+    async def send(self, event: str, payload: dict[str, Any],
+                   **binary: bytes) -> dict[str, Any]:
+        """Emit any event (``binary`` fields as attachments); the server's ack."""
+        encoded = {key: base64.b64encode(value).decode() for key, value in binary.items()}
+        return (await self.call("send", event=event, payload=payload, binary=encoded))["ack"]
+
+    # -- awareness ------------------------------------------------------------
+
+    async def awareness_set(self, state: Any) -> dict[str, Any]:
+        """Set the local state and send it: ``{client_id, ack}``."""
+        return await self.call("awareness_set", state=state)
+
+    async def awareness_states(self) -> dict[int, Any]:
+        states = (await self.call("awareness_states"))["states"]
+        return {int(client_id): state for client_id, state in states.items()}
+
+    async def wait_awareness(self, client_id: int, state: Any, timeout: float = 2 * WAIT) -> float:
+        """Wait until ``client_id``'s state is ``state`` (None: gone); milliseconds waited."""
+        answer = await self.call("wait_awareness", timeout=timeout + 1, client_id=client_id,
+                                 state=state, timeout_ms=int(timeout * 1000))
+        return answer["waited_ms"]
+
+    # -- the connection -------------------------------------------------------
+
+    async def disconnect(self) -> None:
+        await self.call("disconnect")
+
+    async def reconnect(self) -> dict[str, Any]:
+        """Connect again and rejoin by state vectors (awareness announced anew)."""
+        answer = await self.call("reconnect")
+        assert answer["connected"], answer
+        return answer
+
+    async def resync(self) -> dict[str, Any]:
+        """Join again on this connection by state vectors, sending what the server lacks
+        (refused updates included) as one: ``{ack, sent, text}``."""
+        return await self.call("resync")
+
+    async def reload(self) -> dict[str, Any]:
+        """Drop the ``Y.Doc`` and rejoin with a fresh one (a new client id): what a client
+        does after a refusal. ``{client_id, ack, sent, text}``."""
+        return await self.call("reload")
+
+    async def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), WAIT)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await asyncio.gather(self._reader, self._stderr_reader, return_exceptions=True)

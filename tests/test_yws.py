@@ -13,10 +13,19 @@ import pycrdt
 import pytest
 import tornado.httpclient
 import tornado.websocket
-from harness import WAIT, Client, YjsProviders, make_settings, make_token, scrape, scraped
+from harness import (
+    WAIT,
+    Client,
+    PycrdtPeer,
+    YjsProviders,
+    make_settings,
+    make_token,
+    scrape,
+    scraped,
+)
 from pycrdt import create_update_message
 from test_broadcast import nodes
-from test_live_documents import Peer, document
+from test_live_documents import document
 
 from collab.awareness import Entry, decode_update, encode_update
 
@@ -58,7 +67,7 @@ async def versions(client: Client, document_id: str = "doc") -> list[int]:
 async def test_the_stock_provider_edits_beside_live_and_plain_members(server, yws):
     alice = await server.connect("alice")
     await document(alice, "abc", bob="editor", dave="viewer")
-    live = Peer(alice, "doc")
+    live = PycrdtPeer(alice, "doc")
     await live.join()
     dave = await server.connect("dave")  # a plain (v1) member
     await dave.ok("documents:join", {"document_id": "doc"})
@@ -133,7 +142,7 @@ async def test_a_bearer_header_works_without_the_query_parameter(server, yws):
     await document(alice, "by header", bob="editor")
     await yws.open("bob", server.url, "doc", bearer=make_token("bob"))
     await yws.text_is("bob", "by header")
-    live = Peer(alice, "doc")
+    live = PycrdtPeer(alice, "doc")
     await live.join()
     await yws.call("insert", name="bob", index=0, text="sent ")
     got = await live.receive()
@@ -146,7 +155,7 @@ async def test_a_bearer_header_works_without_the_query_parameter(server, yws):
 async def test_a_viewer_is_read_only(server, yws):
     alice = await server.connect("alice")
     await document(alice, "read me", bob="editor", carol="viewer")
-    live = Peer(alice, "doc")
+    live = PycrdtPeer(alice, "doc")
     await live.join()
     await yws.open("carol", server.url, "doc", token=make_token("carol"))
     await yws.open("bob", server.url, "doc", token=make_token("bob"))
@@ -172,7 +181,7 @@ async def test_a_viewer_is_read_only(server, yws):
 async def test_awareness_both_ways_and_removed_on_close(server, yws):
     alice = await server.connect("alice")
     await document(alice, "", bob="editor", carol="viewer")
-    live = Peer(alice, "doc")
+    live = PycrdtPeer(alice, "doc")
     await live.join()
     bob_id = await yws.open("bob", server.url, "doc", token=make_token("bob"),
                             state={"user": "bob", "cursor": 1})
@@ -214,7 +223,7 @@ async def test_token_expiry_closes_the_socket(server, yws):
     await document(alice, "short lived", bob="editor")
     await yws.open("bob", server.url, "doc", token=make_token("bob", ttl=1.5),
                    state={"user": "bob"})
-    live = Peer(alice, "doc")
+    live = PycrdtPeer(alice, "doc")
     await live.join()
     closed = await yws.next("bob", "closed", timeout=WAIT + 2)
     assert closed["code"] == 4401 and "expired" in closed["reason"]
@@ -261,7 +270,7 @@ async def test_edits_made_through_the_endpoint_are_durable_across_a_restart(sett
     try:
         alice = await first.connect("alice")
         await document(alice, "", bob="editor")
-        live = Peer(alice, "doc")
+        live = PycrdtPeer(alice, "doc")
         await live.join()
         await yws.open("bob", first.url, "doc", token=make_token("bob"))
         for i, word in enumerate(["durable ", "through ", "restarts"]):
@@ -298,7 +307,7 @@ async def test_edits_through_different_nodes_converge(pair, yws):
     one, two = pair
     alice = await one.connect("alice")
     await document(alice, "", bob="editor", carol="editor")
-    live = Peer(await one.connect("alice"), "doc")
+    live = PycrdtPeer(await one.connect("alice"), "doc")
     await live.join()
     plain = await one.connect("carol")
     await plain.ok("documents:join", {"document_id": "doc"})
@@ -383,7 +392,7 @@ async def test_a_socket_over_its_rate_is_read_slower_and_loses_nothing(tmp_path,
     try:
         alice = await node.connect("alice")
         await document(alice, "", bob="editor")
-        live = Peer(alice, "doc")
+        live = PycrdtPeer(alice, "doc")
         await live.join()
         await yws.open("bob", node.url, "doc", token=make_token("bob"))
         start = time.monotonic()

@@ -122,8 +122,8 @@ async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str
             raise NotFound(f"Document {document_id!r} not found")
         if state_vector is None:
             return {"document": document, "role": role}
-        loaded = await ctx.documents.get(document_id)
-        async with loaded.lock:  # everything stored so far, then sync step 2 from it
+        async with ctx.documents.locked(document_id) as loaded:
+            # everything stored so far, then sync step 2 from it
             await ctx.documents.catch_up(loaded)
             update = loaded.doc.diff(state_vector)
             document = {**document, "content": loaded.doc.content,
