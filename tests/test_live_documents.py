@@ -198,7 +198,7 @@ async def test_a_live_member_gets_its_own_restore_and_v1_update(server):
     update it made: the change reaches it as documents:yupdate too (exactly once)."""
     alice = await server.connect("alice")
     await document(alice, "one")
-    live = Peer(await server.connect("alice"), "doc")
+    live = PycrdtPeer(await server.connect("alice"), "doc")
     await live.join()
     await live.client.ok("documents:update", {"document_id": "doc", "content": "two",
                                               "version": 1})
