@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import sys
@@ -40,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", action="append", dest="roles", metavar="ROLE",
                        help="add a role claim, e.g. admin (repeatable)")
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default: token_ttl)")
+    token.add_argument("--url", action="store_true",
+                       help="print a sign-in URL for the web app at the configured host and "
+                            "port instead of the bare token")
+    token.add_argument("--host", help="with --url: as given to collab serve")
+    token.add_argument("--port", type=int, help="with --url: as given to collab serve")
 
     config = sub.add_parser(
         "config", help="print the effective settings, credentials masked, and their origin"
@@ -91,13 +97,25 @@ def _toml(name: str, value: object) -> str:
     return json.dumps(redacted(value) if name in URLS else value)
 
 
+def sign_in_url(settings: Settings, token: str) -> str:
+    """``http://HOST:PORT/#token=...``: the web app takes the token from the fragment, which
+    browsers never send to a server, so it stays out of access logs and proxies."""
+    host = settings.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a host name
+        pass
+    else:
+        if address.is_unspecified:  # listens everywhere, but is no address to browse to
+            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        host = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{host}:{settings.port}/#token={token}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("serve", "config"):
-            settings = _settings(args, {"host": args.host, "port": args.port})
-        else:
-            settings = _settings(args)
+        settings = _settings(args, {"host": args.host, "port": args.port})
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"collab: configuration error: {line}", file=sys.stderr)
@@ -111,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.ttl is not None and args.ttl <= 0:
             print("collab: --ttl must be positive", file=sys.stderr)
             return 2
-        print(mint_token(settings, args.user_id, args.name, args.roles, args.ttl))
+        token = mint_token(settings, args.user_id, args.name, args.roles, args.ttl)
+        print(sign_in_url(settings, token) if args.url else token)
         return 0
 
     configure_logging(settings.log_level, settings.log_format)

@@ -28,6 +28,7 @@ from .proxy import TrustedProxies
 from .registry import open_registry
 from .store import open_store
 from .urls import redacted, scrubbed
+from .webapp import webapp_routes
 from .yws import YjsHandler
 
 log = logging.getLogger("collab")
@@ -95,6 +96,7 @@ def make_tornado_app(app: CollabApp) -> tornado.web.Application:
             (r"/healthz", HealthzHandler),
             (r"/readyz", ReadyzHandler, {"app": app, "readiness": Readiness()}),
             *([] if app.settings.metrics_port else [make_metrics_route(app)]),
+            *webapp_routes(),
         ],
         websocket_max_message_size=app.settings.max_packet_bytes,
         # the access line without credentials (a y-websocket URL carries the token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import stat
 
 import jwt
@@ -75,6 +76,33 @@ async def test_everything_acknowledged_survives_a_restart(node):
     chat = await client.call("chat:join", {"chat_id": "c"})
     assert [m["content"] for m in chat["messages"]] == [f"m{i}" for i in range(5)]
     await client.disconnect()
+
+
+async def test_token_url_signs_in_to_the_web_app_at_the_configured_address(node, tmp_path):
+    node.start()
+    url = node.token("alice", "--url", "--ttl", "60", "--port", str(node.port))
+    base, _, token = url.partition("/#token=")
+    assert base == f"http://127.0.0.1:{node.port}"  # the configured host and port
+    secret = (tmp_path / "data" / "jwt_secret").read_text().strip()
+    assert jwt.decode(token, secret, algorithms=["HS256"])["sub"] == "alice"
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(base, auth={"token": token}, transports=["websocket"], wait_timeout=5)
+    await client.disconnect()
+
+
+@pytest.mark.parametrize("host, shown", [
+    ("0.0.0.0", "127.0.0.1"),  # listening everywhere: browse to this machine
+    ("::", "[::1]"),
+    ("::1", "[::1]"),
+    ("10.1.2.3", "10.1.2.3"),
+    ("collab.example.org", "collab.example.org"),
+])
+def test_token_url_uses_an_address_a_browser_can_open(tmp_path, host, shown):
+    env = {"COLLAB_JWT_SECRET": "x" * 32, "COLLAB_HOST": host, "COLLAB_PORT": "8000"}
+    result = collab("token", "bob", "--url", "--port", "8123", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rf"http://{re.escape(shown)}:8123/#token=[\w-]+\.[\w-]+\.[\w-]+\n",
+                        result.stdout)
 
 
 def test_bad_setting_fails_at_start_naming_it(tmp_path):

@@ -223,6 +223,29 @@ async def test_history_get_at_a_version_and_restore(server):
     assert again["document"]["version"] == 3  # already that content: no version
 
 
+async def test_a_live_member_gets_its_own_restore_and_v1_update(server):
+    """Unlike its own documents:yupdate, a live member's copy lacks a restore or a v1
+    update it made: the change reaches it as documents:yupdate too (exactly once)."""
+    alice = await server.connect("alice")
+    await document(alice, "one")
+    live = PycrdtPeer(await server.connect("alice"), "doc")
+    await live.join()
+    await live.client.ok("documents:update", {"document_id": "doc", "content": "two",
+                                              "version": 1})
+    await live.receive()
+    assert (live.content, live.version) == ("two", 1)
+    restored = await live.client.ok("documents:restore", {"document_id": "doc", "version": 0})
+    assert restored["document"]["version"] == 2
+    await live.receive()
+    assert (live.content, live.version) == ("one", 2)
+    ack = await live.send(live.edit(lambda text: text.insert(0, "!")))
+    assert ack["version"] == 3
+    await live.client.ok("documents:update", {"document_id": "doc", "content": "!one.",
+                                              "version": 4})
+    got = await live.receive()  # the next to arrive is version 4: its own 3 never came back
+    assert (got["version"], live.content) == (4, "!one.")
+
+
 async def test_three_editors_converge_under_interleaved_concurrent_edits(server, settings):
     alice = await server.connect("alice")
     await document(alice, "start", bob="editor", carol="editor")

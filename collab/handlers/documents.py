@@ -4,8 +4,11 @@ Every change, whatever made it (``documents:update``, ``documents:yupdate``,
 ``documents:restore``, an update on the y-websocket endpoint), is one version made by
 :meth:`LiveDocuments.change <collab.livedocs.LiveDocuments.change>` and announced by
 :func:`announcer`: to the live members as ``documents:yupdate``, to the plain members
-as ``documents:updated``, each in version order, never back to the connection that
-made it.
+as ``documents:updated``, each in version order. Back to the connection that made it
+only where it lacks the change: the sender of a Yjs update (``documents:yupdate``, the
+y-websocket endpoint) has it, and a plain member gets the document in its ack, but a
+live member's copy has no ``documents:update`` or ``documents:restore`` it made until
+the update reaches it (a restore button in a live editor, web/).
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ def _limits(ctx: Context) -> dict[str, int]:
             "max_state_bytes": ctx.settings.max_document_state_bytes}
 
 
-def announcer(broadcasts: Broadcasts, document_id: str, user_id: str,
-              skip: str) -> Callable[[Change], Awaitable[None]]:
+def announcer(broadcasts: Broadcasts, document_id: str, user_id: str, skip: str,
+              *, sender_has_it: bool = True) -> Callable[[Change], Awaitable[None]]:
     """What tells the room of a change ``user_id`` made through the connection (or
-    y-websocket socket) ``skip``: called in turn, see the module docstring."""
+    y-websocket socket) ``skip``: called in turn, see the module docstring.
+    ``sender_has_it``: the change is the sender's own Yjs update, so its live copy has
+    it; otherwise the live broadcast goes back to it too."""
     r = room(document_id)
 
     async def announce(change: Change) -> None:
@@ -58,7 +63,7 @@ def announcer(broadcasts: Broadcasts, document_id: str, user_id: str,
             r.live, "documents:yupdate",
             {"document_id": document_id, "update": change.update, "version": change.version,
              "user_id": user_id},
-            position=change.version, skip_sid=skip)
+            position=change.version, skip_sid=skip if sender_has_it else None)
         await broadcasts.publish_at(
             r.plain, "documents:updated", {"document": change.document, "user_id": user_id},
             position=change.version, skip_sid=skip)
@@ -66,9 +71,10 @@ def announcer(broadcasts: Broadcasts, document_id: str, user_id: str,
     return announce
 
 
-def _announcer(ctx: Context, conn: Connection,
-               document_id: str) -> Callable[[Change], Awaitable[None]]:
-    return announcer(ctx.broadcasts, document_id, conn.user_id, conn.sid)
+def _announcer(ctx: Context, conn: Connection, document_id: str,
+               sender_has_it: bool = False) -> Callable[[Change], Awaitable[None]]:
+    return announcer(ctx.broadcasts, document_id, conn.user_id, conn.sid,
+                     sender_has_it=sender_has_it)
 
 
 def _require_live(ctx: Context, conn: Connection, document_id: str) -> None:
@@ -165,7 +171,7 @@ async def yupdate(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
     incoming = data["update"]
     change = await ctx.documents.change(
         document_id, lambda doc: doc.apply(incoming), conn.user_id,
-        announce=_announcer(ctx, conn, document_id))
+        announce=_announcer(ctx, conn, document_id, sender_has_it=True))
     if change is None:  # nothing the document had not seen: not stored, not broadcast
         loaded = await ctx.documents.get(document_id)
         return {"version": loaded.version}

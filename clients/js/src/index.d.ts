@@ -444,6 +444,8 @@ export interface SocketIOProviderEvents {
   version: (version: number) => void
   /** The role from the latest join ack (null before one). */
   role: (role: DocumentAccess | null) => void
+  /** The room's users from each join ack (``user:joined`` / ``user:left`` tell what follows). */
+  users: (users: Id[]) => void
   /** A failed ack of the provider's own events (join, yupdate, awareness), or a revocation. */
   error: (error: SocketError) => void
 }
@@ -474,6 +476,8 @@ export class SocketIOProvider extends ObservableV2<SocketIOProviderEvents> {
   readonly version: number
   /** The document fields from the latest join ack, or null before one. */
   readonly document: Document | null
+  /** The user ids present in the document's room at the latest join ack. */
+  readonly users: Id[]
   readonly destroyed: boolean
 
   /** Leaves the document, stops listening, and withdraws our awareness state. */

@@ -39,6 +39,9 @@ export class SocketIOProvider extends ObservableV2 {
     this.role = null
     this.version = 0
     this.document = null
+    // who is in the document's room, as the latest join ack listed them (the app
+    // follows user:joined / user:left from there)
+    this.users = []
     this.destroyed = false
     // one join per connection: acks of an older one (before a disconnect or a
     // newer join) are ignored, because their state vector no longer describes us
@@ -114,6 +117,7 @@ export class SocketIOProvider extends ObservableV2 {
       }
       this._retryMs = FIRST_RETRY_MS
       this.document = ack.document
+      this.users = Array.isArray(ack.users) ? ack.users : []
       this._setRole(ack.role)
       this._setVersion(ack.document.version)
       Y.applyUpdate(this.doc, bytes(ack.update), this)
@@ -125,6 +129,7 @@ export class SocketIOProvider extends ObservableV2 {
       this.synced = true // (what _queue and _sendAwareness wait for; announced below)
       if (!isEmptyUpdate(missing)) this._queue(missing)
       if (this.awareness.getLocalState() !== null) this._sendAwareness([this.awareness.clientID])
+      this.emit('users', [this.users])
       this.emit('synced', [true])
     })
   }

@@ -83,3 +83,19 @@ test('a destroyed provider does not rejoin when the socket reconnects', async (t
   await request(alice, 'documents:get', { document_id: document.id }) // a round trip after connect
   assert.deepEqual(sent.map(({ event }) => event), ['documents:get'])
 })
+
+test('users: the room as each join ack lists it, announced with "users"', async (t) => {
+  const s = new Session()
+  t.after(() => s.close())
+  const alice = await s.connect('alice')
+  const bob = await s.connect('bob')
+  const document = await makeDocument(alice, { roles: { bob: 'viewer' } })
+  const a = s.bind(alice, document.id)
+  assert.deepEqual(a.users, [])
+  const [first] = await next(a, 'users')
+  assert.deepEqual(first, ['alice'])
+  const b = s.bind(bob, document.id)
+  const [both] = await next(b, 'users')
+  assert.deepEqual([...both].sort(), ['alice', 'bob'])
+  assert.deepEqual(b.users, both)
+})
