@@ -98,7 +98,8 @@ class CollabApp:
         #: room broadcasts, stored items in position order (what handlers publish through)
         self.broadcasts = Broadcasts(self.broadcaster, self.metrics)
         #: the live documents loaded on this node
-        self.documents = LiveDocuments(self.store, settings, self._hosts_document)
+        self.documents = LiveDocuments(self.store, settings, self._hosts_document,
+                                       expired=self._awareness_expired)
         self.membership = Membership(self.sio, self.broadcaster, self.broadcasts, registry,
                                      self.store, self.connections,
                                      on_leave=self._left_document)
@@ -253,8 +254,8 @@ class CollabApp:
             await self.documents.observed(room.id, envelope.position, envelope.attachments[0])
         elif envelope.event == "documents:awareness":
             try:  # (the states of that node's connections, kept for this node's joiners)
-                self.documents.awareness(room.id).apply(("node", envelope.host),
-                                                        envelope.attachments[0])
+                self.documents.awareness(room.id).apply(
+                    ("node", envelope.host), envelope.attachments[0], relayed=True)
             except CollabError:
                 pass  # that node accepted it under its own bounds; relayed all the same
 
@@ -271,6 +272,12 @@ class CollabApp:
         if removal is not None:
             await self.broadcasts.send(sub, "documents:awareness",
                                        {"document_id": sub.id, "update": removal})
+
+    async def _awareness_expired(self, document_id: str, removal: bytes) -> None:
+        """States nobody renewed in time: this node's live members lose them (every node
+        finds its own expired states, so this goes to no other node)."""
+        await self.broadcasts.send_here(Room.document(document_id).live, "documents:awareness",
+                                        {"document_id": document_id, "update": removal})
 
     # -- dispatch ----------------------------------------------------------
 

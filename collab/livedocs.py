@@ -21,6 +21,12 @@ has had no member on this node for ``document_unload_after`` seconds is dropped.
 Every ``SNAPSHOT_EVERY`` versions a copy's state is stored as a snapshot, so that
 loading replays a bounded number of updates; compaction by the retention
 setting runs then too.
+
+Awareness states (cursors) are kept per document beside the copies, not in them:
+the sweep also removes the states not renewed within ``awareness_timeout`` and
+hands the removal to ``expired``, for this node's live members. Each node does
+this for itself (every y-protocols peer does too), which is what clears the states
+another node relayed before it died.
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ REBUILT_CLIENT_ID = 0
 
 #: the Yjs update one edit made of a copy, or None when it changed nothing
 Edit = Callable[[LiveDocument], "bytes | None"]
+#: ``(document_id, update)``: these awareness states expired; tell the members here
+Expired = Callable[[str, bytes], Awaitable[None]]
+
+
+async def _nobody_to_tell(document_id: str, update: bytes) -> None:
+    return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -86,11 +98,12 @@ class LiveDocuments:
     """The loaded documents of one node."""
 
     def __init__(self, store: Store, settings: Settings,
-                 has_members: Callable[[str], bool]) -> None:
+                 has_members: Callable[[str], bool], expired: Expired = _nobody_to_tell) -> None:
         self._store = store
         self._settings = settings
         #: whether this node hosts a member of the document (by id) now
         self._has_members = has_members
+        self._expired = expired
         self._loaded: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
         self._loading: dict[str, asyncio.Future[Loaded]] = {}
         #: awareness per document with live members here: relayed, never stored, and
@@ -111,7 +124,8 @@ class LiveDocuments:
         once nobody is in the room here)."""
         states = self._awareness.get(document_id)
         if states is None:
-            states = self._awareness[document_id] = RoomAwareness()
+            states = self._awareness[document_id] = RoomAwareness(
+                timeout=self._settings.awareness_timeout)
         return states
 
     def peek(self, document_id: str) -> Loaded | None:
@@ -134,9 +148,24 @@ class LiveDocuments:
         self._awareness.clear()
 
     async def _sweep_forever(self) -> None:
+        # y-protocols looks for outdated states ten times per timeout
+        interval = min(SWEEP_INTERVAL, self._settings.awareness_timeout / 10)
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(interval)
             self.sweep()
+            await self.expire_awareness()
+
+    async def expire_awareness(self) -> None:
+        """Remove the awareness states nobody renewed in time, and say so."""
+        for document_id, states in list(self._awareness.items()):
+            removal = states.expire()
+            if removal is None:
+                continue
+            try:
+                await self._expired(document_id, removal)
+            except Exception:  # noqa: BLE001 - the others' expiry still goes out
+                log.exception("sending the expired awareness states of %s failed",
+                              document_id)
 
     def sweep(self) -> None:
         """Unload the copies whose room has had no member here for the grace period."""

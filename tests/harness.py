@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pycrdt
 import pytest
 import socketio
 from redis.asyncio.cluster import RedisCluster
@@ -200,6 +201,64 @@ class Harness:
         for client in self.clients:
             if client.sio.connected:
                 await client.sio.disconnect()
+
+
+class Peer:
+    """A live member: a pycrdt document kept in sync over a Socket.IO client."""
+
+    def __init__(self, client: Client, document_id: str) -> None:
+        self.client = client
+        self.document_id = document_id
+        self.doc = pycrdt.Doc()
+        self.text = self.doc.get("content", type=pycrdt.Text)
+        self.version = 0
+        #: the versions this peer has: its own (acked) and the others' (received)
+        self.seen: set[int] = set()
+        #: the versions of the others' changes, as they arrived
+        self.received: list[int] = []
+        #: every ack's version (an update that brought nothing new: the current one)
+        self.acked: list[int] = []
+
+    async def join(self) -> dict:
+        ack = await self.client.ok("documents:join", {"document_id": self.document_id,
+                                                      "state_vector": self.doc.get_state()})
+        self.doc.apply_update(ack["update"])
+        self.version = ack["document"]["version"]
+        missing = self.doc.get_update(ack["state_vector"])
+        if missing != b"\x00\x00":  # what the server lacks (offline edits)
+            await self.send(missing)
+        return ack
+
+    async def send(self, update: bytes) -> dict:
+        ack = await self.client.ok("documents:yupdate",
+                                   {"document_id": self.document_id, "update": update})
+        self.version = max(self.version, ack["version"])
+        self.seen.add(ack["version"])
+        self.acked.append(ack["version"])
+        return ack
+
+    def edit(self, change) -> bytes:  # noqa: ANN001
+        """Apply ``change(text)`` locally; the Yjs update it made."""
+        before = self.doc.get_state()
+        change(self.text)
+        return self.doc.get_update(before)
+
+    async def receive(self, timeout: float = WAIT) -> dict:
+        got = await self.client.next("documents:yupdate", timeout)
+        self.doc.apply_update(got["update"])
+        self.version = max(self.version, got["version"])
+        self.seen.add(got["version"])
+        self.received.append(got["version"])
+        return got
+
+    @property
+    def waiting(self) -> bool:
+        """Whether an update from the room has arrived and was not applied yet."""
+        return not self.client.queues["documents:yupdate"].empty()
+
+    @property
+    def content(self) -> str:
+        return str(self.text)
 
 
 def redis_client(url: str) -> Any:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-import pycrdt
 import pytest
-from harness import Client, make_settings
+from harness import Client, Peer, make_settings
 
 from collab.awareness import Entry, decode_update, encode_update
 
@@ -21,58 +20,6 @@ def settings(request, tmp_path):
            else request.getfixturevalue("mongo_db"))
     return make_settings(storage_url=url, rate_limit_per_second=0, max_loaded_documents=2,
                          document_unload_after=0)
-
-
-class Peer:
-    """A live member: a pycrdt document kept in sync over a Socket.IO client."""
-
-    def __init__(self, client: Client, document_id: str) -> None:
-        self.client = client
-        self.document_id = document_id
-        self.doc = pycrdt.Doc()
-        self.text = self.doc.get("content", type=pycrdt.Text)
-        self.version = 0
-        #: the versions this peer has: its own (acked) and the others' (received)
-        self.seen: set[int] = set()
-
-    async def join(self) -> dict:
-        ack = await self.client.ok("documents:join", {"document_id": self.document_id,
-                                                      "state_vector": self.doc.get_state()})
-        self.doc.apply_update(ack["update"])
-        self.version = ack["document"]["version"]
-        missing = self.doc.get_update(ack["state_vector"])
-        if missing != b"\x00\x00":  # what the server lacks (offline edits)
-            await self.send(missing)
-        return ack
-
-    async def send(self, update: bytes) -> dict:
-        ack = await self.client.ok("documents:yupdate",
-                                   {"document_id": self.document_id, "update": update})
-        self.version = max(self.version, ack["version"])
-        self.seen.add(ack["version"])
-        return ack
-
-    def edit(self, change) -> bytes:  # noqa: ANN001
-        """Apply ``change(text)`` locally; the Yjs update it made."""
-        before = self.doc.get_state()
-        change(self.text)
-        return self.doc.get_update(before)
-
-    async def receive(self) -> dict:
-        got = await self.client.next("documents:yupdate")
-        self.doc.apply_update(got["update"])
-        self.version = max(self.version, got["version"])
-        self.seen.add(got["version"])
-        return got
-
-    @property
-    def waiting(self) -> bool:
-        """Whether an update from the room has arrived and was not applied yet."""
-        return not self.client.queues["documents:yupdate"].empty()
-
-    @property
-    def content(self) -> str:
-        return str(self.text)
 
 
 async def document(owner: Client, content: str = "", **roles: str) -> str:
@@ -219,6 +166,57 @@ async def test_awareness_is_relayed_and_removed_when_its_connection_leaves(serve
     await alice.disconnect()
     removed = await b.client.next("documents:awareness")
     assert decode_update(removed["update"]) == [Entry(a.doc.client_id, 1, None)]
+
+
+class TestAwarenessExpiry:
+    """awareness_timeout=0.6 (y-protocols' 30 s, shortened): a state not renewed in time
+    is removed, and the room's live members are told."""
+
+    TIMEOUT = 0.6
+
+    @pytest.fixture
+    def settings(self):
+        return make_settings(awareness_timeout=self.TIMEOUT)
+
+    async def test_a_state_not_renewed_in_time_is_removed_and_a_renewed_one_kept(self,
+                                                                              server):
+        alice = await server.connect("alice")
+        await document(alice, bob="editor")
+        a, b = Peer(alice, "doc"), Peer(await server.connect("bob"), "doc")
+        await a.join()
+        await b.join()
+        mine, theirs = a.doc.client_id, b.doc.client_id
+        await alice.ok("documents:awareness", {"document_id": "doc", "update": encode_update(
+            [Entry(mine, 1, '{"cursor":1}')])})
+        start = asyncio.get_running_loop().time()
+        assert decode_update((await b.client.next("documents:awareness"))["update"]) == \
+            [Entry(mine, 1, '{"cursor":1}')]
+        renewals = 0
+
+        async def renew() -> None:  # as y-protocols does: the same state, a newer clock
+            nonlocal renewals
+            while True:
+                renewals += 1
+                await b.client.ok("documents:awareness", {
+                    "document_id": "doc",
+                    "update": encode_update([Entry(theirs, renewals, '{"cursor":2}')])})
+                await asyncio.sleep(self.TIMEOUT / 4)
+
+        renewing = asyncio.ensure_future(renew())
+        try:
+            removed = await alice.next("documents:awareness")
+            while decode_update(removed["update"])[0].client_id == theirs:  # bob's renewals
+                removed = await alice.next("documents:awareness")
+            assert decode_update(removed["update"]) == [Entry(mine, 1, None)]
+            assert asyncio.get_running_loop().time() - start >= self.TIMEOUT * 0.9
+            got = await b.client.next("documents:awareness")
+            assert decode_update(got["update"]) == [Entry(mine, 1, None)]
+            late = Peer(await server.connect("bob"), "doc")
+            joined = decode_update((await late.join())["awareness"])
+            assert [e.client_id for e in joined] == [theirs]  # renewed: still there
+        finally:
+            renewing.cancel()
+        assert renewals >= 3  # (it lived past the timeout by its renewals)
 
 
 async def test_history_get_at_a_version_and_restore(server):

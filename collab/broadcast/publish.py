@@ -46,6 +46,12 @@ class Broadcasts:
         self._metrics.broadcast(event)
         await self._broadcaster.broadcast(room, event, data, skip_sid=skip_sid)
 
+    async def send_here(self, room: Room, event: str, data: Any) -> None:
+        """Send an event that has no position to this node's members of ``room`` only:
+        for what every node works out for itself (expired awareness states)."""
+        self._metrics.broadcast(event)
+        await self._broadcaster.emit(event, data, "/", room=room.name)
+
     async def publish_at(self, room: Room, event: str, data: Any, *, position: int,
                          skip_sid: Any = None) -> None:
         """Send the item stored at ``position`` now: for a caller that orders its store
