@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 from .awareness import RoomAwareness
@@ -49,8 +50,11 @@ log = logging.getLogger("collab.documents")
 
 #: versions between two snapshots of a loaded document
 SNAPSHOT_EVERY = 200
-#: attempts at storing one change when other nodes keep taking the version
-MAX_ATTEMPTS = 8
+#: seconds one change keeps trying while other nodes keep taking the next version
+#: (each attempt merges what they stored first); then UNAVAILABLE, retry
+RETRY_FOR = 5.0
+#: the longest pause between two attempts (they start at 1 ms and double, jittered)
+MAX_BACKOFF = 0.05
 #: seconds between looks for copies to unload
 SWEEP_INTERVAL = 5.0
 #: the client id of a state rebuilt from a document stored before the update log:
@@ -248,6 +252,8 @@ class LiveDocuments:
         """Apply the stored versions after the copy's, in order (to ``up_to`` at most)."""
         updates = await self._store.document_updates(loaded.id, loaded.version, up_to=up_to)
         for update in updates:
+            if update.version <= loaded.version:
+                continue  # applied meanwhile, as another node announced it (observed)
             if update.version != loaded.version + 1:
                 break  # compacted away under us: reload rather than guess
             if not update.update:  # the store's v1 path wrote this one: no Yjs update
@@ -282,7 +288,10 @@ class LiveDocuments:
             update = edit(loaded.doc)
             if update is None:
                 return None
-            for _ in range(MAX_ATTEMPTS):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + RETRY_FOR
+            backoff = 0.001
+            while loop.time() < deadline:
                 try:
                     document = await self._store.append_document_update(
                         document_id, update, loaded.doc.content, user_id,
@@ -291,7 +300,11 @@ class LiveDocuments:
                     if expected_version is not None:  # v1: the client must see the new one
                         self.discard(document_id)
                         raise
-                    await self.catch_up(loaded)  # another node took it: merge, go again
+                    # another node took it: merge, go again, after a pause (so that
+                    # nodes that lost together do not collide again at once)
+                    await asyncio.sleep(random.uniform(0, backoff))
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await self.catch_up(loaded)
                     continue
                 except BaseException:
                     self.discard(document_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from pathlib import Path
@@ -17,11 +18,12 @@ import pytest
 import redis.asyncio as aioredis
 import socketio
 from conftest import cancel_leftover_tasks, running_server
-from harness import SECRET, WAIT, Client, OtherNode, make_settings, make_token
+from harness import SECRET, WAIT, Client, OtherNode, Peer, make_settings, make_token
 from process import CollabProcess
 from services import RedisClusterServer, RedisServer, with_database
 from tornado.httpclient import AsyncHTTPClient
 
+from collab.awareness import MAX_IDS_PER_CONNECTION, Entry, decode_update, encode_update
 from collab.broadcast.holdback import GAP_TIMEOUT
 from collab.redisconn import RedisTarget
 
@@ -39,8 +41,10 @@ def unique(prefix: str) -> str:
 NODE_CONFIG = Path(__file__).parent.parent / "config" / "cluster-node.example.toml"
 
 
-def start_node(tmp: Path, name: str, redis_url: str, storage_url: str) -> CollabProcess:
-    """``collab serve`` as docs/deployment.md says: the shared file, the rest from env."""
+def start_node(tmp: Path, name: str, redis_url: str, storage_url: str,
+               settings: dict[str, str] | None = None) -> CollabProcess:
+    """``collab serve`` as docs/deployment.md says: the shared file, the rest from env
+    (``settings``: more ``COLLAB_*`` variables)."""
     cwd = tmp / name
     cwd.mkdir(exist_ok=True)
     env = {
@@ -50,6 +54,7 @@ def start_node(tmp: Path, name: str, redis_url: str, storage_url: str) -> Collab
         "COLLAB_JWT_SECRET": SECRET,
         "COLLAB_NODE_ID": name,
         "COLLAB_HOST": "127.0.0.1",
+        **(settings or {}),
     }
     node = CollabProcess(cwd, env)
     node.env["COLLAB_PORT"] = str(node.port)
@@ -64,10 +69,15 @@ class Cluster:
         self.storage_url = storage_url
         self.nodes: list[CollabProcess] = []
 
-    def add(self, name: str) -> CollabProcess:
-        node = start_node(self.tmp, name, self.redis.url, self.storage_url)
+    def add(self, name: str, settings: dict[str, str] | None = None) -> CollabProcess:
+        node = start_node(self.tmp, name, self.redis.url, self.storage_url, settings)
         self.nodes.append(node)
         return node
+
+    def remove(self, node: CollabProcess) -> None:
+        """Stop a node added for one test, so the next ones do not share the CPU with it."""
+        node.stop()
+        self.nodes.remove(node)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -361,6 +371,193 @@ async def test_a_revoked_user_leaves_the_room_on_every_node(a, b, connect):
     assert alice.pending("user:left") == carol.pending("user:left") == []  # once
     users = (await carol.ok("documents:join", {"document_id": document_id}))["users"]
     assert users == ["alice", "carol"]
+
+
+# -- live documents across nodes ---------------------------------------------------
+
+
+async def share(owner: Client, document_id: str, **roles: str) -> None:
+    for user_id, role in roles.items():
+        await owner.ok("documents:share",
+                       {"document_id": document_id, "user_id": user_id, "role": role})
+
+
+async def typist(peer: Peer, edits: int, rng: random.Random) -> None:
+    """Random inserts and deletions as fast as acks come, taking in some of the others'
+    changes between them and leaving the rest for later."""
+    for _ in range(edits):
+        n = len(peer.text)  # (pycrdt counts UTF-8 bytes: ASCII here)
+        if n and rng.random() < 0.3:
+            start = rng.randrange(n)
+            update = peer.edit(lambda t, s=start: t.__delitem__(slice(s, s + 1)))
+        else:
+            at = rng.randrange(n + 1)
+            update = peer.edit(lambda t, a=at: t.insert(a, rng.choice("abcxyz ")))
+        await peer.send(update)
+        while peer.waiting and rng.random() < 0.7:
+            await peer.receive()
+
+
+async def updated_until(client: Client, version: int) -> list[dict]:
+    """A plain member's ``documents:updated`` documents up to ``version``."""
+    documents = [(await client.next("documents:updated", timeout=10))["document"]]
+    while documents[-1]["version"] < version:
+        documents.append((await client.next("documents:updated", timeout=10))["document"])
+    return documents
+
+
+async def test_live_editors_on_two_nodes_converge_and_get_each_change_once_in_order(
+        a, b, connect):
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob", "carol")
+    await share(alice, document_id, dave="viewer", erin="viewer")
+    peers = [Peer(alice, document_id), Peer(await connect(b, "bob"), document_id),
+             Peer(await connect(b, "carol"), document_id)]
+    for peer in peers:
+        await peer.join()
+    plain = [await connect(b, "dave"), await connect(a, "erin")]  # v1 members, both nodes
+    for client in plain:
+        await client.ok("documents:join", {"document_id": document_id})
+
+    rng = random.Random(12)
+    await asyncio.gather(*(typist(peer, 60, rng) for peer in peers))
+    heads = [(await client.ok("documents:get", {"document_id": document_id}))["document"]
+             for client in (alice, plain[0])]  # the store, asked on node A and node B
+    assert heads[0] == heads[1]
+    last = heads[0]["version"]
+    everything = set(range(1, last + 1))
+    for peer in peers:
+        while set(peer.received) | set(peer.acked) != everything:
+            await peer.receive(timeout=10)
+
+    # each version made by exactly one editor's change; each delivered once to every
+    # other editor, in version order, whichever node it was made on
+    made = [set(peer.acked) - set(peer.received) for peer in peers]
+    assert sorted(v for own in made for v in own) == list(range(1, last + 1))
+    assert all(own for own in made)  # (every editor's changes were taken)
+    for peer in peers:
+        assert peer.received == sorted(set(peer.received)), peer.received
+    assert 100 < last <= 180
+    # a last change: the next thing everyone gets (nothing was left over or sent twice)
+    marker = await peers[0].send(peers[0].edit(lambda t: t.insert(0, "!")))
+    assert marker["version"] == last + 1
+    for peer in peers[1:]:
+        assert (await peer.receive(timeout=10))["version"] == last + 1
+    content = peers[0].content
+    assert {peer.content for peer in peers} == {content}
+
+    for client in plain:  # every version, in order, with the content of the last
+        documents = await updated_until(client, last + 1)
+        assert [d["version"] for d in documents] == list(range(1, last + 2))
+        assert documents[-1]["content"] == content
+    for node in (a, b):  # the store, and each node's own copy, end the same
+        fresh = Peer(await connect(node, "alice"), document_id)
+        ack = await fresh.join()
+        assert (ack["document"]["content"], ack["document"]["version"]) == (content, last + 1)
+        assert fresh.content == content
+        head = (await fresh.client.ok("documents:get", {"document_id": document_id}))
+        assert (head["document"]["content"], head["document"]["version"]) == \
+            (content, last + 1)
+
+
+def cursor(peer: Peer, clock: int, state: str) -> dict:
+    return {"document_id": peer.document_id,
+            "update": encode_update([Entry(peer.doc.client_id, clock, state)])}
+
+
+async def next_awareness(client: Client, timeout: float = WAIT) -> list[Entry]:
+    return decode_update((await client.next("documents:awareness", timeout))["update"])
+
+
+async def test_awareness_crosses_nodes_and_so_does_its_removal(a, b, connect):
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    here, there = Peer(alice, document_id), Peer(await connect(b, "bob"), document_id)
+    await here.join()
+    await there.join()
+
+    await alice.ok("documents:awareness", cursor(here, 1, '{"cursor":1}'))
+    assert await next_awareness(there.client) == [Entry(here.doc.client_id, 1, '{"cursor":1}')]
+    await there.client.ok("documents:awareness", cursor(there, 1, '{"cursor":2}'))
+    assert await next_awareness(alice) == [Entry(there.doc.client_id, 1, '{"cursor":2}')]
+    newcomer = Peer(await connect(b, "bob"), document_id)  # node B holds node A's cursors
+    states = decode_update((await newcomer.join())["awareness"])
+    assert sorted(states, key=lambda e: e.client_id) == sorted(
+        [Entry(here.doc.client_id, 1, '{"cursor":1}'),
+         Entry(there.doc.client_id, 1, '{"cursor":2}')], key=lambda e: e.client_id)
+
+    await alice.disconnect()  # its cursor goes at once, on the other node too
+    gone = [Entry(here.doc.client_id, 1, None)]
+    assert await next_awareness(there.client) == gone
+    assert await next_awareness(newcomer.client) == gone
+    later = Peer(await connect(b, "bob"), document_id)
+    assert decode_update((await later.join())["awareness"]) == \
+        [Entry(there.doc.client_id, 1, '{"cursor":2}')]
+
+
+async def test_a_newcomer_sees_every_cursor_a_busy_node_relays(a, b, connect):
+    """More live members on one node than one connection may hold client ids: the other
+    node keeps every one of their states for its newcomers."""
+    owner = await connect(a, "alice")
+    document_id = await shared_document(owner)
+    watcher = Peer(await connect(b, "alice"), document_id)
+    await watcher.join()
+    count = MAX_IDS_PER_CONNECTION + 2
+    members = [Peer(await connect(a, "alice"), document_id) for _ in range(count)]
+    for member in members:
+        await member.join()
+        await member.client.ok("documents:awareness", cursor(member, 1, "{}"))
+        assert await next_awareness(watcher.client) == [Entry(member.doc.client_id, 1, "{}")]
+    newcomer = Peer(await connect(b, "alice"), document_id)
+    states = decode_update((await newcomer.join())["awareness"])
+    assert sorted(e.client_id for e in states) == sorted(m.doc.client_id for m in members)
+
+
+async def test_a_killed_nodes_cursors_expire_on_the_others(cluster, a, connect):
+    """Node C dies (SIGKILL): nobody sends the removal of its members' cursors, so node D
+    removes them once they are not renewed within awareness_timeout (shortened here),
+    long before the registry purges node C, and keeps the renewed ones."""
+    timeout = 2.0
+    d = cluster.add(unique("node-d"), {"COLLAB_AWARENESS_TIMEOUT": str(timeout)})
+    c = cluster.add(unique("node-c"))
+    renewing: list[asyncio.Future] = []
+    try:
+        alice = await connect(d, "alice")
+        document_id = await shared_document(alice, "carol", "erin")
+        await share(alice, document_id, bob="viewer")
+        watcher = Peer(alice, document_id)  # on node D
+        erin = Peer(await connect(a, "erin"), document_id)  # on node A: it lives on
+        carol = Peer(await connect(c, "carol"), document_id)  # on node C: it dies
+        for peer in (watcher, erin, carol):
+            await peer.join()
+
+        async def renew(peer: Peer) -> None:  # as y-protocols clients do, more often
+            for clock in range(1, 10_000):
+                await peer.client.ok("documents:awareness", cursor(peer, clock, "{}"))
+                await asyncio.sleep(timeout / 5)
+
+        renewing[:] = [asyncio.ensure_future(renew(p)) for p in (watcher, erin)]
+        await carol.client.ok("documents:awareness", cursor(carol, 1, '{"at":1}'))
+        announced = time.monotonic()
+        ids = {p.doc.client_id for p in (watcher, erin, carol)}
+        seen = Peer(await connect(d, "bob"), document_id)  # node D holds all three
+        assert {e.client_id for e in decode_update((await seen.join())["awareness"])} == ids
+
+        c.kill()
+        while (got := await next_awareness(seen.client, timeout=timeout + 5)) != \
+                [Entry(carol.doc.client_id, 1, None)]:
+            assert all(e.state is not None for e in got), got  # (the others' renewals)
+        assert time.monotonic() - announced >= timeout * 0.9
+        assert time.monotonic() - announced < PURGE_DEADLINE / 3  # not the registry's purge
+        newcomer = Peer(await connect(d, "bob"), document_id)
+        states = decode_update((await newcomer.join())["awareness"])
+        assert {e.client_id for e in states} == ids - {carol.doc.client_id}
+    finally:
+        for task in renewing:
+            task.cancel()
+        await asyncio.gather(*renewing, return_exceptions=True)
+        cluster.remove(d)
+        cluster.nodes.remove(c)
 
 
 # -- ordered delivery, in process ------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from harness import Client, Peer, make_settings
 
 from collab.awareness import Entry, decode_update, encode_update
+from collab.livedocs import LiveDocuments
 
 
 @pytest.fixture(params=["sqlite", "mongodb"])
@@ -342,3 +343,27 @@ async def test_documents_are_unloaded_when_their_room_empties_and_capped(server)
     stored = await alice.ok("documents:update", {"document_id": "d1", "content": "new",
                                                  "version": 1})
     assert stored["document"]["content"] == "new"
+
+
+async def test_a_catch_up_skips_what_another_nodes_broadcast_brought_meanwhile(server):
+    """A copy catching up from the store while another node's announcement of a version
+    arrives (and is applied) takes the versions after it too, rather than stopping."""
+    alice = await server.connect("alice")
+    await document(alice, "ab")
+    here = server.app.documents
+    loaded = await here.get("doc")
+    elsewhere = LiveDocuments(server.app.raw_store, server.app.settings, lambda _: True)
+
+    async def unheard(change) -> None:  # noqa: ANN001 - (the broadcast is played by hand)
+        return None
+
+    first = await elsewhere.change("doc", lambda d: d.replace_content("abc"), "bob",
+                                   announce=unheard)
+    await elsewhere.change("doc", lambda d: d.replace_content("abcd"), "bob",
+                           announce=unheard)
+    catching_up = asyncio.ensure_future(here.catch_up(loaded))
+    await asyncio.sleep(0)  # (it is reading the store now)
+    await here.observed("doc", first.version, first.update)  # the broadcast of version 1
+    assert loaded.version == 1
+    await catching_up
+    assert (loaded.version, loaded.doc.content) == (2, "abcd")
