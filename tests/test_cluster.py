@@ -460,6 +460,58 @@ async def test_live_editors_on_two_nodes_converge_and_get_each_change_once_in_or
             (content, last + 1)
 
 
+async def test_editors_joining_on_either_node_mid_edit_converge_and_miss_nothing(
+        a, b, connect):
+    """Members join, on both nodes, while editors on both nodes type: a live one starts
+    from its join's state and version, then gets every later version once, in order;
+    a plain one gets nothing older than its join's content after its ack (each joining
+    node reads the store after entering the room, so what is on its way from the other
+    node is in the join's answer too)."""
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    editors = [Peer(alice, document_id), Peer(await connect(b, "bob"), document_id)]
+    for peer in editors:
+        await peer.join()
+    rng = random.Random(5)
+    typing = asyncio.gather(*(typist(peer, 80, rng) for peer in editors))
+    joiners: list[Peer] = []
+    joined: list[int] = []  # the version each joiner's ack said
+    plain: list[tuple[Client, int, list[dict]]] = []  # v1 members: client, version, early
+    for i in range(12):
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        node = (a, b)[i % 2]
+        if i % 3 == 2:
+            client = await connect(node, "alice")
+            ack = await client.ok("documents:join", {"document_id": document_id})
+            # what came before the ack (a lookup that may read a secondary goes first)
+            plain.append((client, ack["document"]["version"],
+                          client.pending("documents:updated")))
+            continue
+        peer = Peer(await connect(node, "alice"), document_id)
+        joined.append((await peer.join())["document"]["version"])
+        joiners.append(peer)
+    await typing
+    last = (await alice.ok("documents:get", {"document_id": document_id}))["document"]
+    last = last["version"]
+    for peer in editors:
+        while peer.version < last:
+            await peer.receive(timeout=10)
+    content = editors[0].content
+    for peer, version in zip(joiners, joined, strict=True):
+        while (peer.received[-1] if peer.received else version) < last:
+            await peer.receive(timeout=10)
+        assert peer.received == list(range(version + 1, last + 1)), \
+            (version, peer.received[:5])
+        assert peer.content == content
+    assert 0 < joined[0] and joined[-1] < last  # (they did join mid-edit)
+    for client, version, early in plain:  # after its ack, nothing older than its content
+        assert all(u["document"]["version"] <= version for u in early)
+        documents = await updated_until(client, last) if version < last else []
+        assert [d["version"] for d in documents] == list(range(version + 1, last + 1))
+        assert (documents[-1]["content"] if documents else content) == content
+    assert editors[1].content == content
+
+
 def cursor(peer: Peer, clock: int, state: str) -> dict:
     return {"document_id": peer.document_id,
             "update": encode_update([Entry(peer.doc.client_id, clock, state)])}

@@ -61,6 +61,7 @@ from socketio import packet as sio_packet
 from ..rooms import Room
 from ..sioserver import queue_backlogged
 from ..transport import close_session
+from .joins import JoinPositions
 
 log = logging.getLogger("collab.broadcast")
 
@@ -125,6 +126,8 @@ class LocalBroadcaster(socketio.AsyncManager):
         #: eio sid -> the task closing it for too many queued packets: one close
         #: (and one count) however many broadcasts find it full meanwhile
         self.closing: dict[str, asyncio.Future[Any]] = {}
+        #: what joins already gave their connections (collab/broadcast/joins.py)
+        self.joins = JoinPositions()
 
     # -- what the app asks of every broadcaster ----------------------------
 
@@ -147,7 +150,15 @@ class LocalBroadcaster(socketio.AsyncManager):
                         position: int | None = None, skip_sid: Any = None) -> None:
         """Send ``event`` to the room's members; ``position`` orders a stored item's
         broadcasts across nodes (one node delivers them in call order already)."""
+        if position is not None:
+            skip_sid = self.skipping(room.name, position, skip_sid)
         await self.emit(event, data, "/", room=room.name, skip_sid=skip_sid)
+
+    def skipping(self, room: str, position: int, skip_sid: Any) -> list[Any]:
+        """``skip_sid`` and the members whose join covered ``position`` already."""
+        skip = list(skip_sid) if isinstance(skip_sid, list | tuple) \
+            else ([] if skip_sid is None else [skip_sid])
+        return skip + self.joins.skip(room, position, self.rooms.get("/", {}).get(room, ()))
 
     # -- local delivery ----------------------------------------------------
 
@@ -166,6 +177,7 @@ class LocalBroadcaster(socketio.AsyncManager):
         eio_sid = self.eio_sid_from_sid(sid, namespace or "/")
         if eio_sid is not None:
             self.sinks.pop(eio_sid, None)
+        self.joins.forget_sid(sid, self.get_rooms(sid, namespace or "/"))
         return await super().disconnect(sid, namespace, **kwargs)
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None,

@@ -58,6 +58,12 @@ class Broadcasts:
         calls and broadcasts itself (one document's changes go one at a time)."""
         await self._publish_at(room, event, data, position, skip_sid)
 
+    def covered(self, room: Room, sid: str, position: float | None) -> None:
+        """``sid``'s join read ``room`` up to ``position`` (READING: is reading a copy that
+        every delivery here goes through first; None: the join failed): positioned
+        broadcasts up to it skip ``sid`` (collab/broadcast/joins.py)."""
+        self._broadcaster.joins.mark(room.name, sid, position)
+
     def in_order(self, room: Room) -> Slot:
         """A place in ``room``'s line for one stored item; take it before the store call."""
         return Slot(self, room, self._sequencer.begin(room.name))

@@ -294,16 +294,17 @@ class RedisBroadcaster(LocalBroadcaster):
             await self.hooks.observe(room, envelope)
         if "/" not in self.rooms:
             return  # nobody ever connected here
+        skip = list(envelope.skip) if envelope.position is None \
+            else self.skipping(room, envelope.position, envelope.skip)
         if self.fast and not envelope.attachments:
-            self.deliver(envelope.packet, "/", room, list(envelope.skip))
+            self.deliver(envelope.packet, "/", room, skip)
             return
         pkt = self.server.packet_class(encoded_packet=envelope.packet)
         for attachment in envelope.attachments:
             pkt.add_attachment(attachment)
         event, *args = pkt.data
         data = args[0] if len(args) == 1 else tuple(args)
-        await LocalBroadcaster.emit(self, event, data, "/", room=room,
-                                    skip_sid=list(envelope.skip))
+        await LocalBroadcaster.emit(self, event, data, "/", room=room, skip_sid=skip)
 
     async def _handle(self, data: bytes) -> None:
         """One message from a room channel."""
