@@ -78,6 +78,7 @@ class CollabApp:
             revoked=self._revoked_elsewhere,
             resubscribed=self._recheck_access,
             observe=self._observe,
+            asked=self._awareness_asked,
         ))
         self.sio = GuardedServer(
             async_mode="tornado",
@@ -258,6 +259,19 @@ class CollabApp:
                     ("node", envelope.host), envelope.attachments[0], relayed=True)
             except CollabError:
                 pass  # that node accepted it under its own bounds; relayed all the same
+
+    async def _awareness_asked(self, name: str) -> None:
+        """Another node now has live members of a document: send it the states of this
+        node's members there (the others have them: they are skipped)."""
+        room = Room.parse(name)
+        if room is None or room.mode != LIVE or not self.documents.has_awareness(room.id):
+            return
+        here = self.broadcaster.local_members(name)
+        states = self.documents.awareness(room.id).encode_announced(here)
+        if states is not None:
+            await self.broadcasts.send(room, "documents:awareness",
+                                       {"document_id": room.id, "update": states},
+                                       skip_sid=here)
 
     # -- live documents ----------------------------------------------------
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 
 from .errors import InvalidInput, PayloadTooLarge
@@ -196,6 +196,13 @@ class RoomAwareness:
         stale = sorted(cid for cid, at in self._renewed.items() if at <= cutoff)
         removed = [self._drop(cid) for cid in stale]
         return encode_update(removed) if removed else None
+
+    def encode_announced(self, conn_keys: Collection[Hashable]) -> bytes | None:
+        """The present states the connections ``conn_keys`` announced, as one update
+        (None if none): what a node sends again when another node asks."""
+        keys = set(conn_keys)
+        entries = [e for e in self._current() if self._owner[e.client_id] in keys]
+        return encode_update(entries) if entries else None
 
     def encode_all(self) -> bytes:
         """Every present state as one update, for a live join's ack: never one that

@@ -132,6 +132,10 @@ class LiveDocuments:
                 timeout=self._settings.awareness_timeout)
         return states
 
+    def has_awareness(self, document_id: str) -> bool:
+        """Whether the document has awareness states here (without creating them)."""
+        return document_id in self._awareness
+
     def peek(self, document_id: str) -> Loaded | None:
         """The loaded copy, if there is one (loads nothing)."""
         return self._loaded.get(document_id)

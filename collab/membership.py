@@ -153,6 +153,10 @@ class Membership:
     def contains(self, sid: str, room: Room) -> bool:
         return sid in self._broadcaster.rooms.get("/", {}).get(room.name, ())
 
+    def alone_in(self, sid: str, room: Room) -> bool:
+        """Whether ``sid`` is this node's only member of ``room``."""
+        return list(self._broadcaster.rooms.get("/", {}).get(room.name, ())) == [sid]
+
     # -- revocation --------------------------------------------------------
 
     def check_can_revoke(self) -> None:

@@ -31,6 +31,10 @@ async def _not_watching(room: str, envelope: Envelope) -> None:
     return None
 
 
+async def _nothing_to_resend(room: str) -> None:
+    return None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeHooks:
     """The node's answers to the broadcaster's questions, given at construction."""
@@ -46,3 +50,6 @@ class NodeHooks:
     #: in position order, before this node's members get it: the node's own copy of
     #: the document follows it (collab/livedocs.py)
     observe: Callable[[str, Envelope], Awaitable[None]] = _not_watching
+    #: another node's first live member of a document entered its live sub-room: send
+    #: the awareness states of this node's members there again (collab/app.py)
+    asked: Callable[[str], Awaitable[None]] = _nothing_to_resend

@@ -146,6 +146,13 @@ class LocalBroadcaster(socketio.AsyncManager):
         """Have every other node take ``user_id`` out of ``room``: none to tell."""
         return True
 
+    async def ask(self, room: Room) -> None:
+        """Have the other nodes send their awareness states in ``room`` again: none."""
+
+    def local_members(self, room: str) -> list[str]:
+        """The sids of this node's members of the room named ``room``."""
+        return list(self.rooms.get("/", {}).get(room, ()))
+
     async def broadcast(self, room: Room, event: str, data: Any, *,
                         position: int | None = None, skip_sid: Any = None) -> None:
         """Send ``event`` to the room's members; ``position`` orders a stored item's

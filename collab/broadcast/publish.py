@@ -58,6 +58,11 @@ class Broadcasts:
         calls and broadcasts itself (one document's changes go one at a time)."""
         await self._publish_at(room, event, data, position, skip_sid)
 
+    async def ask_awareness(self, room: Room) -> None:
+        """This node's first live member of a document entered ``room`` (its live
+        sub-room): the other nodes send their members' awareness states again."""
+        await self._broadcaster.ask(room)
+
     def covered(self, room: Room, sid: str, position: float | None) -> None:
         """``sid``'s join read ``room`` up to ``position`` (READING: is reading a copy that
         every delivery here goes through first; None: the join failed): positioned

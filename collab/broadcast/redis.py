@@ -51,7 +51,7 @@ from .channels import LinkLost, Transport
 from .holdback import GAP_TIMEOUT, Holdback
 from .hooks import NodeHooks
 from .local import DEFAULT_MAX_QUEUED, LocalBroadcaster, SlowConsumerHook, _ignore
-from .wire import EMIT, REVOKE, Envelope, channel_for, own_prefix, room_of
+from .wire import ASK, EMIT, REVOKE, Envelope, channel_for, own_prefix, room_of
 
 log = logging.getLogger("collab.broadcast")
 
@@ -173,6 +173,12 @@ class RedisBroadcaster(LocalBroadcaster):
         if not sent:
             self._keep_unsent(room.name, user_id)
         return sent
+
+    async def ask(self, room: Room) -> None:
+        """Have every other node hosting ``room`` send its members' awareness states
+        again (:attr:`NodeHooks.asked`): this node has just begun to receive them."""
+        envelope = Envelope(self.host_id, ASK, room.name)
+        self._post(channel_for(room.name), envelope.encode(), envelope.metric_kind, None)
 
     def _revocation(self, room: str, user_id: str) -> bytes:
         return Envelope(self.host_id, REVOKE, room, user_id=user_id).encode()
@@ -319,6 +325,11 @@ class RedisBroadcaster(LocalBroadcaster):
                 await self.hooks.revoked(envelope.room, envelope.user_id)
             except Exception:  # noqa: BLE001 - keep listening
                 log.exception("revoking %s in %s failed", envelope.user_id, envelope.room)
+        elif envelope.kind == ASK:
+            try:
+                await self.hooks.asked(envelope.room)
+            except Exception:  # noqa: BLE001 - keep listening
+                log.exception("sending the awareness states of %s again failed", envelope.room)
         elif envelope.position is None:
             await self._deliver(envelope.room, envelope)
         else:

@@ -111,6 +111,8 @@ async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str
             # (a lookup that may read a secondary: only what comes after it is skipped)
             ctx.broadcasts.covered(sub, conn.sid, document["version"])
             return {"document": document, "role": role}
+        if ctx.rooms.alone_in(conn.sid, sub):  # the others' cursors reach this node from now
+            await ctx.broadcasts.ask_awareness(sub)  # on; those set before, once asked
         loaded = await ctx.documents.get(document_id)
         async with loaded.lock:  # everything stored so far, then sync step 2 from it
             await ctx.documents.catch_up(loaded)
