@@ -43,6 +43,9 @@ log = logging.getLogger("collab")
 
 #: the longest an expiry timer sleeps (seconds); a later expiry is re-armed on waking
 MAX_EXPIRY_DELAY = 24 * 3600.0
+#: changes sent from the store after a gap in another node's broadcasts, at most (past
+#: it, the oldest are not: those members join again, as after any long outage)
+MAX_FILLED = 1000
 
 
 class CollabApp:
@@ -79,6 +82,7 @@ class CollabApp:
             resubscribed=self._recheck_access,
             observe=self._observe,
             asked=self._awareness_asked,
+            missed=self._missed,
         ))
         self.sio = GuardedServer(
             async_mode="tornado",
@@ -272,6 +276,26 @@ class CollabApp:
             await self.broadcasts.send(room, "documents:awareness",
                                        {"document_id": room.id, "update": states},
                                        skip_sid=here)
+
+    async def _missed(self, name: str, positions: list[int]) -> None:
+        """Another node's changes whose broadcasts never came: a live member cannot do
+        without them (later Yjs updates build on them), so they come from the store.
+        Plain members get the whole content with the next change."""
+        room = Room.parse(name)
+        if room is None or room.kind != "document" or room.mode != LIVE:
+            return
+        wanted = set(positions[-MAX_FILLED:])
+        updates = await self.store.document_updates(room.id, min(wanted) - 1,
+                                                    up_to=max(wanted))
+        for update in updates:
+            if update.version in wanted and update.update:
+                # (the copy first, as for every change delivered here: a join reading it
+                # meanwhile is skipped by the delivery, so must have it in its answer)
+                await self.documents.observed(room.id, update.version, update.update)
+                await self.broadcasts.send_here(room, "documents:yupdate", {
+                    "document_id": room.id, "update": update.update,
+                    "version": update.version, "user_id": update.user_id,
+                }, position=update.version)
 
     # -- live documents ----------------------------------------------------
 

@@ -25,6 +25,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from collab.awareness import MAX_IDS_PER_CONNECTION, Entry, decode_update, encode_update
 from collab.broadcast.holdback import GAP_TIMEOUT
+from collab.livedocs import LiveDocuments
 from collab.redisconn import RedisTarget
 
 pytestmark = pytest.mark.cluster
@@ -694,6 +695,33 @@ async def test_document_updates_are_delivered_in_version_order(node, other):
                          f"document_{document_id}", version)
     got = [(await alice.next("documents:updated"))["document"]["version"] for _ in range(3)]
     assert got == [1, 2, 3]
+
+
+async def test_a_live_change_whose_broadcast_never_came_is_sent_from_the_store(node, other):
+    """Version 1's node died between storing it and publishing it: the live member here
+    gets it from the store once the gap is given up on, before version 2 (which builds
+    on it: without it, a Yjs client could not apply what follows)."""
+    alice = await node.connect("alice")
+    document_id = await shared_document(alice)
+    peer = Peer(alice, document_id)
+    await peer.join()
+    elsewhere = LiveDocuments(node.app.raw_store, node.app.settings, lambda _: True)
+
+    async def unpublished(change) -> None:  # noqa: ANN001 - (published by hand below)
+        return None
+
+    changes = [await elsewhere.change(document_id, lambda d, c=c: d.replace_content(c),
+                                      "zoe", announce=unpublished)
+               for c in ("a", "ab", "abc")]
+    for change in changes[1:]:  # version 1's broadcast never comes
+        await other.emit("documents:yupdate", {
+            "document_id": document_id, "update": change.update,
+            "version": change.version, "user_id": "zoe"},
+            f"document_{document_id}#live", change.version)
+    got = [await peer.receive(timeout=GAP_TIMEOUT + WAIT) for _ in range(3)]
+    assert [(g["version"], g["user_id"]) for g in got] == [(1, "zoe"), (2, "zoe"), (3, "zoe")]
+    assert peer.content == "abc"
+    assert node.app.documents.peek(document_id).version == 3
 
 
 async def test_a_rooms_order_is_forgotten_when_its_last_local_client_disconnects(node):

@@ -46,11 +46,15 @@ class Broadcasts:
         self._metrics.broadcast(event)
         await self._broadcaster.broadcast(room, event, data, skip_sid=skip_sid)
 
-    async def send_here(self, room: Room, event: str, data: Any) -> None:
-        """Send an event that has no position to this node's members of ``room`` only:
-        for what every node works out for itself (expired awareness states)."""
+    async def send_here(self, room: Room, event: str, data: Any, *,
+                        position: int | None = None) -> None:
+        """Send an event to this node's members of ``room`` only: for what every node
+        works out for itself (expired awareness states, a change whose broadcast never
+        came); ``position``: the stored item's, for the members whose join had it."""
         self._metrics.broadcast(event)
-        await self._broadcaster.emit(event, data, "/", room=room.name)
+        skip = None if position is None else \
+            self._broadcaster.skipping(room.name, position, None)
+        await self._broadcaster.emit(event, data, "/", room=room.name, skip_sid=skip)
 
     async def publish_at(self, room: Room, event: str, data: Any, *, position: int,
                          skip_sid: Any = None) -> None:

@@ -87,7 +87,7 @@ class RedisBroadcaster(LocalBroadcaster):
         self.host_id = uuid.uuid4().hex
         self._own = own_prefix(self.host_id)
         self.holdback: Holdback[Envelope] = Holdback(
-            self._deliver, self._connected, self._room_idle, gap_timeout)
+            self._deliver, self._connected, self._room_idle, gap_timeout, hooks.missed)
         #: rooms whose channel this node subscribes to (hosted, or being entered)
         self.subscribed_rooms: set[str] = set()
         self.metrics.pubsub_channels.set_function(lambda: len(self.subscribed_rooms))
