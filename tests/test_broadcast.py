@@ -29,7 +29,7 @@ from harness import (
 )
 from services import RedisClusterServer, RedisServer
 
-from collab.broadcast.wire import EMIT, REVOKE, VERSION, Envelope, channel_for
+from collab.broadcast.wire import ASK, EMIT, REVOKE, VERSION, Envelope, channel_for
 from collab.server import Server
 
 
@@ -279,6 +279,8 @@ def test_an_envelope_round_trips_with_attachments_and_odd_ids():
     assert Envelope.decode(data) == envelope
     revoke = Envelope("h", REVOKE, "document_d", user_id="bob")
     assert Envelope.decode(revoke.encode()) == revoke
+    ask = Envelope("h", ASK, "document_d#live")
+    assert Envelope.decode(ask.encode()) == ask and ask.metric_kind == "presence"
 
 
 @pytest.mark.parametrize("data", [
