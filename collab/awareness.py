@@ -19,9 +19,10 @@ What this adds for a server:
   goes, :meth:`RoomAwareness.remove_connection` gives the update that removes all of
   them at once, instead of the peers' 30-second timeout.
 * bounds: states per connection and per room, and bytes per state, refused whole
-  (nothing of an update is applied when any entry is refused); removed clients are
-  remembered (their last clock, so a late re-send of an old state is not taken for
-  new) up to a cap, oldest forgotten first.
+  (nothing of an update is applied when any entry is refused; another node's relay,
+  which carries all of its connections' states, is bounded per room only); removed
+  clients are remembered (their last clock, so a late re-send of an old state is not
+  taken for new) up to a cap, oldest forgotten first.
 * expiry: a state not renewed within ``timeout`` seconds is gone, as every
   y-protocols peer decides for itself (``outdatedTimeout``, 30 s; clients renew
   every 15 s). :meth:`RoomAwareness.expire` gives the update that removes them. This

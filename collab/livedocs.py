@@ -7,8 +7,12 @@ compare-and-set on the version the copy has (the store assigns it; two nodes
 cannot both take one). A node that lost the race catches up from the store (the
 updates after its version, applied in order: Yjs updates commute, so its own
 edit stays valid) and tries again, so the content stored with each version is
-the merge of every version below it. Changes to one document on one node go one
-at a time (a lock); the store commits different documents' changes together.
+the merge of every version below it. It pauses a little before each new try
+(jittered, growing): against a node storing changes back to back, trying again
+at once loses every time, since catching up and storing take longer than that
+node's next store. Past ``RETRY_FOR`` seconds the change is refused as
+UNAVAILABLE. Changes to one document on one node go one at a time (a lock); the
+store commits different documents' changes together.
 
 A copy follows the other nodes' changes as they arrive in version order
 (:meth:`LiveDocuments.observed`, from the broadcast layer), and catches up from
