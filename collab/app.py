@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import socketio
 from marshmallow import ValidationError
 
+from .admin import instrument
 from .auth import Identity, TokenVerifier, token_from_handshake
 from .broadcast import BroadcasterFactory, Broadcasts, NodeHooks, open_broadcaster
 from .broadcast.wire import Envelope
@@ -38,6 +39,7 @@ from .rooms import LIVE, Room
 from .sioserver import GuardedServer
 from .store.base import Store
 from .userlimits import UserLimits
+from .yws import YjsEndpoint, YjsHandler, close_all
 
 log = logging.getLogger("collab")
 
@@ -105,9 +107,17 @@ class CollabApp:
         #: the live documents loaded on this node
         self.documents = LiveDocuments(self.store, settings, self._hosts_document,
                                        expired=self._awareness_expired)
+        #: this node's y-websocket sockets by key: the document rooms' outside members
+        self.yjs_sockets: dict[str, YjsHandler] = {}
         self.membership = Membership(self.sio, self.broadcaster, self.broadcasts, registry,
                                      self.store, self.connections,
-                                     on_leave=self._left_document)
+                                     on_leave=self._left_document, outside=self.yjs_sockets)
+        #: what the y-websocket endpoint's handlers share (collab/yws.py)
+        self.yjs = YjsEndpoint(
+            settings=settings, store=self.store, verifier=self.verifier,
+            documents=self.documents, broadcasts=self.broadcasts, membership=self.membership,
+            user_limits=self.user_limits, metrics=self.metrics,
+            origin_allowed=self.request_origin_allowed, sockets=self.yjs_sockets)
         self.metrics.count_rooms(self.membership.local_rooms)
         self.metrics.documents_loaded.set_function(lambda: len(self.documents))
         self.context = Context(
@@ -122,21 +132,26 @@ class CollabApp:
             self.sio.on(event, self._dispatcher(event, schema, handler))
         # several nodes: presence changes the registry finds by itself (a node died)
         registry.on_presence = self.membership.announce_presence
+        #: the Socket.IO Admin UI's instrumentation, when configured
+        self.admin = instrument(self.sio, self.verifier, settings.admin_ui_read_only) \
+            if settings.admin_ui else None
 
     # -- origins -----------------------------------------------------------
 
     def origin_allowed(self, origin: str | None, environ: dict[str, Any] | None = None) -> bool:
         """The server's own origin (as a trusted proxy forwarded it), or a configured one."""
+        # Engine.IO's environ fakes REMOTE_ADDR and copies X-Forwarded-Proto into
+        # wsgi.url_scheme for everyone; the Tornado request knows the real peer.
+        handler = (environ or {}).get("tornado.handler")
+        return self.request_origin_allowed(origin, handler.request if handler else None)
+
+    def request_origin_allowed(self, origin: str | None, request: Any) -> bool:
+        """:meth:`origin_allowed` for a Tornado request (also the y-websocket upgrade's)."""
         if not origin:
             return True
         if origin in self.settings.cors_origins or "*" in self.settings.cors_origins:
             return True
-        # Engine.IO's environ fakes REMOTE_ADDR and copies X-Forwarded-Proto into
-        # wsgi.url_scheme for everyone; the Tornado request knows the real peer.
-        handler = (environ or {}).get("tornado.handler")
-        if handler is None:
-            return False
-        return origin == public_origin(handler.request, self.proxies)
+        return request is not None and origin == public_origin(request, self.proxies)
 
     # -- connection lifecycle ---------------------------------------------
 
@@ -300,7 +315,7 @@ class CollabApp:
     # -- live documents ----------------------------------------------------
 
     def _hosts_document(self, document_id: str) -> bool:
-        return bool(self.broadcaster.rooms.get("/", {}).get(Room.document(document_id).name))
+        return self.broadcaster.hosts(Room.document(document_id).name)
 
     async def _left_document(self, sid: str, sub: Room) -> None:
         """``sid`` left a document's sub-room: the live members lose its cursors at once."""
@@ -387,3 +402,5 @@ class CollabApp:
                 await self.sio.disconnect(sid)
             except Exception:  # noqa: BLE001 - keep closing the others
                 log.exception("error disconnecting %s", sid)
+        # (Tornado's close_all_connections does not reach upgraded, detached streams)
+        await close_all(self.yjs_sockets, self.settings.shutdown_timeout)

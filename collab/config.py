@@ -264,6 +264,12 @@ class Settings(BaseSettings):
     #: outdatedTimeout, whose clients renew every half of it (collab/awareness.py)
     awareness_timeout: float = Field(30.0, gt=0)
 
+    #: the Socket.IO Admin UI on the /admin namespace, signed in with an admin-role JWT
+    #: as the password (collab/admin.py, docs/deployment.md)
+    admin_ui: bool = False
+    #: leave out the Admin UI's actions (emit, join, leave, disconnect)
+    admin_ui_read_only: bool = True
+
     websocket_compression: bool = False
     #: broadcast by writing one pre-framed message to each idle WebSocket
     #: (collab/broadcast/local.py)

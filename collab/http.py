@@ -12,7 +12,7 @@ import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.log import access_log
 
-from .urls import scrubbed
+from .urls import redacted_target, scrubbed
 
 if TYPE_CHECKING:
     from .app import CollabApp
@@ -99,7 +99,7 @@ class ReadyzHandler(tornado.web.RequestHandler):
         # Tornado logs every 5xx at ERROR: a 503 here is an answer, not a failure of this
         # request, and Readiness has logged the change of state once already
         access_log.info("%d %s %s (%s) %.2fms", self.get_status(), self.request.method,
-                        self.request.uri, self.request.remote_ip,
+                        redacted_target(self.request.uri or ""), self.request.remote_ip,
                         1000.0 * self.request.request_time())
 
 

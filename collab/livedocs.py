@@ -42,12 +42,13 @@ import dataclasses
 import datetime
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .awareness import RoomAwareness
 from .config import Settings
 from .errors import CollabError, NotFound, Unavailable, VersionConflict
 from .store.base import Document, Store
+from .tasks import cancel_and_wait
 from .ydoc import LiveDocument
 
 log = logging.getLogger("collab.documents")
@@ -151,11 +152,8 @@ class LiveDocuments:
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        sweeper, self._sweeper = self._sweeper, None
+        await cancel_and_wait(sweeper)
         self._loaded.clear()
         self._awareness.clear()
 
@@ -197,6 +195,22 @@ class LiveDocuments:
         """Drop the copy (it may hold a change the store did not take): loaded again
         from the store when next needed."""
         self._loaded.pop(document_id, None)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, document_id: str) -> AsyncIterator[Loaded]:
+        """The document's copy with its lock held, loading it if needed.
+
+        A copy dropped while we waited for its lock is not the document any more: one
+        discarded holds a change the store refused (reading it would show that change,
+        editing it would store content no update holds), and one evicted follows the
+        other nodes no longer. Then the copy loaded now is taken instead.
+        """
+        while True:
+            loaded = await self.get(document_id)
+            async with loaded.lock:
+                if self._loaded.get(document_id) is loaded:
+                    yield loaded
+                    return
 
     # -- loading -----------------------------------------------------------
 
@@ -287,8 +301,7 @@ class LiveDocuments:
         as it was; a store failure drops the copy, since it holds a change nobody
         acknowledged.
         """
-        loaded = await self.get(document_id)
-        async with loaded.lock:
+        async with self.locked(document_id) as loaded:
             if expected_version is not None or fresh:
                 await self.catch_up(loaded)
             if expected_version is not None and loaded.version != expected_version:

@@ -1,4 +1,12 @@
-"""Log lines on stderr: UTC ISO-8601 timestamps, as text or as one JSON object per line."""
+"""Log lines on stderr: UTC ISO-8601 timestamps, as text or as one JSON object per line,
+and never a credential.
+
+Clients may put a token in a URL (the y-websocket provider must: ``/yjs/doc?token=``),
+and Tornado prints a request's URL in its access line and in its warnings and errors
+about a request. So the access line is ours (:func:`log_request`, the Application's
+``log_function``), and :class:`Redacted` masks every credential query parameter in
+what Tornado's loggers, the Socket.IO libraries' and the stderr handler write.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,10 @@ import math
 import sys
 import time
 from typing import Any
+
+from tornado.log import access_log
+
+from .urls import redacted_target, redacted_text
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,6 +44,8 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     formatter = _json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_in_utc(formatter))
+    handler.addFilter(REDACTED)  # every logger's lines, ours and the libraries'
+    redact_libraries()
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if level != "DEBUG":
         # one line per HTTP request would be one per long-poll and per probe
@@ -48,7 +62,56 @@ def library_logger(name: str) -> logging.Logger:
     if logger.level == logging.NOTSET:
         logger.setLevel(LIBRARY_LEVEL)
     logger.addFilter(_client_mistakes)  # (once: addFilter skips a filter already there)
+    logger.addFilter(REDACTED)
     return logger
+
+
+class Redacted(logging.Filter):
+    """Masks credential query parameters (``token=***``) in a record's message and its
+    exception text; drops nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redacted_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            masked = redacted_text(record.exc_text)
+            if masked != record.exc_text:
+                # formatters that format exc_info afresh (the JSON one) fall back on
+                # exc_text without it
+                record.exc_text, record.exc_info = masked, None
+        return True
+
+
+REDACTED = Redacted()
+#: the loggers Tornado writes to: requests' URLs appear in all three
+TORNADO_LOGGERS = ("tornado.access", "tornado.application", "tornado.general")
+
+
+def redact_libraries() -> None:
+    """Have Tornado's loggers mask credentials whatever handler gets their records
+    (also when the embedding application set up logging, not configure_logging)."""
+    for name in TORNADO_LOGGERS:
+        logging.getLogger(name).addFilter(REDACTED)  # (once: addFilter skips repeats)
+
+
+def log_request(handler: Any) -> None:
+    """Tornado's access line (the ``log_function`` setting), credentials masked: the
+    same ``200 GET /path?query (ip) 1.23ms`` at the same levels, INFO below 400,
+    WARNING below 500, ERROR above."""
+    status = handler.get_status()
+    if status < 400:
+        write = access_log.info
+    elif status < 500:
+        write = access_log.warning
+    else:
+        write = access_log.error
+    request = handler.request
+    write("%d %s %s (%s) %.2fms", status, request.method, redacted_target(request.uri or ""),
+          request.remote_ip, 1000.0 * request.request_time())
 
 
 def _client_mistakes(record: logging.LogRecord) -> bool:

@@ -4,6 +4,11 @@ A connection is in a room twice over: in python-socketio's room on this node
 (what broadcasts reach) and in the registry (what ``users`` lists and what
 decides ``user:joined`` / ``user:left`` across nodes). :class:`Membership`
 keeps the two together, and takes users out when their access is revoked.
+
+A y-websocket socket (collab/yws.py) is an *outside member*: a receiver of a
+document room and its live sub-room in the broadcaster (so it gets what live
+members get, in the same order, and its node hears the room), revoked like a
+Socket.IO member, but not in the registry's presence.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
+from .auth import Identity
 from .broadcast import Broadcasts, LocalBroadcaster
 from .connection import Connection
 from .errors import CollabError, ErrorCode, PermissionDenied, Unavailable
@@ -24,13 +30,27 @@ from .store.base import Store
 log = logging.getLogger("collab")
 
 
+class OutsideMember(Protocol):
+    """A member of a document room that is not a Socket.IO connection (a y-websocket
+    socket): a broadcast receiver with an identity, told when its access is revoked."""
+
+    key: str
+    identity: Identity
+
+    def receive(self, room: str, event: str, data: Any) -> None: ...
+
+    def revoked(self, message: str) -> None:
+        """Access to the room was removed: end the membership (close the socket)."""
+
+
 class Membership:
     """Room entry and exit, presence announcements and revocation for one node."""
 
     def __init__(self, sio: Any, broadcaster: LocalBroadcaster, broadcasts: Broadcasts,
                  registry: Registry, store: Store,
                  connections: Mapping[str, Connection],
-                 on_leave: Callable[[str, Room], Awaitable[None]] | None = None) -> None:
+                 on_leave: Callable[[str, Room], Awaitable[None]] | None = None,
+                 outside: Mapping[str, OutsideMember] | None = None) -> None:
         self._sio = sio
         self._broadcaster = broadcaster
         self._broadcasts = broadcasts
@@ -39,6 +59,8 @@ class Membership:
         self._connections = connections
         #: told of every sub-room a connection leaves (a leave, a revocation, a disconnect)
         self._on_leave = on_leave
+        #: this node's outside members by key (the y-websocket sockets)
+        self._outside: Mapping[str, OutsideMember] = outside if outside is not None else {}
 
     async def join(
         self, conn: Connection, room: Room, load: Callable[[], Awaitable[dict[str, Any]]],
@@ -99,6 +121,26 @@ class Membership:
         if self._on_leave is not None:
             await self._on_leave(sid, sub)
 
+    # -- outside members ---------------------------------------------------
+
+    async def enter_outside(self, member: OutsideMember, room: Room) -> None:
+        """Make ``member`` a live member of document ``room`` here; once this returns,
+        every change announced to the room reaches it (read the document after this)."""
+        for each in (room, room.live):
+            await self._broadcaster.add_receiver(each.name, member)
+
+    async def leave_outside(self, member: OutsideMember, room: Room) -> None:
+        """``member`` leaves: the live members lose its awareness states at once."""
+        live = member.key in self._broadcaster.receivers.get(room.live.name, {})
+        for each in (room.live, room):  # (where it is not, nothing happens)
+            await self._broadcaster.remove_receiver(each.name, member.key)
+        if live and self._on_leave is not None:  # (once: revoked, then closed)
+            await self._on_leave(member.key, room.live)
+
+    def _outside_in(self, room: Room) -> list[OutsideMember]:
+        keys = self._broadcaster.receivers.get(room.name, {})
+        return [m for key in list(keys) if (m := self._outside.get(key)) is not None]
+
     async def disconnecting(self, sid: str) -> None:
         """``sid`` is about to go (still in its rooms): tell who needs to know."""
         if self._on_leave is None:
@@ -141,11 +183,13 @@ class Membership:
     def local_rooms(self) -> dict[str, int]:
         """Rooms with at least one member on this node, by kind (read at each scrape)."""
         counts = dict.fromkeys(KINDS, 0)
-        for room, members in self._broadcaster.rooms.get("/", {}).items():
+        rooms = self._broadcaster.rooms.get("/", {})
+        for room in {*rooms, *self._broadcaster.receivers}:
+            members = rooms.get(room)
             # python-socketio also keeps a room per sid (holding that sid) and one for
             # everyone (None); a sid may contain "_"
-            if not members or room in members or (parsed := Room.parse(room)) is None \
-                    or parsed.mode:
+            if (members and room in members) or (parsed := Room.parse(room)) is None \
+                    or parsed.mode or not self._broadcaster.hosts(room):
                 continue
             counts[parsed.kind] += 1
         return counts
@@ -153,9 +197,10 @@ class Membership:
     def contains(self, sid: str, room: Room) -> bool:
         return sid in self._broadcaster.rooms.get("/", {}).get(room.name, ())
 
-    def alone_in(self, sid: str, room: Room) -> bool:
-        """Whether ``sid`` is this node's only member of ``room``."""
-        return list(self._broadcaster.rooms.get("/", {}).get(room.name, ())) == [sid]
+    def alone_in(self, key: str, room: Room) -> bool:
+        """Whether ``key`` (a sid, or an outside member's key) is this node's only member
+        of ``room``."""
+        return self._broadcaster.local_members(room.name) == [key]
 
     # -- revocation --------------------------------------------------------
 
@@ -194,13 +239,15 @@ class Membership:
         delay = 0.5
         while True:
             try:
-                for name, sids in list(self._broadcaster.rooms.get("/", {}).items()):
+                rooms = self._broadcaster.rooms.get("/", {})
+                for name in list({*rooms, *self._broadcaster.receivers}):
                     room = Room.parse(name)
                     if room is None or room.kind != "document" or room.mode:
                         continue
-                    users = {conn.user_id for sid in list(sids)
-                             if (conn := self._connections.get(sid)) is not None
-                             and not conn.identity.is_admin}
+                    identities = [conn.identity for sid in list(rooms.get(name, ()))
+                                  if (conn := self._connections.get(sid)) is not None]
+                    identities += [m.identity for m in self._outside_in(room)]
+                    users = {i.user_id for i in identities if not i.is_admin}
                     for user_id in users:
                         if await self._store.get_document_role(room.id, user_id) is None:
                             await self.take_out(room, user_id)
@@ -220,14 +267,17 @@ class Membership:
         ``user:left``, as for a leave. Connections with an admin token keep their
         access, so they stay.
         """
+        message = f"Access to {room.kind} {room.id!r} was revoked"
+        for member in self._outside_in(room):
+            if member.identity.user_id == user_id and not member.identity.is_admin:
+                await self.leave_outside(member, room)
+                member.revoked(message)
         sids = [sid for sid, _ in self._broadcaster.get_participants("/", room.name)
                 if (conn := self._connections.get(sid)) is not None
                 and conn.user_id == user_id and not conn.identity.is_admin]
         if not sids:
             return
-        error = CollabError(ErrorCode.PERMISSION_DENIED,
-                            f"Access to {room.kind} {room.id!r} was revoked",
-                            room.subject).to_dict()
+        error = CollabError(ErrorCode.PERMISSION_DENIED, message, room.subject).to_dict()
         for sid in sids:
             for sub in self._subs_of(sid, room):
                 await self._leave_sub(sid, sub)

@@ -70,6 +70,15 @@ class Metrics:
         self.connections = Gauge(
             "collab_connections", "Live Socket.IO connections on this node",
             registry=self.registry)
+        self.yjs_connections = Gauge(
+            "collab_yjs_connections", "Open y-websocket connections (/yjs/) on this node",
+            registry=self.registry)
+        self.yjs_refused = Counter(
+            "collab_yjs_refused", "y-websocket upgrades refused, by error code",
+            ["code"], registry=self.registry)
+        self.yjs_closed = Counter(
+            "collab_yjs_closed", "y-websocket connections the server closed, by error code",
+            ["code"], registry=self.registry)
         self.connects_refused = Counter(
             "collab_connects_refused", "Handshakes refused, by error code",
             ["code"], registry=self.registry)

@@ -22,11 +22,13 @@ from .config import Settings
 from .errors import CollabError
 from .http import HealthzHandler, MetricsHandler, Readiness, ReadyzHandler
 from .listener import ConnectionLimits, Listener, connection_budget
+from .logs import log_request, redact_libraries
 from .metrics import Metrics
 from .proxy import TrustedProxies
 from .registry import open_registry
 from .store import open_store
 from .urls import redacted, scrubbed
+from .yws import YjsHandler
 
 log = logging.getLogger("collab")
 
@@ -85,14 +87,18 @@ def socket_handler(app: CollabApp) -> type:
 
 
 def make_tornado_app(app: CollabApp) -> tornado.web.Application:
+    redact_libraries()
     return tornado.web.Application(
         [
             (r"/socket.io/", socket_handler(app)),
+            (r"/yjs/([^/]+)", YjsHandler, {"endpoint": app.yjs}),
             (r"/healthz", HealthzHandler),
             (r"/readyz", ReadyzHandler, {"app": app, "readiness": Readiness()}),
             *([] if app.settings.metrics_port else [make_metrics_route(app)]),
         ],
         websocket_max_message_size=app.settings.max_packet_bytes,
+        # the access line without credentials (a y-websocket URL carries the token)
+        log_function=log_request,
     )
 
 
@@ -212,7 +218,8 @@ class Server:
             # its own small cap: a flood on the main port must not shut the scraper out
             limits = ConnectionLimits(METRICS_MAX_CONNECTIONS, METRICS_MAX_CONNECTIONS)
             metrics = Endpoint.start(
-                tornado.web.Application([make_metrics_route(app)]), settings,
+                tornado.web.Application([make_metrics_route(app)], log_function=log_request),
+                settings,
                 metrics_sockets, limits,
             )
             log.info("metrics on http://%s:%d/metrics",
@@ -224,6 +231,8 @@ class Server:
         for endpoint in self._endpoints:
             endpoint.listener.stop()
         await self.app.disconnect_all()
+        if self.app.admin is not None:
+            await self.app.admin.shutdown()
         await self.app.sio.shutdown()
         try:
             await asyncio.wait_for(

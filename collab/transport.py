@@ -10,6 +10,13 @@ frame that is not Engine.IO at all raises out of its reader with a traceback
 :func:`guarded_handler` checks those at the Tornado level, before Engine.IO
 sees them, and :func:`close_session` ends a session without waiting on its
 client.
+
+python-engineio also refuses, by default, a POST of more than 16 packets, while
+socket.io-client bounds a POST only by the ``maxPayload`` bytes the handshake
+announced: it sends everything buffered while the previous POST was out. A
+binary event is one packet per attachment more, so a live editor sending eight
+Yjs updates in one round trip was disconnected. :data:`MAX_POST_PACKETS` is the
+count taken instead.
 """
 
 from __future__ import annotations
@@ -30,6 +37,12 @@ log = logging.getLogger("collab.transport")
 CLIENT_PACKET_TYPES = frozenset(
     (eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE, eio_packet.UPGRADE)
 )
+#: Engine.IO packets one polling POST may hold (python-engineio's
+#: ``Payload.max_decode_packets``, 16 by default). A POST is decoded whole before any
+#: of it runs, so some bound keeps the packet objects of one body few; this one is far
+#: above what a client sends within its rate limit (a burst of 100 events, each one
+#: packet and one per binary attachment), and a body still cannot pass ``max_body``.
+MAX_POST_PACKETS = 1024
 #: how a text WebSocket message Engine.IO can decode starts: a packet type digit. Binary
 #: data travels as binary messages on a WebSocket, never as base64 text.
 _WS_TEXT_TYPES = frozenset("0123456")
@@ -72,7 +85,11 @@ def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> 
     - A WebSocket message that is not an Engine.IO packet closes that WebSocket.
     - A polling POST over ``max_body`` bytes is answered 413 at once, one that
       is not an Engine.IO payload 400; either way its session is closed.
+    - A polling POST may hold up to :data:`MAX_POST_PACKETS` packets (set for every
+      Engine.IO payload of the process: Engine.IO's POST path decodes by the same
+      class).
     """
+    eio_payload.Payload.max_decode_packets = MAX_POST_PACKETS
 
     #: polling session id -> the one WebSocket trying to upgrade it. Engine.IO takes two
     #: upgrades of one session at once (both probes answered, both writers on its queue)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 MASK = "***"
@@ -50,6 +51,34 @@ def redacted(url: str) -> str:
     if query:
         query = "&".join(_masked_param(part) for part in query.split("&"))
     return f"{scheme}://{head}{q}{query}{hash_}{fragment}"
+
+
+def redacted_target(target: str) -> str:
+    """An HTTP request target (``/yjs/doc?token=...``) with credential query values
+    replaced by ``***``: what a log line may show of a request."""
+    path, q, query = target.partition("?")
+    if not q:
+        return target
+    query, hash_, fragment = query.partition("#")
+    return f"{path}?{'&'.join(_masked_param(part) for part in query.split('&'))}" \
+        f"{hash_}{fragment}"
+
+
+#: ``name=value`` after a ``?`` or ``&`` in free text: a query parameter of some URL
+_PARAM = re.compile(r"(?<=[?&])([^=&\s?#'\"]+)=([^&\s#'\"]*)")
+
+
+def redacted_text(text: str) -> str:
+    """``text`` with the value of every credential query parameter of any URL in it
+    masked (a log message that shows a request, however it was built)."""
+    return _PARAM.sub(_masked_match, text) if "=" in text else text
+
+
+def _masked_match(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if match.group(2) and is_credential_param(urllib.parse.unquote_plus(name)):
+        return f"{name}={MASK}"
+    return match.group(0)
 
 
 def scrubbed(text: str, url: str) -> str:

@@ -8,8 +8,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,11 @@ import pycrdt
 import pytest
 import socketio
 from redis.asyncio.cluster import RedisCluster
+from services import ServiceProcess
 from tornado.httpclient import AsyncHTTPClient
 
 from collab.broadcast.wire import EMIT, Envelope, channel_for
+from collab.client import SocketManager
 from collab.config import Settings, build_settings
 from collab.packet import CollabPacket
 from collab.redisconn import RedisTarget, open_client
@@ -159,52 +165,8 @@ class Client:
         await self.sio.disconnect()
 
 
-class Harness:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.port}"
-        self.clients: list[Client] = []
-
-    @property
-    def app(self):
-        return self.server.app
-
-    async def connect(self, user_id: str = "alice", *, token: str | None = None,
-                      transports: list[str] | None = None, headers: dict | None = None,
-                      auth: Any = ..., **claims: Any) -> Client:
-        sio = socketio.AsyncClient(reconnection=False)
-        client = Client(sio)
-        if auth is ...:
-            auth = {"token": token or make_token(user_id, **claims)}
-        await sio.connect(self.url, auth=auth, headers=headers or {},
-                          transports=transports or ["websocket"], wait_timeout=WAIT)
-        self.clients.append(client)
-        return client
-
-    async def refused(self, **kwargs: Any) -> Any:
-        """Connect expecting refusal; returns the ``connect_error`` data."""
-        sio = socketio.AsyncClient(reconnection=False)
-        errors: asyncio.Queue = asyncio.Queue()
-        sio.on("connect_error", lambda data: errors.put_nowait(data))
-        auth = kwargs.pop("auth", None)
-        try:
-            await sio.connect(self.url, auth=auth, wait_timeout=WAIT,
-                              transports=kwargs.pop("transports", ["websocket"]), **kwargs)
-        except socketio.exceptions.ConnectionError:
-            pass
-        else:
-            await sio.disconnect()
-            raise AssertionError("connection was accepted")
-        return errors.get_nowait() if not errors.empty() else None
-
-    async def close_clients(self) -> None:
-        for client in self.clients:
-            if client.sio.connected:
-                await client.sio.disconnect()
-
-
-class Peer:
-    """A live member: a pycrdt document kept in sync over a Socket.IO client."""
+class PycrdtPeer:
+    """A live member in Python: a pycrdt document kept in sync over a :class:`Client`."""
 
     def __init__(self, client: Client, document_id: str) -> None:
         self.client = client
@@ -259,6 +221,50 @@ class Peer:
     @property
     def content(self) -> str:
         return str(self.text)
+
+
+class Harness:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.url = f"http://127.0.0.1:{server.port}"
+        self.clients: list[Client] = []
+
+    @property
+    def app(self):
+        return self.server.app
+
+    async def connect(self, user_id: str = "alice", *, token: str | None = None,
+                      transports: list[str] | None = None, headers: dict | None = None,
+                      auth: Any = ..., **claims: Any) -> Client:
+        sio = socketio.AsyncClient(reconnection=False)
+        client = Client(sio)
+        if auth is ...:
+            auth = {"token": token or make_token(user_id, **claims)}
+        await sio.connect(self.url, auth=auth, headers=headers or {},
+                          transports=transports or ["websocket"], wait_timeout=WAIT)
+        self.clients.append(client)
+        return client
+
+    async def refused(self, **kwargs: Any) -> Any:
+        """Connect expecting refusal; returns the ``connect_error`` data."""
+        sio = socketio.AsyncClient(reconnection=False)
+        errors: asyncio.Queue = asyncio.Queue()
+        sio.on("connect_error", lambda data: errors.put_nowait(data))
+        auth = kwargs.pop("auth", None)
+        try:
+            await sio.connect(self.url, auth=auth, wait_timeout=WAIT,
+                              transports=kwargs.pop("transports", ["websocket"]), **kwargs)
+        except socketio.exceptions.ConnectionError:
+            pass
+        else:
+            await sio.disconnect()
+            raise AssertionError("connection was accepted")
+        return errors.get_nowait() if not errors.empty() else None
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            if client.sio.connected:
+                await client.sio.disconnect()
 
 
 def redis_client(url: str) -> Any:
@@ -316,10 +322,12 @@ class OtherNode:
 
 
 JS_DIR = Path(__file__).parent / "js"
+#: the JavaScript provider's package (clients/js), tested by tests/test_js_client.py
+CLIENT_JS_DIR = Path(__file__).parent.parent / "clients" / "js"
 
 
-def node_or_skip(package: str) -> str:
-    """The ``node`` binary, once ``tests/js/node_modules/<package>`` is installed.
+def node_or_skip(package: str, directory: Path = JS_DIR) -> str:
+    """The ``node`` binary, once ``<directory>/node_modules/<package>`` is installed.
 
     Without them the test fails in CI (CI=true) and is skipped elsewhere.
     """
@@ -327,8 +335,9 @@ def node_or_skip(package: str) -> str:
     missing = None
     if node is None:
         missing = "node is not installed"
-    elif not (JS_DIR / "node_modules" / package).is_dir():
-        missing = "tests/js/node_modules is missing: run `npm ci --prefix tests/js`"
+    elif not (directory / "node_modules" / package).is_dir():
+        where = directory.relative_to(Path(__file__).parent.parent)
+        missing = f"{where}/node_modules is missing: run `npm ci --prefix {where}`"
     if missing is None:
         return node
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -370,3 +379,349 @@ class YjsPeer:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(10)
+
+
+class YjsProviders:
+    """The stock y-websocket ``WebsocketProvider`` in a Node process (tests/js/yws_provider.mjs),
+    playing named clients against a server on this event loop.
+
+    ``await call(op, **fields)`` sends a request and returns its answer; what the
+    providers see meanwhile (``status``, ``sync``, ``closed``, ``connection-close``,
+    ``permission-denied``, ``text`` after each document update, ``awareness``) is queued
+    per client and kind for :meth:`next` and :meth:`until`.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._ids = 0
+        self._answers: dict[int, asyncio.Future] = {}
+        self.events: dict[tuple[str, str], asyncio.Queue] = defaultdict(asyncio.Queue)
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls) -> YjsProviders:
+        node = node_or_skip("y-websocket")
+        proc = await asyncio.create_subprocess_exec(
+            node, str(JS_DIR / "yws_provider.mjs"), cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024)
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            message = json.loads(line)
+            if "event" in message:
+                self.events[(message.pop("name", ""), message.pop("event"))].put_nowait(message)
+            elif (answer := self._answers.pop(message.pop("id"), None)) is not None:
+                answer.set_result(message)
+        for answer in self._answers.values():
+            answer.set_exception(AssertionError("yws_provider.mjs exited"))
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        self._ids += 1
+        answer = self._answers[self._ids] = asyncio.get_running_loop().create_future()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"id": self._ids, "op": op, **fields}) + "\n").encode())
+        result = await asyncio.wait_for(answer, WAIT)
+        assert result.pop("ok") is True, result.get("error")
+        return result
+
+    async def open(self, name: str, url: str, document_id: str, **fields: Any) -> int:
+        """A provider for ``document_id`` on the server at ``url`` (its ``/yjs`` endpoint);
+        returns its Yjs client id once it has synced."""
+        ws_url = url.replace("http://", "ws://", 1) + "/yjs"
+        opened = await self.call("open", name=name, url=ws_url, room=document_id, **fields)
+        await self.until(name, "sync", lambda e: e["synced"])
+        return opened["client_id"]
+
+    async def next(self, name: str, kind: str, timeout: float = WAIT) -> dict[str, Any]:
+        return await asyncio.wait_for(self.events[(name, kind)].get(), timeout)
+
+    async def until(self, name: str, kind: str, accept: Any,
+                    timeout: float = WAIT) -> dict[str, Any]:
+        """The first ``kind`` event of ``name`` that ``accept(event)`` takes (earlier ones
+        are consumed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await self.next(name, kind, max(0.0, deadline - time.monotonic()))
+            if accept(event):
+                return event
+
+    async def text_is(self, name: str, expected: str) -> None:
+        """Wait until ``name``'s document text is ``expected``."""
+        if (await self.call("text", name=name))["text"] != expected:
+            await self.until(name, "text", lambda e: e["text"] == expected)
+
+    def pending(self, name: str, kind: str) -> list[dict[str, Any]]:
+        queue = self.events[(name, kind)]
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    async def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), WAIT)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader
+
+
+# -- collab.client: managers, what their handlers got, a `collab serve` process ----------
+
+
+class Recorder:
+    """Records what a manager's handlers receive, so a test can await a condition."""
+
+    def __init__(self, manager: SocketManager, *events: str) -> None:
+        self.seen: dict[str, list[Any]] = defaultdict(list)
+        self._changed = asyncio.Event()
+        for event in events:
+            manager.on(event, partial(self._record, event))
+
+    def _record(self, event: str, data: Any) -> None:
+        self.seen[event].append(data)
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    async def count(self, event: str, n: int, timeout: float = WAIT) -> list[Any]:
+        """Wait until ``event`` was received at least ``n`` times; return them all."""
+        await self.until(lambda: len(self.seen[event]) >= n, timeout)
+        return self.seen[event]
+
+    def contents(self) -> list[str]:
+        return [data["message"]["content"] for data in self.seen["chat:message"]]
+
+    def seqs(self) -> list[int]:
+        return [data["message"]["seq"] for data in self.seen["chat:message"]]
+
+
+def manager(url: str, user: str = "alice", **options: Any) -> SocketManager:
+    options.setdefault("ack_timeout", WAIT)
+    if "token_provider" not in options:
+        options.setdefault("token", make_token(user))
+    return SocketManager(url, **options)
+
+
+class Gate:
+    """A token_provider the test can hold closed: reconnection waits on it."""
+
+    def __init__(self, user: str = "alice", **claims: Any) -> None:
+        self.user, self.claims = user, claims
+        self.calls = 0
+        self.asked = asyncio.Event()
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        self.asked.set()
+        await self.open.wait()
+        return make_token(self.user, **self.claims)
+
+
+class CollabProcess(ServiceProcess):
+    """``python -m collab serve`` on a fixed port with its SQLite file in ``tmpdir``."""
+
+    name = "collab"
+
+    def __init__(self, tmpdir: Path, **settings: Any) -> None:
+        super().__init__(tmpdir)
+        self.config = Path(tmpdir) / "collab.toml"
+        settings = {"storage_url": f"sqlite:///{Path(tmpdir) / 'c.db'}",
+                    "jwt_secret": SECRET, "log_level": "WARNING", **settings}
+        self.config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
+
+    def local_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "collab", "serve", "--config", str(self.config),
+                "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def ping(self) -> None:
+        urllib.request.urlopen(self.url + "/healthz", timeout=1).close()
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, connections just die."""
+        proc, self._proc = self._proc, None
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+
+
+def _toml(value: Any) -> str:
+    return str(value) if isinstance(value, int) else f'"{value}"'
+class LivePeer:
+    """A live member in Node (tests/js/live_peer.mjs): socket.io-client v4, a ``Y.Doc``
+    and a y-protocols ``Awareness`` against a running server, as an editor's provider.
+
+    Each method sends one request and awaits its answer; requests to one peer may be
+    in flight together. Asynchronous, unlike :class:`YjsPeer`, because the server the
+    peer talks to may run on the test's own event loop. A server's refusal comes back
+    as the ack it sent (``ack["ok"]`` false); a failure of the peer itself (a timeout,
+    a crash) fails the test.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._ids = iter(range(1, 1 << 62))
+        self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.ensure_future(self._read())
+        self._stderr = bytearray()
+        self._stderr_reader = asyncio.ensure_future(self._drain_stderr())
+
+    @classmethod
+    async def start(cls, url: str, token: str,
+                    transports: tuple[str, ...] = ("websocket",)) -> LivePeer:
+        """A peer connected to ``url`` with ``token`` over ``transports`` (asserts the
+        connection succeeded)."""
+        node = node_or_skip("socket.io-client")
+        node_or_skip("y-protocols")
+        proc = await asyncio.create_subprocess_exec(
+            node, str(JS_DIR / "live_peer.mjs"), cwd=JS_DIR, limit=1 << 24,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        peer = cls(proc)
+        connected = await peer.call("connect", url=url, token=token,
+                                    transports=list(transports))
+        assert connected["connected"], connected
+        return peer
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            answer = json.loads(line)
+            future = self._answers.pop(answer.pop("id"), None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+        for future in self._answers.values():  # the process ended
+            if not future.done():
+                future.set_exception(AssertionError(
+                    f"live_peer.mjs exited ({self.proc.returncode}):\n{self._stderr.decode()}"))
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := await self.proc.stderr.read(1 << 16):
+            self._stderr = (self._stderr + chunk)[-(1 << 16):]  # the tail: bounded
+
+    async def call(self, op: str, timeout: float = 3 * WAIT, **fields: Any) -> dict[str, Any]:
+        """Send request ``op``; its answer. ``bytes`` fields go as base64."""
+        assert self.proc.stdin is not None
+        request_id = next(self._ids)
+        future = self._answers[request_id] = asyncio.get_running_loop().create_future()
+        request = {"id": request_id, "op": op, **fields}
+        # ensure_ascii: lone surrogates travel as \uXXXX escapes, which JSON.parse keeps
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        await self.proc.stdin.drain()
+        answer = await asyncio.wait_for(future, timeout)
+        assert answer.pop("ok") is True, f"{op}: {answer.get('error')}"
+        return answer
+
+    # -- the document ---------------------------------------------------------
+
+    async def join(self, document_id: str) -> dict[str, Any]:
+        """Join live by state vector, send what the server lacks: ``{ack, sent, text}``."""
+        return await self.call("join", document_id=document_id)
+
+    async def insert(self, index: int, text: str) -> dict[str, Any]:
+        """Insert at a UTF-16 ``index`` and send the update: ``{ack, text}`` (``ack``
+        None while offline)."""
+        return await self.call("insert", index=index, text=text)
+
+    async def delete(self, index: int, length: int) -> dict[str, Any]:
+        return await self.call("delete", index=index, length=length)
+
+    async def random_edits(self, n: int, seed: int, **options: Any) -> dict[str, Any]:
+        """``n`` random inserts and deletes, sent interleaved with the room's updates
+        (options: ``delete_ratio``, ``alphabet``): ``{edits: {insert, delete}, inserted,
+        text}``."""
+        return await self.call("random_edits", timeout=60, n=n, seed=seed, **options)
+
+    async def text(self) -> str:
+        return (await self.call("text"))["text"]
+
+    async def settled(self, version: int, timeout: float = 2 * WAIT) -> str:
+        """The text once the peer has ``version`` and no ack is outstanding."""
+        answer = await self.call("settled", timeout=timeout + 1, version=version,
+                                 timeout_ms=int(timeout * 1000))
+        return answer["text"]
+
+    async def wait_version(self, version: int, timeout: float = 2 * WAIT) -> int:
+        """Once the peer has seen ``version`` (its own or the room's); the version it has."""
+        answer = await self.call("wait_version", timeout=timeout + 1, version=version,
+                                 timeout_ms=int(timeout * 1000))
+        return answer["version"]
+
+    async def wait_text(self, text: str, timeout: float = 2 * WAIT) -> None:
+        await self.call("wait_text", timeout=timeout + 1, text=text,
+                        timeout_ms=int(timeout * 1000))
+
+    async def report(self) -> dict[str, Any]:
+        """``{received, acks: [{kind, version}], joins, refused, errors, timeline,
+        client_id}``: the versions received from the room in arrival order, the own
+        updates acked and refused, each join's version, the ``error`` events, and
+        ``timeline``: ``["join", version]``, ``["yupdate", version]`` and ``["ack",
+        version, kind]`` as they came."""
+        return await self.call("report")
+
+    async def send(self, event: str, payload: dict[str, Any],
+                   **binary: bytes) -> dict[str, Any]:
+        """Emit any event (``binary`` fields as attachments); the server's ack."""
+        encoded = {key: base64.b64encode(value).decode() for key, value in binary.items()}
+        return (await self.call("send", event=event, payload=payload, binary=encoded))["ack"]
+
+    # -- awareness ------------------------------------------------------------
+
+    async def awareness_set(self, state: Any) -> dict[str, Any]:
+        """Set the local state and send it: ``{client_id, ack}``."""
+        return await self.call("awareness_set", state=state)
+
+    async def awareness_states(self) -> dict[int, Any]:
+        states = (await self.call("awareness_states"))["states"]
+        return {int(client_id): state for client_id, state in states.items()}
+
+    async def wait_awareness(self, client_id: int, state: Any, timeout: float = 2 * WAIT) -> float:
+        """Wait until ``client_id``'s state is ``state`` (None: gone); milliseconds waited."""
+        answer = await self.call("wait_awareness", timeout=timeout + 1, client_id=client_id,
+                                 state=state, timeout_ms=int(timeout * 1000))
+        return answer["waited_ms"]
+
+    # -- the connection -------------------------------------------------------
+
+    async def disconnect(self) -> None:
+        await self.call("disconnect")
+
+    async def reconnect(self) -> dict[str, Any]:
+        """Connect again and rejoin by state vectors (awareness announced anew)."""
+        answer = await self.call("reconnect")
+        assert answer["connected"], answer
+        return answer
+
+    async def resync(self) -> dict[str, Any]:
+        """Join again on this connection by state vectors, sending what the server lacks
+        (refused updates included) as one: ``{ack, sent, text}``."""
+        return await self.call("resync")
+
+    async def reload(self) -> dict[str, Any]:
+        """Drop the ``Y.Doc`` and rejoin with a fresh one (a new client id): what a client
+        does after a refusal. ``{client_id, ack, sent, text}``."""
+        return await self.call("reload")
+
+    async def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), WAIT)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await asyncio.gather(self._reader, self._stderr_reader, return_exceptions=True)

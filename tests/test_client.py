@@ -9,18 +9,14 @@ import random
 import subprocess
 import sys
 import time
-import urllib.request
-from collections import defaultdict
 from collections.abc import Callable
-from functools import partial
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from harness import SECRET, WAIT, make_token
-from services import ServiceProcess, free_port
+from harness import WAIT, CollabProcess, Gate, Recorder, make_token, manager
+from services import free_port
 
 from collab.client import (
     TOKEN_PROVIDER_FAILED,
@@ -35,68 +31,11 @@ from collab.client.reconnect import Backoff
 # -- helpers ---------------------------------------------------------------------------
 
 
-class Recorder:
-    """Records what a manager's handlers receive, so a test can await a condition."""
-
-    def __init__(self, manager: SocketManager, *events: str) -> None:
-        self.seen: dict[str, list[Any]] = defaultdict(list)
-        self._changed = asyncio.Event()
-        for event in events:
-            manager.on(event, partial(self._record, event))
-
-    def _record(self, event: str, data: Any) -> None:
-        self.seen[event].append(data)
-        self._changed.set()
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-        async def wait() -> None:
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(wait(), timeout)
-
-    async def count(self, event: str, n: int, timeout: float = WAIT) -> list[Any]:
-        """Wait until ``event`` was received at least ``n`` times; return them all."""
-        await self.until(lambda: len(self.seen[event]) >= n, timeout)
-        return self.seen[event]
-
-    def contents(self) -> list[str]:
-        return [data["message"]["content"] for data in self.seen["chat:message"]]
-
-    def seqs(self) -> list[int]:
-        return [data["message"]["seq"] for data in self.seen["chat:message"]]
-
-
-def manager(url: str, user: str = "alice", **options: Any) -> SocketManager:
-    options.setdefault("ack_timeout", WAIT)
-    if "token_provider" not in options:
-        options.setdefault("token", make_token(user))
-    return SocketManager(url, **options)
-
-
 async def post(url: str, user: str, chat_id: str, contents: list[str]) -> None:
     """Another user posts through a connection of their own."""
     async with manager(url, user, max_reconnect_attempts=0) as other:
         for content in contents:
             await other.emit("chat:message", {"chat_id": chat_id, "content": content})
-
-
-class Gate:
-    """A token_provider the test can hold closed: reconnection waits on it."""
-
-    def __init__(self, user: str = "alice", **claims: Any) -> None:
-        self.user, self.claims = user, claims
-        self.calls = 0
-        self.asked = asyncio.Event()
-        self.open = asyncio.Event()
-        self.open.set()
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        self.asked.set()
-        await self.open.wait()
-        return make_token(self.user, **self.claims)
 
 
 async def chat_with(m: SocketManager, *members: str) -> str:
@@ -542,40 +481,6 @@ async def test_the_refresh_asks_the_provider_and_reports_its_failure(server, cap
 
 
 # -- a real `collab serve`, killed with SIGKILL ------------------------------------------------
-
-
-class CollabProcess(ServiceProcess):
-    """``python -m collab serve`` on a fixed port with its SQLite file in ``tmpdir``."""
-
-    name = "collab"
-
-    def __init__(self, tmpdir: Path, **settings: Any) -> None:
-        super().__init__(tmpdir)
-        self.config = Path(tmpdir) / "collab.toml"
-        settings = {"storage_url": f"sqlite:///{Path(tmpdir) / 'c.db'}",
-                    "jwt_secret": SECRET, "log_level": "WARNING", **settings}
-        self.config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
-
-    def local_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def argv(self) -> list[str]:
-        return [sys.executable, "-m", "collab", "serve", "--config", str(self.config),
-                "--host", "127.0.0.1", "--port", str(self.port)]
-
-    def ping(self) -> None:
-        urllib.request.urlopen(self.url + "/healthz", timeout=1).close()
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, connections just die."""
-        proc, self._proc = self._proc, None
-        assert proc is not None
-        proc.kill()
-        proc.wait()
-
-
-def _toml(value: Any) -> str:
-    return str(value) if isinstance(value, int) else f'"{value}"'
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 import socketio
 from conftest import cancel_leftover_tasks, running_server
-from harness import SECRET, WAIT, Client, OtherNode, Peer, make_settings, make_token
+from harness import SECRET, WAIT, Client, OtherNode, PycrdtPeer, make_settings, make_token
 from process import CollabProcess
 from services import RedisClusterServer, RedisServer, with_database
 from tornado.httpclient import AsyncHTTPClient
@@ -383,7 +383,7 @@ async def share(owner: Client, document_id: str, **roles: str) -> None:
                        {"document_id": document_id, "user_id": user_id, "role": role})
 
 
-async def typist(peer: Peer, edits: int, rng: random.Random, letters: str) -> None:
+async def typist(peer: PycrdtPeer, edits: int, rng: random.Random, letters: str) -> None:
     """Random inserts and deletions as fast as acks come, taking in some of the others'
     changes between them and leaving the rest for later.
 
@@ -418,8 +418,8 @@ async def test_live_editors_on_two_nodes_converge_and_get_each_change_once_in_or
     alice = await connect(a, "alice")
     document_id = await shared_document(alice, "bob", "carol")
     await share(alice, document_id, dave="viewer", erin="viewer")
-    peers = [Peer(alice, document_id), Peer(await connect(b, "bob"), document_id),
-             Peer(await connect(b, "carol"), document_id)]
+    peers = [PycrdtPeer(alice, document_id), PycrdtPeer(await connect(b, "bob"), document_id),
+             PycrdtPeer(await connect(b, "carol"), document_id)]
     for peer in peers:
         await peer.join()
     plain = [await connect(b, "dave"), await connect(a, "erin")]  # v1 members, both nodes
@@ -455,7 +455,7 @@ async def test_live_editors_on_two_nodes_converge_and_get_each_change_once_in_or
         assert [d["version"] for d in documents] == list(range(1, last + 2))
         assert documents[-1]["content"] == content
     for node in (a, b):  # the store, and each node's own copy, end the same
-        fresh = Peer(await connect(node, "alice"), document_id)
+        fresh = PycrdtPeer(await connect(node, "alice"), document_id)
         ack = await fresh.join()
         assert (ack["document"]["content"], ack["document"]["version"]) == (content, last + 1)
         assert fresh.content == content
@@ -473,13 +473,13 @@ async def test_editors_joining_on_either_node_mid_edit_converge_and_miss_nothing
     node is in the join's answer too)."""
     alice = await connect(a, "alice")
     document_id = await shared_document(alice, "bob")
-    editors = [Peer(alice, document_id), Peer(await connect(b, "bob"), document_id)]
+    editors = [PycrdtPeer(alice, document_id), PycrdtPeer(await connect(b, "bob"), document_id)]
     for peer in editors:
         await peer.join()
     rng = random.Random(5)
     typing = asyncio.gather(*(typist(peer, 80, rng, letters)
                               for peer, letters in zip(editors, ("abc", "xyz"), strict=True)))
-    joiners: list[Peer] = []
+    joiners: list[PycrdtPeer] = []
     joined: list[int] = []  # the version each joiner's ack said
     plain: list[tuple[Client, int, list[dict]]] = []  # v1 members: client, version, early
     for i in range(12):
@@ -492,7 +492,7 @@ async def test_editors_joining_on_either_node_mid_edit_converge_and_miss_nothing
             plain.append((client, ack["document"]["version"],
                           client.pending("documents:updated")))
             continue
-        peer = Peer(await connect(node, "alice"), document_id)
+        peer = PycrdtPeer(await connect(node, "alice"), document_id)
         joined.append((await peer.join())["document"]["version"])
         joiners.append(peer)
     await typing
@@ -518,7 +518,7 @@ async def test_editors_joining_on_either_node_mid_edit_converge_and_miss_nothing
     assert editors[1].content == content
 
 
-def cursor(peer: Peer, clock: int, state: str) -> dict:
+def cursor(peer: PycrdtPeer, clock: int, state: str) -> dict:
     return {"document_id": peer.document_id,
             "update": encode_update([Entry(peer.doc.client_id, clock, state)])}
 
@@ -530,7 +530,7 @@ async def next_awareness(client: Client, timeout: float = WAIT) -> list[Entry]:
 async def test_awareness_crosses_nodes_and_so_does_its_removal(a, b, connect):
     alice = await connect(a, "alice")
     document_id = await shared_document(alice, "bob")
-    here, there = Peer(alice, document_id), Peer(await connect(b, "bob"), document_id)
+    here, there = PycrdtPeer(alice, document_id), PycrdtPeer(await connect(b, "bob"), document_id)
     await here.join()
     await there.join()
 
@@ -538,7 +538,7 @@ async def test_awareness_crosses_nodes_and_so_does_its_removal(a, b, connect):
     assert await next_awareness(there.client) == [Entry(here.doc.client_id, 1, '{"cursor":1}')]
     await there.client.ok("documents:awareness", cursor(there, 1, '{"cursor":2}'))
     assert await next_awareness(alice) == [Entry(there.doc.client_id, 1, '{"cursor":2}')]
-    newcomer = Peer(await connect(b, "bob"), document_id)  # node B holds node A's cursors
+    newcomer = PycrdtPeer(await connect(b, "bob"), document_id)  # node B holds node A's cursors
     states = decode_update((await newcomer.join())["awareness"])
     assert sorted(states, key=lambda e: e.client_id) == sorted(
         [Entry(here.doc.client_id, 1, '{"cursor":1}'),
@@ -548,7 +548,7 @@ async def test_awareness_crosses_nodes_and_so_does_its_removal(a, b, connect):
     gone = [Entry(here.doc.client_id, 1, None)]
     assert await next_awareness(there.client) == gone
     assert await next_awareness(newcomer.client) == gone
-    later = Peer(await connect(b, "bob"), document_id)
+    later = PycrdtPeer(await connect(b, "bob"), document_id)
     assert decode_update((await later.join())["awareness"]) == \
         [Entry(there.doc.client_id, 1, '{"cursor":2}')]
 
@@ -558,18 +558,18 @@ async def test_a_nodes_first_live_member_gets_the_cursors_set_on_other_nodes(a, 
     none of them: its first live member's join asks, and node A sends them again."""
     alice = await connect(a, "alice")
     document_id = await shared_document(alice, "bob")
-    here, also = Peer(alice, document_id), Peer(await connect(a, "alice"), document_id)
+    here, also = PycrdtPeer(alice, document_id), PycrdtPeer(await connect(a, "alice"), document_id)
     for peer in (here, also):
         await peer.join()
     await alice.ok("documents:awareness", cursor(here, 3, '{"cursor":1}'))
     await also.client.next("documents:awareness")  # (node A has taken it)
 
-    first = Peer(await connect(b, "bob"), document_id)
+    first = PycrdtPeer(await connect(b, "bob"), document_id)
     states = decode_update((await first.join())["awareness"])
     if not states:  # node A's answer arrives just after the ack
         states = await next_awareness(first.client)
     assert states == [Entry(here.doc.client_id, 3, '{"cursor":1}')]
-    second = Peer(await connect(b, "bob"), document_id)  # node B holds it from now on
+    second = PycrdtPeer(await connect(b, "bob"), document_id)  # node B holds it from now on
     assert decode_update((await second.join())["awareness"]) == states
     assert also.client.pending("documents:awareness") == []  # node A's members had it
 
@@ -579,15 +579,15 @@ async def test_a_newcomer_sees_every_cursor_a_busy_node_relays(a, b, connect):
     node keeps every one of their states for its newcomers."""
     owner = await connect(a, "alice")
     document_id = await shared_document(owner)
-    watcher = Peer(await connect(b, "alice"), document_id)
+    watcher = PycrdtPeer(await connect(b, "alice"), document_id)
     await watcher.join()
     count = MAX_IDS_PER_CONNECTION + 2
-    members = [Peer(await connect(a, "alice"), document_id) for _ in range(count)]
+    members = [PycrdtPeer(await connect(a, "alice"), document_id) for _ in range(count)]
     for member in members:
         await member.join()
         await member.client.ok("documents:awareness", cursor(member, 1, "{}"))
         assert await next_awareness(watcher.client) == [Entry(member.doc.client_id, 1, "{}")]
-    newcomer = Peer(await connect(b, "alice"), document_id)
+    newcomer = PycrdtPeer(await connect(b, "alice"), document_id)
     states = decode_update((await newcomer.join())["awareness"])
     assert sorted(e.client_id for e in states) == sorted(m.doc.client_id for m in members)
 
@@ -604,13 +604,13 @@ async def test_a_killed_nodes_cursors_expire_on_the_others(cluster, a, connect):
         alice = await connect(d, "alice")
         document_id = await shared_document(alice, "carol", "erin")
         await share(alice, document_id, bob="viewer")
-        watcher = Peer(alice, document_id)  # on node D
-        erin = Peer(await connect(a, "erin"), document_id)  # on node A: it lives on
-        carol = Peer(await connect(c, "carol"), document_id)  # on node C: it dies
+        watcher = PycrdtPeer(alice, document_id)  # on node D
+        erin = PycrdtPeer(await connect(a, "erin"), document_id)  # on node A: it lives on
+        carol = PycrdtPeer(await connect(c, "carol"), document_id)  # on node C: it dies
         for peer in (watcher, erin, carol):
             await peer.join()
 
-        async def renew(peer: Peer) -> None:  # as y-protocols clients do, more often
+        async def renew(peer: PycrdtPeer) -> None:  # as y-protocols clients do, more often
             for clock in range(1, 10_000):
                 await peer.client.ok("documents:awareness", cursor(peer, clock, "{}"))
                 await asyncio.sleep(timeout / 5)
@@ -619,7 +619,7 @@ async def test_a_killed_nodes_cursors_expire_on_the_others(cluster, a, connect):
         await carol.client.ok("documents:awareness", cursor(carol, 1, '{"at":1}'))
         announced = time.monotonic()
         ids = {p.doc.client_id for p in (watcher, erin, carol)}
-        seen = Peer(await connect(d, "bob"), document_id)  # node D holds all three
+        seen = PycrdtPeer(await connect(d, "bob"), document_id)  # node D holds all three
         assert {e.client_id for e in decode_update((await seen.join())["awareness"])} == ids
 
         c.kill()
@@ -628,7 +628,7 @@ async def test_a_killed_nodes_cursors_expire_on_the_others(cluster, a, connect):
             assert all(e.state is not None for e in got), got  # (the others' renewals)
         assert time.monotonic() - announced >= timeout * 0.9
         assert time.monotonic() - announced < PURGE_DEADLINE / 3  # not the registry's purge
-        newcomer = Peer(await connect(d, "bob"), document_id)
+        newcomer = PycrdtPeer(await connect(d, "bob"), document_id)
         states = decode_update((await newcomer.join())["awareness"])
         assert {e.client_id for e in states} == ids - {carol.doc.client_id}
     finally:
@@ -703,7 +703,7 @@ async def test_a_live_change_whose_broadcast_never_came_is_sent_from_the_store(n
     on it: without it, a Yjs client could not apply what follows)."""
     alice = await node.connect("alice")
     document_id = await shared_document(alice)
-    peer = Peer(alice, document_id)
+    peer = PycrdtPeer(alice, document_id)
     await peer.join()
     elsewhere = LiveDocuments(node.app.raw_store, node.app.settings, lambda _: True)
 

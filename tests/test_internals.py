@@ -109,6 +109,15 @@ async def test_instance_internals_of_a_live_connection(server):
     assert not missing, "library internals collab relies on are gone:\n" + "\n".join(missing)
 
 
+def test_engineio_payloads_take_their_packet_bound_from_the_class():
+    """collab/transport.py raises ``Payload.max_decode_packets`` for the process."""
+    from engineio import payload
+
+    assert isinstance(payload.Payload.max_decode_packets, int), "engineio.payload.Payload" \
+        ".max_decode_packets is gone (collab/transport.py MAX_POST_PACKETS sets it)"
+    assert "self.max_decode_packets" in inspect.getsource(payload.Payload.decode)
+
+
 def test_asyncio_queue_counts_unfinished_tasks():
     """collab/broadcast/local.py reads ``Queue._unfinished_tasks`` to tell an idle queue."""
     queue: asyncio.Queue[int] = asyncio.Queue()

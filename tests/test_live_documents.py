@@ -9,7 +9,7 @@ import asyncio
 import random
 
 import pytest
-from harness import Client, Peer, make_settings
+from harness import WAIT, Client, PycrdtPeer, make_settings
 
 from collab.awareness import Entry, decode_update, encode_update
 from collab.livedocs import LiveDocuments
@@ -34,7 +34,7 @@ async def document(owner: Client, content: str = "", **roles: str) -> str:
 async def test_a_live_join_syncs_the_document_and_says_the_role(server):
     alice = await server.connect("alice")
     await document(alice, "hello 👋 wörld", bob="viewer")
-    bob = Peer(await server.connect("bob"), "doc")
+    bob = PycrdtPeer(await server.connect("bob"), "doc")
     ack = await bob.join()
     assert ack["role"] == "viewer"
     assert bob.content == "hello 👋 wörld" == ack["document"]["content"]
@@ -45,7 +45,7 @@ async def test_a_live_join_syncs_the_document_and_says_the_role(server):
 async def test_an_update_reaches_live_members_as_yupdate_and_plain_ones_as_updated(server):
     alice = await server.connect("alice")
     await document(alice, "abc", bob="editor", carol="viewer")
-    bob, carol = Peer(alice, "doc"), Peer(await server.connect("carol"), "doc")
+    bob, carol = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("carol"), "doc")
     await bob.join()
     await carol.join()
     dave = await server.connect("dave")  # plain v1 member (an admin reads anything)
@@ -70,7 +70,7 @@ async def test_an_update_reaches_live_members_as_yupdate_and_plain_ones_as_updat
 async def test_a_v1_update_is_the_smallest_edit_and_round_trips_exactly(server, new):
     alice = await server.connect("alice")
     await document(alice, "abc😀 mixed 日本 e\u0301 text")
-    live = Peer(await server.connect("alice"), "doc")
+    live = PycrdtPeer(await server.connect("alice"), "doc")
     await live.join()
     untouched = live.edit(lambda t: None)  # (nothing)
     assert untouched == b"\x00\x00"
@@ -84,7 +84,7 @@ async def test_a_v1_update_is_the_smallest_edit_and_round_trips_exactly(server, 
 async def test_a_v1_update_with_the_same_content_still_makes_a_version(server):
     alice = await server.connect("alice")
     await document(alice, "same")
-    live = Peer(await server.connect("alice"), "doc")
+    live = PycrdtPeer(await server.connect("alice"), "doc")
     await live.join()
     ack = await alice.ok("documents:update", {"document_id": "doc", "content": "same",
                                               "version": 1})
@@ -97,7 +97,7 @@ async def test_a_v1_update_with_the_same_content_still_makes_a_version(server):
 async def test_an_update_with_nothing_new_is_acked_and_neither_stored_nor_sent(server):
     alice = await server.connect("alice")
     await document(alice, "x")
-    a, b = Peer(alice, "doc"), Peer(await server.connect("alice"), "doc")
+    a, b = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("alice"), "doc")
     await a.join()
     await b.join()
     update = a.edit(lambda t: t.insert(1, "y"))
@@ -118,7 +118,7 @@ async def test_an_update_with_nothing_new_is_acked_and_neither_stored_nor_sent(s
 async def test_undecodable_updates_are_invalid_input_and_store_nothing(server, update):
     alice = await server.connect("alice")
     await document(alice, "keep")
-    live = Peer(alice, "doc")
+    live = PycrdtPeer(alice, "doc")
     await live.join()
     await alice.fails("documents:yupdate", {"document_id": "doc", "update": update},
                       "INVALID_INPUT")
@@ -131,7 +131,7 @@ async def test_undecodable_updates_are_invalid_input_and_store_nothing(server, u
 async def test_refusals_change_nothing(server):
     alice = await server.connect("alice")
     await document(alice, "v", bob="viewer")
-    bob = Peer(await server.connect("bob"), "doc")
+    bob = PycrdtPeer(await server.connect("bob"), "doc")
     await bob.join()
     update = bob.edit(lambda t: t.insert(0, "x"))
     await bob.client.fails("documents:yupdate", {"document_id": "doc", "update": update},
@@ -142,7 +142,7 @@ async def test_refusals_change_nothing(server):
         await plain.fails(event, {"document_id": "doc", "update": update}, "INVALID_INPUT")
         await plain.fails(event, {"document_id": "doc", "update": "not bytes"},
                           "INVALID_INPUT")
-    big = Peer(alice, "doc")
+    big = PycrdtPeer(alice, "doc")
     await big.join()
     too_much = big.edit(lambda t: t.insert(0, "x" * (512 * 1024)))
     await alice.fails("documents:yupdate", {"document_id": "doc", "update": too_much},
@@ -154,14 +154,14 @@ async def test_refusals_change_nothing(server):
 async def test_awareness_is_relayed_and_removed_when_its_connection_leaves(server):
     alice = await server.connect("alice")
     await document(alice, bob="editor")
-    a, b = Peer(alice, "doc"), Peer(await server.connect("bob"), "doc")
+    a, b = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc")
     await a.join()
     await b.join()
     cursor = encode_update([Entry(a.doc.client_id, 1, '{"cursor":3}')])
     await alice.ok("documents:awareness", {"document_id": "doc", "update": cursor})
     got = await b.client.next("documents:awareness")
     assert decode_update(got["update"]) == [Entry(a.doc.client_id, 1, '{"cursor":3}')]
-    c = Peer(await server.connect("bob"), "doc")
+    c = PycrdtPeer(await server.connect("bob"), "doc")
     joined = await c.join()  # a newcomer sees the others' cursors at once
     assert decode_update(joined["awareness"]) == [Entry(a.doc.client_id, 1, '{"cursor":3}')]
     await alice.disconnect()
@@ -183,7 +183,7 @@ class TestAwarenessExpiry:
                                                                               server):
         alice = await server.connect("alice")
         await document(alice, bob="editor")
-        a, b = Peer(alice, "doc"), Peer(await server.connect("bob"), "doc")
+        a, b = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc")
         await a.join()
         await b.join()
         mine, theirs = a.doc.client_id, b.doc.client_id
@@ -212,7 +212,7 @@ class TestAwarenessExpiry:
             assert asyncio.get_running_loop().time() - start >= self.TIMEOUT * 0.9
             got = await b.client.next("documents:awareness")
             assert decode_update(got["update"]) == [Entry(mine, 1, None)]
-            late = Peer(await server.connect("bob"), "doc")
+            late = PycrdtPeer(await server.connect("bob"), "doc")
             joined = decode_update((await late.join())["awareness"])
             assert [e.client_id for e in joined] == [theirs]  # renewed: still there
         finally:
@@ -235,7 +235,7 @@ async def test_history_get_at_a_version_and_restore(server):
     assert (at["content"], at["version"], at["updated_by"]) == ("two", 1, "alice")
     await alice.fails("documents:get", {"document_id": "doc", "version": 9}, "NOT_FOUND")
 
-    live = Peer(await server.connect("alice"), "doc")
+    live = PycrdtPeer(await server.connect("alice"), "doc")
     await live.join()
     restored = (await alice.ok("documents:restore", {"document_id": "doc", "version": 0}))
     assert (restored["document"]["content"], restored["document"]["version"]) == ("one", 3)
@@ -248,13 +248,13 @@ async def test_history_get_at_a_version_and_restore(server):
 async def test_three_editors_converge_under_interleaved_concurrent_edits(server, settings):
     alice = await server.connect("alice")
     await document(alice, "start", bob="editor", carol="editor")
-    peers = [Peer(alice, "doc"), Peer(await server.connect("bob"), "doc"),
-             Peer(await server.connect("carol"), "doc")]
+    peers = [PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc"),
+             PycrdtPeer(await server.connect("carol"), "doc")]
     for peer in peers:
         await peer.join()
     rng = random.Random(7)
 
-    async def typist(peer: Peer) -> None:
+    async def typist(peer: PycrdtPeer) -> None:
         for _ in range(200):
             n = len(peer.text)  # (pycrdt counts UTF-8 bytes: ASCII here)
             if n and rng.random() < 0.3:
@@ -297,7 +297,7 @@ async def test_live_edits_survive_a_restart_and_load_from_a_snapshot(settings):
     try:
         alice = await first.connect("alice")
         await document(alice, "")
-        peer = Peer(alice, "doc")
+        peer = PycrdtPeer(alice, "doc")
         await peer.join()
         for i in range(livedocs.SNAPSHOT_EVERY + 5):  # past a snapshot
             await peer.send(peer.edit(lambda t, i=i: t.insert(len(t), "ab"[i % 2])))
@@ -309,7 +309,7 @@ async def test_live_edits_survive_a_restart_and_load_from_a_snapshot(settings):
     try:
         snapshot = await again.app.raw_store.document_snapshot("doc")
         assert snapshot.version == livedocs.SNAPSHOT_EVERY  # loading replays 5 updates
-        fresh = Peer(await again.connect("alice"), "doc")
+        fresh = PycrdtPeer(await again.connect("alice"), "doc")
         ack = await fresh.join()
         assert fresh.content == expected == ack["document"]["content"]
         assert ack["document"]["version"] == livedocs.SNAPSHOT_EVERY + 5
@@ -324,7 +324,7 @@ async def test_documents_are_unloaded_when_their_room_empties_and_capped(server)
     peers = []
     for i in range(2):
         await alice.ok("documents:create", {"document_id": f"d{i}", "content": "x"})
-        peer = Peer(await server.connect("alice"), f"d{i}")
+        peer = PycrdtPeer(await server.connect("alice"), f"d{i}")
         await peer.join()
         peers.append(peer)
     app.documents.sweep()
@@ -336,8 +336,8 @@ async def test_documents_are_unloaded_when_their_room_empties_and_capped(server)
     # past the cap the least recently used goes first, preferring a room nobody is in
     assert app.settings.max_loaded_documents == 2
     await alice.ok("documents:create", {"document_id": "d3", "content": "x"})
-    await Peer(await server.connect("alice"), "d3").join()
-    await Peer(await server.connect("alice"), "d0").join()
+    await PycrdtPeer(await server.connect("alice"), "d3").join()
+    await PycrdtPeer(await server.connect("alice"), "d0").join()
     assert len(app.documents) == 2 and "d3" in app.documents  # d1 (least recent) went
     # and one that was unloaded while edited elsewhere loads again, current
     stored = await alice.ok("documents:update", {"document_id": "d1", "content": "new",
@@ -367,3 +367,66 @@ async def test_a_catch_up_skips_what_another_nodes_broadcast_brought_meanwhile(s
     assert loaded.version == 1
     await catching_up
     assert (loaded.version, loaded.doc.content) == (2, "abcd")
+
+
+class QueueingLock(asyncio.Lock):
+    """A lock that tells who came to wait for it (``waiting``: one item a waiter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: asyncio.Queue[None] = asyncio.Queue()
+
+    async def acquire(self) -> bool:
+        if self.locked():
+            self.waiting.put_nowait(None)
+        return await super().acquire()
+
+
+async def test_what_waited_behind_a_refused_change_neither_stores_nor_shows_it(
+        server, monkeypatch):
+    """A change the store refuses leaves its edit in the loaded copy, which is dropped.
+    Whatever waited for that copy's lock meanwhile must take the document as stored, not
+    go on with the dropped copy: a change made from it stored content no update holds,
+    and a join sent the refused edit in its update."""
+    from collab.errors import Unavailable
+
+    alice = await server.connect("alice")
+    await document(alice, "keep")
+    x, y = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("alice"), "doc")
+    z = PycrdtPeer(await server.connect("alice"), "doc")
+    await x.join()
+    await y.join()
+    store = server.app.store
+    append = store.append_document_update
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def refuse_the_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not entered.is_set():
+            entered.set()
+            await release.wait()
+            raise Unavailable("The store is away")
+        return await append(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_document_update", refuse_the_first)
+    lock = server.app.documents.peek("doc").lock = QueueingLock()
+    lost = x.edit(lambda t: t.insert(0, "LOST "))
+    refused = asyncio.ensure_future(alice.call("documents:yupdate",
+                                               {"document_id": "doc", "update": lost}))
+    await entered.wait()  # x's change holds the copy, its store call pending
+    kept = y.edit(lambda t: t.insert(4, "!"))
+    accepted = asyncio.ensure_future(y.client.call("documents:yupdate",
+                                                   {"document_id": "doc", "update": kept}))
+    joined = asyncio.ensure_future(z.join())
+    for _ in range(2):  # y's change and z's join wait for the copy
+        await asyncio.wait_for(lock.waiting.get(), WAIT)
+    release.set()
+
+    assert (await refused)["error"]["code"] == "UNAVAILABLE"
+    assert (await accepted) == {"ok": True, "version": 1}
+    await joined
+    assert "LOST" not in z.content
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert (stored["content"], stored["version"]) == ("keep!", 1)
+    fresh = PycrdtPeer(await server.connect("alice"), "doc")
+    await fresh.join()
+    assert fresh.content == "keep!"

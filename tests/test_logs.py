@@ -118,3 +118,45 @@ def test_readiness_is_logged_once_per_change_not_per_probe(tmp_path):
     assert len(not_ready) == 2, lines
     assert sum(line.endswith(" INFO collab: ready again") for line in lines) == 1, lines
     assert not [line for line in lines if " ERROR " in line], lines
+
+
+def test_no_credential_in_a_url_reaches_the_log(tmp_path):
+    # the y-websocket provider sends its token in the URL; any client may put one there
+    node = CollabProcess(tmp_path, {"COLLAB_LOG_LEVEL": "DEBUG"})
+    node.start()
+    secret = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2VjcmV0LXNpZ25hdHVyZQ"
+    try:
+        assert fetch_status(node.url + f"/yjs/doc?token={secret}") == 401
+        assert fetch_status(node.url + f"/yjs/doc?x=1&password={secret}&Access_Token={secret}"
+                            ) == 401
+        assert fetch_status(node.url + f"/socket.io/?EIO=4&transport=bogus&token={secret}") \
+            == 400
+        assert node.terminate() == 0
+    finally:
+        node.kill()
+    output = node.output()
+    assert secret not in output and "c2VjcmV0LXNpZ25hdHVyZQ" not in output
+    lines = output.splitlines()
+    assert [line for line in lines if "401 GET /yjs/doc?token=*** " in line]
+    assert [line for line in lines
+            if "401 GET /yjs/doc?x=1&password=***&Access_Token=*** " in line]
+    assert [line for line in lines if "/socket.io/?EIO=4&transport=bogus&token=*** " in line]
+
+
+def test_tornados_request_errors_are_masked_too(server, caplog):
+    # Tornado's "Uncaught exception GET /path?query (ip)" line and its repr of the request
+    # (the server fixture has set the masking up)
+    import tornado.httputil
+    from tornado.log import app_log, gen_log
+
+    request = tornado.httputil.HTTPServerRequest(start_line=tornado.httputil.RequestStartLine(
+        "GET", "/yjs/doc?token=SECRET-1&v=2", "HTTP/1.1"),
+        headers=tornado.httputil.HTTPHeaders({"Host": "collab.example"}))
+    try:
+        raise RuntimeError("boom at /yjs/doc?token=SECRET-2")
+    except RuntimeError:
+        app_log.error("Uncaught exception %s\n%r", "GET /yjs/doc?token=SECRET-3 (::1)",
+                      request, exc_info=True)
+    gen_log.warning("%d %s: %s", 400, "GET /x?api_key=SECRET-4 (::1)", "bad")
+    assert "SECRET" not in caplog.text
+    assert "token=***&v=2" in caplog.text and "api_key=***" in caplog.text

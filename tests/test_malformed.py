@@ -18,6 +18,7 @@ from rawsocket import RawPolling, RawSocket
 
 from collab.errors import Unavailable
 from collab.packet import MAX_ATTACHMENTS
+from collab.transport import MAX_POST_PACKETS
 
 ANSWERED = "answered"  # INVALID_INPUT on ack id 9 (after the error event)
 ERROR_EVENT = "error event"  # no ack id: the error event alone
@@ -211,7 +212,7 @@ async def test_a_binary_header_during_a_pending_connect_is_not_kept(server, monk
     pytest.param(b"\xff\xfe", id="not-utf-8"),
     pytest.param(b"bA", id="bad-base64"),
     pytest.param(b"4\x1e", id="empty-packet"),
-    pytest.param(b"\x1e".join([b"3"] * 17), id="too-many-packets"),
+    pytest.param(b"\x1e".join([b"3"] * (MAX_POST_PACKETS + 1)), id="too-many-packets"),
     pytest.param(b"6", id="noop-from-client"),
 ])
 async def test_a_polling_body_that_is_not_engine_io_is_400_and_closes(server, caplog, body):

@@ -98,6 +98,23 @@ async def test_a_post_for_a_session_the_client_closed_is_400(server, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+async def test_a_polling_post_holds_as_many_packets_as_a_client_buffered(server):
+    """socket.io-client sends in one POST everything it buffered while the last one was
+    out, bounded by bytes only; Engine.IO took at most 16 packets (400, session closed),
+    so a live editor's eight quick Yjs updates (two packets each) cut its connection.
+    (Over ``MAX_POST_PACKETS`` is still 400: tests/test_malformed.py.)"""
+    polling = await RawPolling.connect(server.url, make_token("carol"))
+    try:
+        events = [f'42{i}["chat:typing",{{"chat_id":"c","typing":true}}]' for i in range(1, 41)]
+        status, _ = await polling.post("\x1e".join(events))
+        assert status == 200
+        for i in range(1, 41):  # each one handled, in order
+            ack = json.loads((await polling.packet(f"3{i}["))[len(f"3{i}"):])
+            assert ack[0]["error"]["code"] == "NOT_FOUND"
+    finally:
+        await polling.close()
+
+
 class TestConnectTimeout:
     """An Engine.IO session without an accepted Socket.IO CONNECT is closed after
     ``connect_timeout`` (as Node's socket.io does), instead of holding its socket for as

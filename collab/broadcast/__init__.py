@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ..metrics import Metrics
 from .hooks import NodeHooks
-from .local import LocalBroadcaster, bounded_handler
+from .local import LocalBroadcaster, Receiver, bounded_handler, cap_send_buffer, write_bounded
 from .publish import Broadcasts, Slot
 
 #: builds the node's broadcaster once the node can answer its questions
@@ -55,5 +55,5 @@ def open_broadcaster(url: str, metrics: Metrics, *, fast: bool = True,
     return redis
 
 
-__all__ = ["BroadcasterFactory", "Broadcasts", "LocalBroadcaster", "NodeHooks", "Slot",
-           "bounded_handler", "open_broadcaster"]
+__all__ = ["BroadcasterFactory", "Broadcasts", "LocalBroadcaster", "NodeHooks", "Receiver",
+           "Slot", "bounded_handler", "cap_send_buffer", "open_broadcaster", "write_bounded"]

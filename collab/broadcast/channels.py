@@ -34,6 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
 from ..redisconn import SOCKET_TIMEOUT, RedisTarget, connection_options, open_client
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("collab.broadcast")
 
@@ -120,11 +121,7 @@ class Link(abc.ABC):
 
     async def close(self) -> None:
         self._closed = True
-        for task in self._readers:
-            task.cancel()
-        for task in self._readers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._readers)
         self._readers.clear()
         for futures in self._confirming.values():
             for future in futures:

@@ -32,6 +32,11 @@ per-connection order is kept. Every other recipient (long-polling, upgrading,
 busy) gets the packet appended to its queue in the same synchronous pass, so a
 broadcast is never interleaved with another one.
 
+Members that are not Socket.IO connections (the y-websocket endpoint's sockets,
+collab/yws.py) are :class:`Receiver` objects added to a room by name: every
+broadcast delivered to the room on this node reaches them too, at the same point
+and so in the same order as the room's Socket.IO members, decoded once for all.
+
 Slow consumers: :func:`bounded_handler` caps each WebSocket's Tornado write
 buffer; a connection that still holds more than the cap of unsent bytes when
 the next message is written to it is aborted, on the direct path and on
@@ -50,7 +55,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import socketio
 import tornado.iostream
@@ -72,6 +77,17 @@ DEFAULT_MAX_QUEUED = 10_000
 
 #: told once per connection closed for not keeping up (the slow consumer metric)
 SlowConsumerHook = Callable[[], None]
+
+
+class Receiver(Protocol):
+    """A member of rooms on this node that is not a Socket.IO connection."""
+
+    #: unique on this node, never a Socket.IO sid (a broadcast's ``skip_sid`` may name it)
+    key: str
+
+    def receive(self, room: str, event: str, data: Any) -> None:
+        """One broadcast to ``room``; called in the room's delivery order, synchronously
+        (it must queue, never wait)."""
 
 
 def _ignore() -> None:
@@ -128,6 +144,8 @@ class LocalBroadcaster(socketio.AsyncManager):
         self.closing: dict[str, asyncio.Future[Any]] = {}
         #: what joins already gave their connections (collab/broadcast/joins.py)
         self.joins = JoinPositions()
+        #: room name -> key -> the room's members here that are not Socket.IO connections
+        self.receivers: dict[str, dict[str, Receiver]] = {}
 
     # -- what the app asks of every broadcaster ----------------------------
 
@@ -150,8 +168,8 @@ class LocalBroadcaster(socketio.AsyncManager):
         """Have the other nodes send their awareness states in ``room`` again: none."""
 
     def local_members(self, room: str) -> list[str]:
-        """The sids of this node's members of the room named ``room``."""
-        return list(self.rooms.get("/", {}).get(room, ()))
+        """This node's members of the room named ``room``: sids, and receivers' keys."""
+        return [*self.rooms.get("/", {}).get(room, ()), *self.receivers.get(room, ())]
 
     async def broadcast(self, room: Room, event: str, data: Any, *,
                         position: int | None = None, skip_sid: Any = None) -> None:
@@ -159,6 +177,7 @@ class LocalBroadcaster(socketio.AsyncManager):
         broadcasts across nodes (one node delivers them in call order already)."""
         if position is not None:
             skip_sid = self.skipping(room.name, position, skip_sid)
+        self.to_receivers(room.name, event, data, skip_sid)
         await self.emit(event, data, "/", room=room.name, skip_sid=skip_sid)
 
     def skipping(self, room: str, position: int, skip_sid: Any) -> list[Any]:
@@ -166,6 +185,35 @@ class LocalBroadcaster(socketio.AsyncManager):
         skip = list(skip_sid) if isinstance(skip_sid, list | tuple) \
             else ([] if skip_sid is None else [skip_sid])
         return skip + self.joins.skip(room, position, self.rooms.get("/", {}).get(room, ()))
+
+    # -- members that are not Socket.IO connections ------------------------
+
+    async def add_receiver(self, room: str, receiver: Receiver) -> None:
+        """Make ``receiver`` a member of the room named ``room`` on this node; returns once
+        the room's broadcasts reach it (the caller reads the room's state after this)."""
+        self.receivers.setdefault(room, {})[receiver.key] = receiver
+
+    async def remove_receiver(self, room: str, key: str) -> None:
+        members = self.receivers.get(room)
+        if members is not None and members.pop(key, None) is not None and not members:
+            del self.receivers[room]
+
+    def hosts(self, room: str) -> bool:
+        """Whether the room named ``room`` has a member on this node, of either kind."""
+        return bool(self.rooms.get("/", {}).get(room)) or room in self.receivers
+
+    def to_receivers(self, room: str, event: str, data: Any, skip_sid: Any) -> None:
+        """Hand one broadcast to the room's receivers here (all but those skipped)."""
+        members = self.receivers.get(room)
+        if not members:
+            return
+        skip = skip_sid if isinstance(skip_sid, list | tuple) else (skip_sid,)
+        for key, receiver in list(members.items()):
+            if key not in skip:
+                try:
+                    receiver.receive(room, event, data)
+                except Exception:  # one broken receiver must not cost the others
+                    log.exception("delivering %s to a receiver in %s failed", event, room)
 
     # -- local delivery ----------------------------------------------------
 
@@ -361,6 +409,32 @@ def _overflow(handler: Any, conn: Any, on_slow_consumer: SlowConsumerHook) -> No
     on_slow_consumer()
 
 
+def write_bounded(handler: Any, message: bytes | str, binary: bool,
+                  on_slow_consumer: SlowConsumerHook) -> None:
+    """Write one message to a WebSocket whose send buffer is capped (``cap_send_buffer``);
+    a connection that holds more than the cap unsent is closed (and counted) instead,
+    as the Socket.IO path does (the message itself does not count, see above)."""
+    conn = handler.ws_connection
+    if conn is None or conn.is_closing():
+        return
+    if _backlogged(conn.stream):
+        _overflow(handler, conn, on_slow_consumer)
+        return
+    try:
+        with _uncapped(conn.stream):
+            future = handler.write_message(message, binary=binary)
+    except tornado.websocket.WebSocketClosedError:
+        return
+    future.add_done_callback(_retrieve)  # (fails when the stream closes with it unsent)
+
+
+def cap_send_buffer(handler: Any, send_buffer: int) -> None:
+    """Cap a freshly opened WebSocket's unsent bytes, and turn Nagle off (see below)."""
+    if handler.ws_connection is not None:
+        handler.ws_connection.stream.max_write_buffer_size = send_buffer
+        handler.set_nodelay(True)
+
+
 def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BUFFER,
                     on_slow_consumer: SlowConsumerHook = _ignore) -> type:
     """python-socketio's Tornado handler with a capped send buffer per WebSocket (and
@@ -379,12 +453,10 @@ def bounded_handler(base: type, manager: Any, send_buffer: int = DEFAULT_SEND_BU
         _upgrade_read: list[Any] | None = None
 
         async def open(self, *args: Any, **kwargs: Any) -> None:
-            if self.ws_connection is not None:
-                self.ws_connection.stream.max_write_buffer_size = send_buffer
-                # Tornado leaves Nagle on for WebSockets: a small frame written while an
-                # earlier one is unacknowledged then waits for the peer's delayed ACK
-                # (up to 40 ms). Node's ws and socket.io turn it off; so do we.
-                self.set_nodelay(True)
+            # Tornado leaves Nagle on for WebSockets: a small frame written while an
+            # earlier one is unacknowledged then waits for the peer's delayed ACK
+            # (up to 40 ms). Node's ws and socket.io turn it off; so do we.
+            cap_send_buffer(self, send_buffer)
             if fast is not None and self.get_query_argument("sid", None):
                 self._upgrade_read = []
             await super().open(*args, **kwargs)

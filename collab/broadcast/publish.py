@@ -52,9 +52,9 @@ class Broadcasts:
         works out for itself (expired awareness states, a change whose broadcast never
         came); ``position``: the stored item's, for the members whose join had it."""
         self._metrics.broadcast(event)
-        skip = None if position is None else \
-            self._broadcaster.skipping(room.name, position, None)
-        await self._broadcaster.emit(event, data, "/", room=room.name, skip_sid=skip)
+        skip = [] if position is None else self._broadcaster.skipping(room.name, position, None)
+        self._broadcaster.to_receivers(room.name, event, data, skip)
+        await self._broadcaster.emit(event, data, "/", room=room.name, skip_sid=skip or None)
 
     async def publish_at(self, room: Room, event: str, data: Any, *, position: int,
                          skip_sid: Any = None) -> None:

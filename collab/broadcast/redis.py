@@ -47,6 +47,7 @@ from socketio import packet as sio_packet
 from ..metrics import PUBSUB_KINDS, Metrics
 from ..redisconn import OUTAGES, SOCKET_TIMEOUT
 from ..rooms import LIVE, Room
+from ..tasks import cancel_and_wait
 from .channels import LinkLost, Transport
 from .holdback import GAP_TIMEOUT, Holdback
 from .hooks import NodeHooks
@@ -127,13 +128,7 @@ class RedisBroadcaster(LocalBroadcaster):
             await asyncio.wait_for(self.flush_outbox(), SOCKET_TIMEOUT)
         tasks = [self._recheck, self._sender, self._probe, self._listener,
                  *self._unsubscribes]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait(*tasks)
         self._recheck = self._sender = self._probe = self._listener = None
         self.holdback.close()
         await self.transport.close()
@@ -298,18 +293,25 @@ class RedisBroadcaster(LocalBroadcaster):
         """Send one broadcast to this node's members of ``room``."""
         if envelope.host != self.host_id and room.endswith(LIVE_SUFFIX):
             await self.hooks.observe(room, envelope)
-        if "/" not in self.rooms:
-            return  # nobody ever connected here
+        receivers = room in self.receivers
+        sockets = "/" in self.rooms  # (else nobody ever connected here)
         skip = list(envelope.skip) if envelope.position is None \
             else self.skipping(room, envelope.position, envelope.skip)
-        if self.fast and not envelope.attachments:
-            self.deliver(envelope.packet, "/", room, skip)
+        if self.fast and not envelope.attachments and not receivers:
+            if sockets:
+                self.deliver(envelope.packet, "/", room, skip)
             return
         pkt = self.server.packet_class(encoded_packet=envelope.packet)
         for attachment in envelope.attachments:
             pkt.add_attachment(attachment)
         event, *args = pkt.data
         data = args[0] if len(args) == 1 else tuple(args)
+        self.to_receivers(room, event, data, skip)
+        if not sockets:
+            return
+        if self.fast and not envelope.attachments:
+            self.deliver(envelope.packet, "/", room, skip)
+            return
         await LocalBroadcaster.emit(self, event, data, "/", room=room, skip_sid=skip)
 
     async def _handle(self, data: bytes) -> None:
@@ -360,8 +362,18 @@ class RedisBroadcaster(LocalBroadcaster):
                 self._room_idle(room)
         return result
 
+    async def add_receiver(self, room: str, receiver: Any) -> None:
+        # as a Socket.IO member's entry: subscribed, and the room's position known
+        await self.holdback.enter(room, self.hooks.room_position,
+                                  before_lookup=functools.partial(self._subscribe, room))
+        await super().add_receiver(room, receiver)
+
+    async def remove_receiver(self, room: str, key: str) -> None:
+        await super().remove_receiver(room, key)
+        self._room_idle(room)
+
     def _hosted(self, room: str) -> bool:
-        return bool(self.rooms.get("/", {}).get(room))
+        return self.hosts(room)
 
     def _room_idle(self, room: str) -> None:
         """Nothing is pending in ``room``: once no local member is left, let it go."""

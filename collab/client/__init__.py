@@ -7,6 +7,12 @@
         chat = (await manager.emit("chat:create", {"title": "General"}))["chat"]
         await manager.emit("chat:join", {"chat_id": chat["id"]})
 
+Live documents, a ``pycrdt.Doc`` kept in sync (``LiveDocument``):
+
+    async with await manager.open_document("notes") as live:
+        live.text += "more"
+        await live.synced()
+
 See docs/client.md. Needs aiohttp for its transports, which the ``client`` extra installs:
 ``pip install "collab-server[client]"``.
 """
@@ -23,6 +29,7 @@ from .errors import (
     CollabError,
     TokenProviderError,
 )
+from .live import LiveDocument, ReadOnlyError, RemoteChange
 from .manager import SocketManager
 
 __all__ = [
@@ -33,6 +40,9 @@ __all__ = [
     "TOKEN_PROVIDER_FAILED",
     "AckTimeout",
     "CollabError",
+    "LiveDocument",
+    "ReadOnlyError",
+    "RemoteChange",
     "SocketManager",
     "TokenProviderError",
 ]

@@ -7,6 +7,7 @@ The façade over the parts, each in its own module and composed here:
 - :mod:`.dispatch`: the ordered dispatcher and the user's handlers;
 - :mod:`.calls`: acked calls, settled in order or failed as ``DISCONNECTED``/``TIMEOUT``;
 - :mod:`.recovery`: what was joined, re-joined after a reconnect with what was missed;
+- :mod:`.live`: documents open live, each a ``pycrdt.Doc`` resynced by state vectors;
 - :mod:`.tokens`: where tokens come from, and ``auth:refresh`` before expiry.
 
 After each handshake the recovery runs in the dispatcher, before any event that
@@ -21,6 +22,8 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
+import pycrdt
+
 from .calls import Calls, unwrap
 from .dispatch import Dispatcher, Handler, Handlers
 from .errors import (
@@ -30,6 +33,7 @@ from .errors import (
     CollabError,
     TokenProviderError,
 )
+from .live import LiveDocument, LiveRooms
 from .reconnect import Backoff, Reconnector
 from .recovery import ChatRooms, DocumentRooms, Rooms
 from .tokens import TokenProvider, TokenRefresher, TokenSource
@@ -87,7 +91,9 @@ class SocketManager:
         # what to re-join after a reconnect, in this order
         self._document_rooms = DocumentRooms(self._calls.call, self._handlers.deliver)
         self._chat_rooms = ChatRooms(self._calls.call, self._handlers.deliver)
-        self._rooms: tuple[Rooms, ...] = (self._document_rooms, self._chat_rooms)
+        self._live_rooms = LiveRooms(self._calls.call, ack_timeout)
+        self._rooms: tuple[Rooms, ...] = (self._document_rooms, self._chat_rooms,
+                                          self._live_rooms)
 
     # -- public API ------------------------------------------------------------
 
@@ -107,6 +113,11 @@ class SocketManager:
     @property
     def joined_chats(self) -> list[str]:
         return self._chat_rooms.joined
+
+    @property
+    def live_documents(self) -> list[str]:
+        """The documents open live (:meth:`open_document`), re-joined after a reconnect."""
+        return self._live_rooms.joined
 
     # the constructor's settings, read-only: the parts hold them
     url = property(lambda self: self._transport.url)
@@ -186,6 +197,25 @@ class SocketManager:
             raise
         return unwrap(ack)
 
+    async def open_document(self, document_id: str, doc: pycrdt.Doc | None = None,
+                            timeout: float | None = None) -> LiveDocument:
+        """Join ``document_id`` live and return its :class:`~collab.client.live.LiveDocument`:
+        a ``pycrdt.Doc`` (``doc``, or a new one) that is synced with the server, sends its
+        local changes and receives the others', and resyncs after every reconnect.
+
+        A ``doc`` with content of its own (edits made offline, kept from an earlier
+        binding) is merged: the server gets what it lacks. Raises :class:`CollabError`
+        as ``emit`` does (``NOT_FOUND``, ``PERMISSION_DENIED``, ``DISCONNECTED``,
+        ``TIMEOUT``) and ``RuntimeError`` for a document already open, or joined plain
+        with ``emit("documents:join")`` (leave it first)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.ack_timeout if timeout is None else timeout)
+        await self._wait_online(deadline)
+        if document_id in self._document_rooms.joined:
+            raise RuntimeError(f"Document {document_id!r} is joined plain: "
+                               "emit documents:leave before opening it live")
+        return await self._live_rooms.open(document_id, doc, deadline)
+
     async def __aenter__(self) -> SocketManager:
         await self.connect()
         return self
@@ -213,6 +243,8 @@ class SocketManager:
         """From the transport: the current link went down."""
         self._refresher.cancel()
         self._calls.fail_pending(link, direct_only=True)
+        for rooms in self._rooms:
+            rooms.lost()
         # after the tasks of packets already received, so their acks and events queue first
         asyncio.get_running_loop().call_soon(self._connection_lost, link, reason)
 

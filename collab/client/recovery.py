@@ -6,9 +6,10 @@ Each kind of room is tracked by a :class:`Rooms`: it sees every call and its ack
 (re)connect it re-joins and delivers what was missed. All of it runs in the
 dispatcher, so recovered and live events never interleave wrongly.
 
-The manager runs its trackers in a fixed order. A live-document binding would be
-one more tracker: it gets acked calls (``call``), the server's events in order
-(``on_event``) and, after every reconnect, ``resume`` to resync its state.
+The manager runs its trackers in a fixed order. The live-document bindings
+(:mod:`.live`) are one more tracker: they get acked calls (``call``), the server's
+events in order (``on_event``), the loss of the connection (``lost``, to stop
+sending) and, after every reconnect, ``resume`` to resync their state.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Rooms(Protocol):
         """The ids a reconnection re-joins."""
 
     def before_emit(self, event: str, data: Any) -> Undo | None:
-        """Before a call is sent; the undo runs if the call then fails."""
+        """Before a call is sent; the undo runs if the call then fails. Raising refuses
+        the call (nothing is sent)."""
 
     async def after_ack(self, event: str, data: Any, ack: Any) -> None:
         """As the call's ack arrives, in the dispatcher."""
@@ -53,6 +55,9 @@ class Rooms(Protocol):
     async def on_event(self, event: str, data: Any) -> bool:
         """A server event, in the dispatcher: True if dealt with here (delivered in
         order, held back, or dropped as seen), False to deliver it as it is."""
+
+    def lost(self) -> None:
+        """The connection just went down (called at once, outside the dispatcher)."""
 
     async def resume(self) -> None:
         """After a (re)connect: re-join and deliver what was missed. Raising fails the
@@ -106,6 +111,9 @@ class DocumentRooms:
             return True  # seen already (delivered by the recovery, or our own update)
         self._versions[document_id] = document["version"]
         return False
+
+    def lost(self) -> None:
+        return None
 
     async def resume(self) -> None:
         for document_id in list(self._versions):
@@ -191,6 +199,9 @@ class ChatRooms:
         else:
             await self._offer(message["chat_id"], feed, [message], recovered=False)
         return True
+
+    def lost(self) -> None:
+        return None
 
     async def resume(self) -> None:
         for chat_id, feed in list(self._feeds.items()):

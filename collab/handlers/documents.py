@@ -1,14 +1,16 @@
 """``documents:*`` events.
 
-Every change, whatever event made it (``documents:update``, ``documents:yupdate``,
-``documents:restore``), is one version made by :meth:`LiveDocuments.change
-<collab.livedocs.LiveDocuments.change>` and announced by :func:`_announce`: to the
-live members as ``documents:yupdate``, to the plain members as ``documents:updated``,
-each in version order, never back to the connection that made it.
+Every change, whatever made it (``documents:update``, ``documents:yupdate``,
+``documents:restore``, an update on the y-websocket endpoint), is one version made by
+:meth:`LiveDocuments.change <collab.livedocs.LiveDocuments.change>` and announced by
+:func:`announcer`: to the live members as ``documents:yupdate``, to the plain members
+as ``documents:updated``, each in version order, never back to the connection that
+made it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import schemas
@@ -20,6 +22,7 @@ from ..store.base import new_id
 from ..ydoc import LiveDocument
 
 if TYPE_CHECKING:
+    from ..broadcast import Broadcasts
     from ..connection import Connection
     from ..livedocs import Change
     from .context import Context
@@ -45,21 +48,28 @@ def _limits(ctx: Context) -> dict[str, int]:
             "max_state_bytes": ctx.settings.max_document_state_bytes}
 
 
-def _announcer(ctx: Context, conn: Connection, document_id: str):  # noqa: ANN202
-    """What tells the room of a stored change (called in turn, see the module docstring)."""
+def announcer(broadcasts: Broadcasts, document_id: str, user_id: str,
+              skip: str) -> Callable[[Change], Awaitable[None]]:
+    """What tells the room of a change ``user_id`` made through the connection (or
+    y-websocket socket) ``skip``: called in turn, see the module docstring."""
     r = room(document_id)
 
     async def announce(change: Change) -> None:
-        await ctx.broadcasts.publish_at(
+        await broadcasts.publish_at(
             r.live, "documents:yupdate",
             {"document_id": document_id, "update": change.update, "version": change.version,
-             "user_id": conn.user_id},
-            position=change.version, skip_sid=conn.sid)
-        await ctx.broadcasts.publish_at(
-            r.plain, "documents:updated", {"document": change.document, "user_id": conn.user_id},
-            position=change.version, skip_sid=conn.sid)
+             "user_id": user_id},
+            position=change.version, skip_sid=skip)
+        await broadcasts.publish_at(
+            r.plain, "documents:updated", {"document": change.document, "user_id": user_id},
+            position=change.version, skip_sid=skip)
 
     return announce
+
+
+def _announcer(ctx: Context, conn: Connection,
+               document_id: str) -> Callable[[Change], Awaitable[None]]:
+    return announcer(ctx.broadcasts, document_id, conn.user_id, conn.sid)
 
 
 def _require_live(ctx: Context, conn: Connection, document_id: str) -> None:
@@ -113,8 +123,8 @@ async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str
             return {"document": document, "role": role}
         if ctx.rooms.alone_in(conn.sid, sub):  # the others' cursors reach this node from now
             await ctx.broadcasts.ask_awareness(sub)  # on; those set before, once asked
-        loaded = await ctx.documents.get(document_id)
-        async with loaded.lock:  # everything stored so far, then sync step 2 from it
+        async with ctx.documents.locked(document_id) as loaded:
+            # everything stored so far, then sync step 2 from it
             await ctx.documents.catch_up(loaded)
             update = loaded.doc.diff(state_vector)
             # (with no await since the diff: nothing delivered here in between)

@@ -53,6 +53,7 @@ import redis.asyncio as aioredis
 
 from ..errors import Unavailable
 from ..redisconn import OUTAGES, SOCKET_TIMEOUT, RedisTarget, open_client
+from ..tasks import cancel_and_wait
 from .base import Registry
 
 log = logging.getLogger("collab.registry")
@@ -331,11 +332,8 @@ class RedisRegistry(Registry):
 
     async def close(self) -> None:
         """Stop beating and remove this node's connections and heartbeat."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._redis is not None:
             await self._leave_cluster()
         if self._redis is not None:
