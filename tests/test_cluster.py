@@ -18,7 +18,16 @@ import pytest
 import redis.asyncio as aioredis
 import socketio
 from conftest import cancel_leftover_tasks, running_server
-from harness import SECRET, WAIT, Client, OtherNode, PycrdtPeer, make_settings, make_token
+from harness import (
+    SECRET,
+    WAIT,
+    Client,
+    OtherNode,
+    PycrdtPeer,
+    YjsProviders,
+    make_settings,
+    make_token,
+)
 from process import CollabProcess
 from services import RedisClusterServer, RedisServer, with_database
 from tornado.httpclient import AsyncHTTPClient
@@ -572,6 +581,30 @@ async def test_a_nodes_first_live_member_gets_the_cursors_set_on_other_nodes(a, 
     second = PycrdtPeer(await connect(b, "bob"), document_id)  # node B holds it from now on
     assert decode_update((await second.join())["awareness"]) == states
     assert also.client.pending("documents:awareness") == []  # node A's members had it
+
+
+@pytest.fixture
+def providers(io_loop):
+    """Real y-websocket providers (yjs in Node), closed afterwards."""
+    started = io_loop.run_sync(YjsProviders.start)
+    yield started
+    io_loop.run_sync(started.close)
+
+
+async def test_a_y_websocket_first_member_of_a_node_gets_the_other_nodes_cursors(
+        a, b, connect, providers):
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    here = PycrdtPeer(alice, document_id)
+    await here.join()
+    await alice.ok("documents:awareness", {"document_id": document_id, "update":
+                                           encode_update([Entry(4242, 1, '{"user":"a"}')])})
+    bob_id = await providers.open("bob", b.url, document_id, token=make_token("bob"),
+                                  state={"user": "b"})
+    seen = await providers.until("bob", "awareness", lambda e: "4242" in e["states"])
+    assert seen["states"]["4242"] == {"user": "a"}
+    got = await next_awareness(alice)  # and the provider's own state crosses the other way
+    assert [e.client_id for e in got] == [bob_id]
 
 
 async def test_a_newcomer_sees_every_cursor_a_busy_node_relays(a, b, connect):
