@@ -45,6 +45,9 @@ log = logging.getLogger("collab")
 
 #: the longest an expiry timer sleeps (seconds); a later expiry is re-armed on waking
 MAX_EXPIRY_DELAY = 24 * 3600.0
+#: changes sent from the store after a gap in another node's broadcasts, at most (past
+#: it, the oldest are not: those members join again, as after any long outage)
+MAX_FILLED = 1000
 
 
 class CollabApp:
@@ -80,6 +83,8 @@ class CollabApp:
             revoked=self._revoked_elsewhere,
             resubscribed=self._recheck_access,
             observe=self._observe,
+            asked=self._awareness_asked,
+            missed=self._missed,
         ))
         self.sio = GuardedServer(
             async_mode="tornado",
@@ -100,7 +105,8 @@ class CollabApp:
         #: room broadcasts, stored items in position order (what handlers publish through)
         self.broadcasts = Broadcasts(self.broadcaster, self.metrics)
         #: the live documents loaded on this node
-        self.documents = LiveDocuments(self.store, settings, self._hosts_document)
+        self.documents = LiveDocuments(self.store, settings, self._hosts_document,
+                                       expired=self._awareness_expired)
         #: this node's y-websocket sockets by key: the document rooms' outside members
         self.yjs_sockets: dict[str, YjsHandler] = {}
         self.membership = Membership(self.sio, self.broadcaster, self.broadcasts, registry,
@@ -268,10 +274,43 @@ class CollabApp:
             await self.documents.observed(room.id, envelope.position, envelope.attachments[0])
         elif envelope.event == "documents:awareness":
             try:  # (the states of that node's connections, kept for this node's joiners)
-                self.documents.awareness(room.id).apply(("node", envelope.host),
-                                                        envelope.attachments[0])
+                self.documents.awareness(room.id).apply(
+                    ("node", envelope.host), envelope.attachments[0], relayed=True)
             except CollabError:
                 pass  # that node accepted it under its own bounds; relayed all the same
+
+    async def _awareness_asked(self, name: str) -> None:
+        """Another node now has live members of a document: send it the states of this
+        node's members there (the others have them: they are skipped)."""
+        room = Room.parse(name)
+        if room is None or room.mode != LIVE or not self.documents.has_awareness(room.id):
+            return
+        here = self.broadcaster.local_members(name)
+        states = self.documents.awareness(room.id).encode_announced(here)
+        if states is not None:
+            await self.broadcasts.send(room, "documents:awareness",
+                                       {"document_id": room.id, "update": states},
+                                       skip_sid=here)
+
+    async def _missed(self, name: str, positions: list[int]) -> None:
+        """Another node's changes whose broadcasts never came: a live member cannot do
+        without them (later Yjs updates build on them), so they come from the store.
+        Plain members get the whole content with the next change."""
+        room = Room.parse(name)
+        if room is None or room.kind != "document" or room.mode != LIVE:
+            return
+        wanted = set(positions[-MAX_FILLED:])
+        updates = await self.store.document_updates(room.id, min(wanted) - 1,
+                                                    up_to=max(wanted))
+        for update in updates:
+            if update.version in wanted and update.update:
+                # (the copy first, as for every change delivered here: a join reading it
+                # meanwhile is skipped by the delivery, so must have it in its answer)
+                await self.documents.observed(room.id, update.version, update.update)
+                await self.broadcasts.send_here(room, "documents:yupdate", {
+                    "document_id": room.id, "update": update.update,
+                    "version": update.version, "user_id": update.user_id,
+                }, position=update.version)
 
     # -- live documents ----------------------------------------------------
 
@@ -286,6 +325,12 @@ class CollabApp:
         if removal is not None:
             await self.broadcasts.send(sub, "documents:awareness",
                                        {"document_id": sub.id, "update": removal})
+
+    async def _awareness_expired(self, document_id: str, removal: bytes) -> None:
+        """States nobody renewed in time: this node's live members lose them (every node
+        finds its own expired states, so this goes to no other node)."""
+        await self.broadcasts.send_here(Room.document(document_id).live, "documents:awareness",
+                                        {"document_id": document_id, "update": removal})
 
     # -- dispatch ----------------------------------------------------------
 

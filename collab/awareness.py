@@ -19,16 +19,23 @@ What this adds for a server:
   goes, :meth:`RoomAwareness.remove_connection` gives the update that removes all of
   them at once, instead of the peers' 30-second timeout.
 * bounds: states per connection and per room, and bytes per state, refused whole
-  (nothing of an update is applied when any entry is refused); removed clients are
-  remembered (their last clock, so a late re-send of an old state is not taken for
-  new) up to a cap, oldest forgotten first.
+  (nothing of an update is applied when any entry is refused; another node's relay,
+  which carries all of its connections' states, is bounded per room only); removed
+  clients are remembered (their last clock, so a late re-send of an old state is not
+  taken for new) up to a cap, oldest forgotten first.
+* expiry: a state not renewed within ``timeout`` seconds is gone, as every
+  y-protocols peer decides for itself (``outdatedTimeout``, 30 s; clients renew
+  every 15 s). :meth:`RoomAwareness.expire` gives the update that removes them. This
+  is what clears the states another node relayed once that node dies: nobody is left
+  to send their removal.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 
 from .errors import InvalidInput, PayloadTooLarge
@@ -45,6 +52,9 @@ MAX_IDS_PER_CONNECTION = 8
 MAX_STATES_PER_ROOM = 1024
 #: Clocks remembered for removed clients, so stale re-sends stay stale.
 MAX_REMOVED_PER_ROOM = 4 * MAX_STATES_PER_ROOM
+#: Seconds a state lives without renewal: y-protocols' ``outdatedTimeout`` (its clients
+#: renew every half of it). The ``awareness_timeout`` setting, by default.
+OUTDATED_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +115,19 @@ class RoomAwareness:
     def __init__(self, *, max_state_bytes: int = MAX_STATE_BYTES,
                  max_ids_per_connection: int = MAX_IDS_PER_CONNECTION,
                  max_states: int = MAX_STATES_PER_ROOM,
-                 max_removed: int = MAX_REMOVED_PER_ROOM) -> None:
+                 max_removed: int = MAX_REMOVED_PER_ROOM,
+                 timeout: float = OUTDATED_TIMEOUT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_state_bytes = max_state_bytes
         self.max_ids_per_connection = max_ids_per_connection
         self.max_states = max_states
         self.max_removed = max_removed
+        self.timeout = timeout
+        self._clock_now = clock
         #: client id -> its current entry (always with a state)
         self._states: dict[int, Entry] = {}
+        #: client id -> when its state was last accepted (``clock`` time)
+        self._renewed: dict[int, float] = {}
         #: client id -> last clock, for clients removed
         self._removed: OrderedDict[int, int] = OrderedDict()
         #: connection -> client ids it announced; and the reverse
@@ -122,19 +138,22 @@ class RoomAwareness:
         return len(self._states)
 
     def states(self) -> dict[int, tuple[int, str]]:
-        """``{client_id: (clock, state JSON)}`` of every present client."""
-        return {cid: (e.clock, e.state) for cid, e in self._states.items()}  # type: ignore[misc]
+        """``{client_id: (clock, state JSON)}`` of every present client (expired ones
+        are not, even before :meth:`expire` has removed them)."""
+        return {e.client_id: (e.clock, e.state) for e in self._current()}  # type: ignore[misc]
 
     def announced(self, conn_key: Hashable) -> frozenset[int]:
         """The client ids ``conn_key`` announced and still holds."""
         return frozenset(self._announced.get(conn_key, ()))
 
-    def apply(self, conn_key: Hashable, data: bytes) -> bytes | None:
+    def apply(self, conn_key: Hashable, data: bytes, *, relayed: bool = False) -> bytes | None:
         """Apply an awareness update from connection ``conn_key``.
 
         Returns the accepted entries as an update to relay to the others, None when
         nothing was accepted. Malformed bytes are InvalidInput; an entry over a bound
-        is PayloadTooLarge; either way nothing of the update is applied.
+        is PayloadTooLarge; either way nothing of the update is applied. ``relayed``:
+        ``conn_key`` is another node, relaying what it accepted from all of its
+        connections, so the bound per connection is not its to meet (the room's is).
         """
         entries = decode_update(data)
         # decide every entry against a scratch view, then commit all or nothing
@@ -154,7 +173,7 @@ class RoomAwareness:
                 accepted.append(entry)
         if not accepted:
             return None
-        self._check_bounds(conn_key, present)
+        self._check_bounds(conn_key, present, relayed)
         for entry in accepted:
             self._commit(conn_key, entry)
         return encode_update(accepted)
@@ -167,20 +186,47 @@ class RoomAwareness:
         ``removeAwarenessStates``: peers accept a ``null`` at the clock they hold, and
         the client's next renewal (clock + 1) is then accepted again if it reconnects.
         """
-        ids = self._announced.pop(conn_key, set())
-        removed = []
-        for cid in sorted(ids):
-            del self._owner[cid]
-            entry = self._states.pop(cid)
-            self._remember_removed(cid, entry.clock)
-            removed.append(Entry(cid, entry.clock, None))
+        removed = [self._drop(cid) for cid in sorted(self._announced.get(conn_key, ()))]
         return encode_update(removed) if removed else None
 
+    def expire(self) -> bytes | None:
+        """Remove every state not renewed within ``timeout`` seconds: the update that
+        removes them (``null`` states at their clocks, as :meth:`remove_connection`),
+        for this node's members; None if none had expired."""
+        cutoff = self._clock_now() - self.timeout
+        stale = sorted(cid for cid, at in self._renewed.items() if at <= cutoff)
+        removed = [self._drop(cid) for cid in stale]
+        return encode_update(removed) if removed else None
+
+    def encode_announced(self, conn_keys: Collection[Hashable]) -> bytes | None:
+        """The present states the connections ``conn_keys`` announced, as one update
+        (None if none): what a node sends again when another node asks."""
+        keys = set(conn_keys)
+        entries = [e for e in self._current() if self._owner[e.client_id] in keys]
+        return encode_update(entries) if entries else None
+
     def encode_all(self) -> bytes:
-        """Every present state as one update, for a live join's ack."""
-        return encode_update(list(self._states.values()))
+        """Every present state as one update, for a live join's ack: never one that
+        has expired, even before :meth:`expire` has removed it."""
+        return encode_update(self._current())
 
     # -- internals ---------------------------------------------------------------
+
+    def _current(self) -> list[Entry]:
+        cutoff = self._clock_now() - self.timeout
+        return [e for cid, e in self._states.items() if self._renewed[cid] > cutoff]
+
+    def _drop(self, cid: int) -> Entry:
+        """Forget present client ``cid`` (owner, state, renewal): its removal entry."""
+        owner = self._owner.pop(cid)
+        ids = self._announced[owner]
+        ids.discard(cid)
+        if not ids:
+            del self._announced[owner]
+        entry = self._states.pop(cid)
+        del self._renewed[cid]
+        self._remember_removed(cid, entry.clock)
+        return Entry(cid, entry.clock, None)
 
     def _clock(self, cid: int) -> int:
         entry = self._states.get(cid)
@@ -188,7 +234,8 @@ class RoomAwareness:
             return entry.clock
         return self._removed.get(cid, 0)
 
-    def _check_bounds(self, conn_key: Hashable, present: dict[int, bool]) -> None:
+    def _check_bounds(self, conn_key: Hashable, present: dict[int, bool],
+                      relayed: bool) -> None:
         mine = set(self._announced.get(conn_key, ()))
         room = set(self._states)
         for cid, has in present.items():
@@ -198,7 +245,7 @@ class RoomAwareness:
             else:
                 mine.discard(cid)
                 room.discard(cid)
-        if len(mine) > self.max_ids_per_connection:
+        if not relayed and len(mine) > self.max_ids_per_connection:
             raise PayloadTooLarge("Awareness client ids of one connection",
                                   self.max_ids_per_connection)
         if len(room) > self.max_states:
@@ -214,10 +261,12 @@ class RoomAwareness:
                 del self._announced[owner]
         if entry.state is None:
             self._states.pop(cid, None)
+            self._renewed.pop(cid, None)
             self._remember_removed(cid, entry.clock)
             return
         self._removed.pop(cid, None)
         self._states[cid] = entry
+        self._renewed[cid] = self._clock_now()
         self._owner[cid] = conn_key
         self._announced.setdefault(conn_key, set()).add(cid)
 

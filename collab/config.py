@@ -260,6 +260,9 @@ class Settings(BaseSettings):
     max_loaded_documents: Positive = 1000
     #: seconds a live document stays loaded after its room's last member here left
     document_unload_after: float = Field(30.0, ge=0)
+    #: seconds an awareness state (a cursor) lives without renewal: y-protocols'
+    #: outdatedTimeout, whose clients renew every half of it (collab/awareness.py)
+    awareness_timeout: float = Field(30.0, gt=0)
 
     #: the Socket.IO Admin UI on the /admin namespace, signed in with an admin-role JWT
     #: as the password (collab/admin.py, docs/deployment.md)

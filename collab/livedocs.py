@@ -7,8 +7,12 @@ compare-and-set on the version the copy has (the store assigns it; two nodes
 cannot both take one). A node that lost the race catches up from the store (the
 updates after its version, applied in order: Yjs updates commute, so its own
 edit stays valid) and tries again, so the content stored with each version is
-the merge of every version below it. Changes to one document on one node go one
-at a time (a lock); the store commits different documents' changes together.
+the merge of every version below it. It pauses a little before each new try
+(jittered, growing): against a node storing changes back to back, trying again
+at once loses every time, since catching up and storing take longer than that
+node's next store. Past ``RETRY_FOR`` seconds the change is refused as
+UNAVAILABLE. Changes to one document on one node go one at a time (a lock); the
+store commits different documents' changes together.
 
 A copy follows the other nodes' changes as they arrive in version order
 (:meth:`LiveDocuments.observed`, from the broadcast layer), and catches up from
@@ -21,6 +25,12 @@ has had no member on this node for ``document_unload_after`` seconds is dropped.
 Every ``SNAPSHOT_EVERY`` versions a copy's state is stored as a snapshot, so that
 loading replays a bounded number of updates; compaction by the retention
 setting runs then too.
+
+Awareness states (cursors) are kept per document beside the copies, not in them:
+the sweep also removes the states not renewed within ``awareness_timeout`` and
+hands the removal to ``expired``, for this node's live members. Each node does
+this for itself (every y-protocols peer does too), which is what clears the states
+another node relayed before it died.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .awareness import RoomAwareness
@@ -44,8 +55,11 @@ log = logging.getLogger("collab.documents")
 
 #: versions between two snapshots of a loaded document
 SNAPSHOT_EVERY = 200
-#: attempts at storing one change when other nodes keep taking the version
-MAX_ATTEMPTS = 8
+#: seconds one change keeps trying while other nodes keep taking the next version
+#: (each attempt merges what they stored first); then UNAVAILABLE, retry
+RETRY_FOR = 5.0
+#: the longest pause between two attempts (they start at 1 ms and double, jittered)
+MAX_BACKOFF = 0.05
 #: seconds between looks for copies to unload
 SWEEP_INTERVAL = 5.0
 #: the client id of a state rebuilt from a document stored before the update log:
@@ -54,6 +68,12 @@ REBUILT_CLIENT_ID = 0
 
 #: the Yjs update one edit made of a copy, or None when it changed nothing
 Edit = Callable[[LiveDocument], "bytes | None"]
+#: ``(document_id, update)``: these awareness states expired; tell the members here
+Expired = Callable[[str, bytes], Awaitable[None]]
+
+
+async def _nobody_to_tell(document_id: str, update: bytes) -> None:
+    return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -87,11 +107,12 @@ class LiveDocuments:
     """The loaded documents of one node."""
 
     def __init__(self, store: Store, settings: Settings,
-                 has_members: Callable[[str], bool]) -> None:
+                 has_members: Callable[[str], bool], expired: Expired = _nobody_to_tell) -> None:
         self._store = store
         self._settings = settings
         #: whether this node hosts a member of the document (by id) now
         self._has_members = has_members
+        self._expired = expired
         self._loaded: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
         self._loading: dict[str, asyncio.Future[Loaded]] = {}
         #: awareness per document with live members here: relayed, never stored, and
@@ -112,8 +133,13 @@ class LiveDocuments:
         once nobody is in the room here)."""
         states = self._awareness.get(document_id)
         if states is None:
-            states = self._awareness[document_id] = RoomAwareness()
+            states = self._awareness[document_id] = RoomAwareness(
+                timeout=self._settings.awareness_timeout)
         return states
+
+    def has_awareness(self, document_id: str) -> bool:
+        """Whether the document has awareness states here (without creating them)."""
+        return document_id in self._awareness
 
     def peek(self, document_id: str) -> Loaded | None:
         """The loaded copy, if there is one (loads nothing)."""
@@ -132,9 +158,24 @@ class LiveDocuments:
         self._awareness.clear()
 
     async def _sweep_forever(self) -> None:
+        # y-protocols looks for outdated states ten times per timeout
+        interval = min(SWEEP_INTERVAL, self._settings.awareness_timeout / 10)
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(interval)
             self.sweep()
+            await self.expire_awareness()
+
+    async def expire_awareness(self) -> None:
+        """Remove the awareness states nobody renewed in time, and say so."""
+        for document_id, states in list(self._awareness.items()):
+            removal = states.expire()
+            if removal is None:
+                continue
+            try:
+                await self._expired(document_id, removal)
+            except Exception:  # noqa: BLE001 - the others' expiry still goes out
+                log.exception("sending the expired awareness states of %s failed",
+                              document_id)
 
     def sweep(self) -> None:
         """Unload the copies whose room has had no member here for the grace period."""
@@ -233,6 +274,8 @@ class LiveDocuments:
         """Apply the stored versions after the copy's, in order (to ``up_to`` at most)."""
         updates = await self._store.document_updates(loaded.id, loaded.version, up_to=up_to)
         for update in updates:
+            if update.version <= loaded.version:
+                continue  # applied meanwhile, as another node announced it (observed)
             if update.version != loaded.version + 1:
                 break  # compacted away under us: reload rather than guess
             if not update.update:  # the store's v1 path wrote this one: no Yjs update
@@ -266,7 +309,10 @@ class LiveDocuments:
             update = edit(loaded.doc)
             if update is None:
                 return None
-            for _ in range(MAX_ATTEMPTS):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + RETRY_FOR
+            backoff = 0.001
+            while loop.time() < deadline:
                 try:
                     document = await self._store.append_document_update(
                         document_id, update, loaded.doc.content, user_id,
@@ -275,7 +321,11 @@ class LiveDocuments:
                     if expected_version is not None:  # v1: the client must see the new one
                         self.discard(document_id)
                         raise
-                    await self.catch_up(loaded)  # another node took it: merge, go again
+                    # another node took it: merge, go again, after a pause (so that
+                    # nodes that lost together do not collide again at once)
+                    await asyncio.sleep(random.uniform(0, backoff))
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await self.catch_up(loaded)
                     continue
                 except BaseException:
                     self.discard(document_id)

@@ -197,6 +197,11 @@ class Membership:
     def contains(self, sid: str, room: Room) -> bool:
         return sid in self._broadcaster.rooms.get("/", {}).get(room.name, ())
 
+    def alone_in(self, key: str, room: Room) -> bool:
+        """Whether ``key`` (a sid, or an outside member's key) is this node's only member
+        of ``room``."""
+        return self._broadcaster.local_members(room.name) == [key]
+
     # -- revocation --------------------------------------------------------
 
     def check_can_revoke(self) -> None:

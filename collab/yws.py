@@ -252,6 +252,10 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
         try:
             # in the room before reading the document: no change can fall between
             await endpoint.membership.enter_outside(self, self.room)
+            if endpoint.membership.alone_in(self.key, self.room.live):
+                # the first live member here: the other nodes' cursors, set before this
+                # node heard the room, are sent again (collab/app.py)
+                await endpoint.broadcasts.ask_awareness(self.room.live)
             # again, now that it is in: a revocation since the upgrade did not find it
             role = await require_document_role(endpoint.store, self.identity,
                                                self.document_id, "viewer")

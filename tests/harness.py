@@ -178,8 +178,10 @@ class PycrdtPeer:
         #: update that brought nothing new is acked with the current version, maybe
         #: another's not received yet: where that can happen, wait on ``received``
         self.seen: set[int] = set()
-        #: the versions that came from the room
-        self.received: set[int] = set()
+        #: the versions of the others' changes, as they arrived
+        self.received: list[int] = []
+        #: every ack's version (an update that brought nothing new: the current one)
+        self.acked: list[int] = []
 
     async def join(self) -> dict:
         ack = await self.client.ok("documents:join", {"document_id": self.document_id,
@@ -196,6 +198,7 @@ class PycrdtPeer:
                                    {"document_id": self.document_id, "update": update})
         self.version = max(self.version, ack["version"])
         self.seen.add(ack["version"])
+        self.acked.append(ack["version"])
         return ack
 
     def edit(self, change) -> bytes:  # noqa: ANN001
@@ -204,12 +207,12 @@ class PycrdtPeer:
         change(self.text)
         return self.doc.get_update(before)
 
-    async def receive(self) -> dict:
-        got = await self.client.next("documents:yupdate")
+    async def receive(self, timeout: float = WAIT) -> dict:
+        got = await self.client.next("documents:yupdate", timeout)
         self.doc.apply_update(got["update"])
         self.version = max(self.version, got["version"])
         self.seen.add(got["version"])
-        self.received.add(got["version"])
+        self.received.append(got["version"])
         return got
 
     @property

@@ -272,3 +272,58 @@ def test_removed_clients_are_remembered_up_to_a_cap():
     assert len(room._removed) == 5 and len(room) == 0
     # the most recent are still known: their old state is stale
     assert room.apply("late", update((19, 1, {}))) is None
+
+
+# -- expiry (y-protocols' outdatedTimeout) ---------------------------------------------------
+
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_state_not_renewed_within_the_timeout_expires():
+    clock = Clock()
+    room = RoomAwareness(timeout=30, clock=clock)
+    room.apply("a", update((1, 4, {"me": "a"})))
+    room.apply(("node", "n2"), update((2, 1, {"me": "b"})), relayed=True)
+    clock.now += 20
+    room.apply("a", update((1, 5, {"me": "a"})))  # a renews (y-protocols: every 15 s)
+    clock.now += 9.9
+    assert room.expire() is None and set(room.states()) == {1, 2}
+    clock.now += 0.1  # 30 s since 2's state came, 10 s since 1's renewal
+    assert set(room.states()) == {1}  # expired, before expire() has removed it
+    assert decoded(room.encode_all()) == [(1, 5, {"me": "a"})]  # a newcomer never sees it
+    assert decoded(room.expire()) == [(2, 1, None)]  # its clock, as remove_connection
+    assert room.expire() is None and room.announced(("node", "n2")) == frozenset()
+    # an echo of the expired state is stale; its client's next renewal is news again
+    assert room.apply("a", update((2, 1, {"me": "b"}))) is None
+    assert decoded(room.apply(("node", "n2"), update((2, 2, {"me": "b"})), relayed=True)) \
+        == [(2, 2, {"me": "b"})]
+
+
+def test_an_expired_state_removed_is_not_removed_again_with_its_connection():
+    clock = Clock()
+    room = RoomAwareness(timeout=30, clock=clock)
+    room.apply("a", update((1, 1, {}), (2, 1, {})))
+    clock.now += 20
+    room.apply("a", update((2, 2, {})))
+    clock.now += 10
+    assert decoded(room.expire()) == [(1, 1, None)]
+    assert decoded(room.remove_connection("a")) == [(2, 2, None)]
+    assert len(room) == 0
+
+
+def test_a_node_relays_more_states_than_one_connection_may_hold():
+    """Another node's relay carries the states of all its connections: only the room's
+    bound applies to it, so a newcomer here sees every cursor of a busy node."""
+    room = RoomAwareness()
+    many = [(cid, 1, {}) for cid in range(3 * MAX_IDS_PER_CONNECTION)]
+    assert room.apply(("node", "n2"), update(*many), relayed=True) is not None
+    assert len(decoded(room.encode_all())) == 3 * MAX_IDS_PER_CONNECTION
+    with pytest.raises(PayloadTooLarge):  # a connection of this node still may not
+        room.apply("a", update(*[(cid, 1, {}) for cid in range(100, 109)]))

@@ -29,7 +29,7 @@ from harness import (
 )
 from services import RedisClusterServer, RedisServer
 
-from collab.broadcast.wire import EMIT, REVOKE, VERSION, Envelope, channel_for
+from collab.broadcast.wire import ASK, EMIT, REVOKE, VERSION, Envelope, channel_for
 from collab.server import Server
 
 
@@ -279,6 +279,8 @@ def test_an_envelope_round_trips_with_attachments_and_odd_ids():
     assert Envelope.decode(data) == envelope
     revoke = Envelope("h", REVOKE, "document_d", user_id="bob")
     assert Envelope.decode(revoke.encode()) == revoke
+    ask = Envelope("h", ASK, "document_d#live")
+    assert Envelope.decode(ask.encode()) == ask and ask.metric_kind == "presence"
 
 
 @pytest.mark.parametrize("data", [
@@ -321,3 +323,25 @@ async def test_binary_payloads_cross_nodes(node, other):
     await other.emit("documents:yupdate", payload, f"document_{document_id}")
     got = await alice.next("documents:yupdate")
     assert got == payload
+
+
+# -- what a join covered (collab/broadcast/joins.py) -------------------------------------
+
+
+def test_a_join_covers_broadcasts_up_to_its_position_and_its_mark_goes_after():
+    from collab.broadcast.joins import READING, JoinPositions
+
+    joins = JoinPositions()
+    members = {"s1", "s2"}
+    joins.mark("room", "s1", READING)  # its join is reading: everything delivered is in it
+    assert joins.skip("room", 4, members) == ["s1"]
+    joins.mark("room", "s1", 6)  # the join's answer covers up to 6
+    assert joins.skip("room", 5, members) == ["s1"]
+    assert joins.skip("room", 6, members) == ["s1"]
+    assert joins.skip("room", 7, members) == [] and len(joins) == 0  # forgotten at 6
+    joins.mark("room", "s2", 9)
+    assert joins.skip("room", 8, {"s1"}) == ["s2"] and len(joins) == 0  # s2 left the room
+    joins.mark("room", "s1", READING)
+    assert joins.skip("room", 3, set()) == ["s1"]  # (not in the room yet: kept)
+    joins.forget_sid("s1", ["room"])
+    assert len(joins) == 0

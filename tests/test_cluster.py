@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from pathlib import Path
@@ -17,12 +18,23 @@ import pytest
 import redis.asyncio as aioredis
 import socketio
 from conftest import cancel_leftover_tasks, running_server
-from harness import SECRET, WAIT, Client, OtherNode, make_settings, make_token
+from harness import (
+    SECRET,
+    WAIT,
+    Client,
+    OtherNode,
+    PycrdtPeer,
+    YjsProviders,
+    make_settings,
+    make_token,
+)
 from process import CollabProcess
 from services import RedisClusterServer, RedisServer, with_database
 from tornado.httpclient import AsyncHTTPClient
 
+from collab.awareness import MAX_IDS_PER_CONNECTION, Entry, decode_update, encode_update
 from collab.broadcast.holdback import GAP_TIMEOUT
+from collab.livedocs import LiveDocuments
 from collab.redisconn import RedisTarget
 
 pytestmark = pytest.mark.cluster
@@ -39,8 +51,10 @@ def unique(prefix: str) -> str:
 NODE_CONFIG = Path(__file__).parent.parent / "config" / "cluster-node.example.toml"
 
 
-def start_node(tmp: Path, name: str, redis_url: str, storage_url: str) -> CollabProcess:
-    """``collab serve`` as docs/deployment.md says: the shared file, the rest from env."""
+def start_node(tmp: Path, name: str, redis_url: str, storage_url: str,
+               settings: dict[str, str] | None = None) -> CollabProcess:
+    """``collab serve`` as docs/deployment.md says: the shared file, the rest from env
+    (``settings``: more ``COLLAB_*`` variables)."""
     cwd = tmp / name
     cwd.mkdir(exist_ok=True)
     env = {
@@ -50,6 +64,7 @@ def start_node(tmp: Path, name: str, redis_url: str, storage_url: str) -> Collab
         "COLLAB_JWT_SECRET": SECRET,
         "COLLAB_NODE_ID": name,
         "COLLAB_HOST": "127.0.0.1",
+        **(settings or {}),
     }
     node = CollabProcess(cwd, env)
     node.env["COLLAB_PORT"] = str(node.port)
@@ -64,10 +79,15 @@ class Cluster:
         self.storage_url = storage_url
         self.nodes: list[CollabProcess] = []
 
-    def add(self, name: str) -> CollabProcess:
-        node = start_node(self.tmp, name, self.redis.url, self.storage_url)
+    def add(self, name: str, settings: dict[str, str] | None = None) -> CollabProcess:
+        node = start_node(self.tmp, name, self.redis.url, self.storage_url, settings)
         self.nodes.append(node)
         return node
+
+    def remove(self, node: CollabProcess) -> None:
+        """Stop a node added for one test, so the next ones do not share the CPU with it."""
+        node.stop()
+        self.nodes.remove(node)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -363,6 +383,295 @@ async def test_a_revoked_user_leaves_the_room_on_every_node(a, b, connect):
     assert users == ["alice", "carol"]
 
 
+# -- live documents across nodes ---------------------------------------------------
+
+
+async def share(owner: Client, document_id: str, **roles: str) -> None:
+    for user_id, role in roles.items():
+        await owner.ok("documents:share",
+                       {"document_id": document_id, "user_id": user_id, "role": role})
+
+
+async def typist(peer: PycrdtPeer, edits: int, rng: random.Random, letters: str) -> None:
+    """Random inserts and deletions as fast as acks come, taking in some of the others'
+    changes between them and leaving the rest for later.
+
+    Each typist types its own ``letters`` and deletes only those: two deletions of one
+    character would make the second bring nothing new (acked with the current version,
+    not stored), and the checks want each ack to be a version of its own.
+    """
+    for _ in range(edits):
+        text = str(peer.text)  # (pycrdt indexes UTF-8 bytes: ASCII here)
+        mine = [i for i, char in enumerate(text) if char in letters]
+        if mine and rng.random() < 0.3:
+            start = rng.choice(mine)
+            update = peer.edit(lambda t, s=start: t.__delitem__(slice(s, s + 1)))
+        else:
+            at = rng.randrange(len(text) + 1)
+            update = peer.edit(lambda t, a=at: t.insert(a, rng.choice(letters)))
+        await peer.send(update)
+        while peer.waiting and rng.random() < 0.7:
+            await peer.receive()
+
+
+async def updated_until(client: Client, version: int) -> list[dict]:
+    """A plain member's ``documents:updated`` documents up to ``version``."""
+    documents = [(await client.next("documents:updated", timeout=10))["document"]]
+    while documents[-1]["version"] < version:
+        documents.append((await client.next("documents:updated", timeout=10))["document"])
+    return documents
+
+
+async def test_live_editors_on_two_nodes_converge_and_get_each_change_once_in_order(
+        a, b, connect):
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob", "carol")
+    await share(alice, document_id, dave="viewer", erin="viewer")
+    peers = [PycrdtPeer(alice, document_id), PycrdtPeer(await connect(b, "bob"), document_id),
+             PycrdtPeer(await connect(b, "carol"), document_id)]
+    for peer in peers:
+        await peer.join()
+    plain = [await connect(b, "dave"), await connect(a, "erin")]  # v1 members, both nodes
+    for client in plain:
+        await client.ok("documents:join", {"document_id": document_id})
+
+    rng = random.Random(12)
+    await asyncio.gather(*(typist(peer, 60, rng, letters)
+                           for peer, letters in zip(peers, ("abc", "xyz", "ijk"), strict=True)))
+    heads = [(await client.ok("documents:get", {"document_id": document_id}))["document"]
+             for client in (alice, plain[0])]  # the store, asked on node A and node B
+    assert heads[0] == heads[1]
+    last = heads[0]["version"]
+    everything = set(range(1, last + 1))
+    # each ack a version of its own: 180 changes, 180 versions, each made once
+    assert last == 180
+    assert sorted(v for peer in peers for v in peer.acked) == list(range(1, last + 1))
+    for peer in peers:  # and delivered once to every other editor, in version order
+        others = sorted(everything - set(peer.acked))
+        while len(peer.received) < len(others):
+            await peer.receive(timeout=10)
+        assert peer.received == others, peer.received
+    # a last change: the next thing everyone gets (nothing was left over or sent twice)
+    marker = await peers[0].send(peers[0].edit(lambda t: t.insert(0, "!")))
+    assert marker["version"] == last + 1
+    for peer in peers[1:]:
+        assert (await peer.receive(timeout=10))["version"] == last + 1
+    content = peers[0].content
+    assert {peer.content for peer in peers} == {content}
+
+    for client in plain:  # every version, in order, with the content of the last
+        documents = await updated_until(client, last + 1)
+        assert [d["version"] for d in documents] == list(range(1, last + 2))
+        assert documents[-1]["content"] == content
+    for node in (a, b):  # the store, and each node's own copy, end the same
+        fresh = PycrdtPeer(await connect(node, "alice"), document_id)
+        ack = await fresh.join()
+        assert (ack["document"]["content"], ack["document"]["version"]) == (content, last + 1)
+        assert fresh.content == content
+        head = (await fresh.client.ok("documents:get", {"document_id": document_id}))
+        assert (head["document"]["content"], head["document"]["version"]) == \
+            (content, last + 1)
+
+
+async def test_editors_joining_on_either_node_mid_edit_converge_and_miss_nothing(
+        a, b, connect):
+    """Members join, on both nodes, while editors on both nodes type: a live one starts
+    from its join's state and version, then gets every later version once, in order;
+    a plain one gets nothing older than its join's content after its ack (each joining
+    node reads the store after entering the room, so what is on its way from the other
+    node is in the join's answer too)."""
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    editors = [PycrdtPeer(alice, document_id), PycrdtPeer(await connect(b, "bob"), document_id)]
+    for peer in editors:
+        await peer.join()
+    rng = random.Random(5)
+    typing = asyncio.gather(*(typist(peer, 80, rng, letters)
+                              for peer, letters in zip(editors, ("abc", "xyz"), strict=True)))
+    joiners: list[PycrdtPeer] = []
+    joined: list[int] = []  # the version each joiner's ack said
+    plain: list[tuple[Client, int, list[dict]]] = []  # v1 members: client, version, early
+    for i in range(12):
+        await asyncio.sleep(rng.uniform(0, 0.05))
+        node = (a, b)[i % 2]
+        if i % 3 == 2:
+            client = await connect(node, "alice")
+            ack = await client.ok("documents:join", {"document_id": document_id})
+            # what came before the ack (a lookup that may read a secondary goes first)
+            plain.append((client, ack["document"]["version"],
+                          client.pending("documents:updated")))
+            continue
+        peer = PycrdtPeer(await connect(node, "alice"), document_id)
+        joined.append((await peer.join())["document"]["version"])
+        joiners.append(peer)
+    await typing
+    last = (await alice.ok("documents:get", {"document_id": document_id}))["document"]
+    last = last["version"]
+    assert last == 160  # (every change its own version)
+    for peer in editors:
+        while len(peer.received) + len(peer.acked) < last:
+            await peer.receive(timeout=10)
+    content = editors[0].content
+    for peer, version in zip(joiners, joined, strict=True):
+        while (peer.received[-1] if peer.received else version) < last:
+            await peer.receive(timeout=10)
+        assert peer.received == list(range(version + 1, last + 1)), \
+            (version, peer.received[:5])
+        assert peer.content == content
+    assert any(0 < version < last for version in joined)  # (some did join mid-edit)
+    for client, version, early in plain:  # after its ack, nothing older than its content
+        assert all(u["document"]["version"] <= version for u in early)
+        documents = await updated_until(client, last) if version < last else []
+        assert [d["version"] for d in documents] == list(range(version + 1, last + 1))
+        assert (documents[-1]["content"] if documents else content) == content
+    assert editors[1].content == content
+
+
+def cursor(peer: PycrdtPeer, clock: int, state: str) -> dict:
+    return {"document_id": peer.document_id,
+            "update": encode_update([Entry(peer.doc.client_id, clock, state)])}
+
+
+async def next_awareness(client: Client, timeout: float = WAIT) -> list[Entry]:
+    return decode_update((await client.next("documents:awareness", timeout))["update"])
+
+
+async def test_awareness_crosses_nodes_and_so_does_its_removal(a, b, connect):
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    here, there = PycrdtPeer(alice, document_id), PycrdtPeer(await connect(b, "bob"), document_id)
+    await here.join()
+    await there.join()
+
+    await alice.ok("documents:awareness", cursor(here, 1, '{"cursor":1}'))
+    assert await next_awareness(there.client) == [Entry(here.doc.client_id, 1, '{"cursor":1}')]
+    await there.client.ok("documents:awareness", cursor(there, 1, '{"cursor":2}'))
+    assert await next_awareness(alice) == [Entry(there.doc.client_id, 1, '{"cursor":2}')]
+    newcomer = PycrdtPeer(await connect(b, "bob"), document_id)  # node B holds node A's cursors
+    states = decode_update((await newcomer.join())["awareness"])
+    assert sorted(states, key=lambda e: e.client_id) == sorted(
+        [Entry(here.doc.client_id, 1, '{"cursor":1}'),
+         Entry(there.doc.client_id, 1, '{"cursor":2}')], key=lambda e: e.client_id)
+
+    await alice.disconnect()  # its cursor goes at once, on the other node too
+    gone = [Entry(here.doc.client_id, 1, None)]
+    assert await next_awareness(there.client) == gone
+    assert await next_awareness(newcomer.client) == gone
+    later = PycrdtPeer(await connect(b, "bob"), document_id)
+    assert decode_update((await later.join())["awareness"]) == \
+        [Entry(there.doc.client_id, 1, '{"cursor":2}')]
+
+
+async def test_a_nodes_first_live_member_gets_the_cursors_set_on_other_nodes(a, b, connect):
+    """Node B held no member of the document while node A's cursors were set, so it heard
+    none of them: its first live member's join asks, and node A sends them again."""
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    here, also = PycrdtPeer(alice, document_id), PycrdtPeer(await connect(a, "alice"), document_id)
+    for peer in (here, also):
+        await peer.join()
+    await alice.ok("documents:awareness", cursor(here, 3, '{"cursor":1}'))
+    await also.client.next("documents:awareness")  # (node A has taken it)
+
+    first = PycrdtPeer(await connect(b, "bob"), document_id)
+    states = decode_update((await first.join())["awareness"])
+    if not states:  # node A's answer arrives just after the ack
+        states = await next_awareness(first.client)
+    assert states == [Entry(here.doc.client_id, 3, '{"cursor":1}')]
+    second = PycrdtPeer(await connect(b, "bob"), document_id)  # node B holds it from now on
+    assert decode_update((await second.join())["awareness"]) == states
+    assert also.client.pending("documents:awareness") == []  # node A's members had it
+
+
+@pytest.fixture
+def providers(io_loop):
+    """Real y-websocket providers (yjs in Node), closed afterwards."""
+    started = io_loop.run_sync(YjsProviders.start)
+    yield started
+    io_loop.run_sync(started.close)
+
+
+async def test_a_y_websocket_first_member_of_a_node_gets_the_other_nodes_cursors(
+        a, b, connect, providers):
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    here = PycrdtPeer(alice, document_id)
+    await here.join()
+    await alice.ok("documents:awareness", {"document_id": document_id, "update":
+                                           encode_update([Entry(4242, 1, '{"user":"a"}')])})
+    bob_id = await providers.open("bob", b.url, document_id, token=make_token("bob"),
+                                  state={"user": "b"})
+    seen = await providers.until("bob", "awareness", lambda e: "4242" in e["states"])
+    assert seen["states"]["4242"] == {"user": "a"}
+    got = await next_awareness(alice)  # and the provider's own state crosses the other way
+    assert [e.client_id for e in got] == [bob_id]
+
+
+async def test_a_newcomer_sees_every_cursor_a_busy_node_relays(a, b, connect):
+    """More live members on one node than one connection may hold client ids: the other
+    node keeps every one of their states for its newcomers."""
+    owner = await connect(a, "alice")
+    document_id = await shared_document(owner)
+    watcher = PycrdtPeer(await connect(b, "alice"), document_id)
+    await watcher.join()
+    count = MAX_IDS_PER_CONNECTION + 2
+    members = [PycrdtPeer(await connect(a, "alice"), document_id) for _ in range(count)]
+    for member in members:
+        await member.join()
+        await member.client.ok("documents:awareness", cursor(member, 1, "{}"))
+        assert await next_awareness(watcher.client) == [Entry(member.doc.client_id, 1, "{}")]
+    newcomer = PycrdtPeer(await connect(b, "alice"), document_id)
+    states = decode_update((await newcomer.join())["awareness"])
+    assert sorted(e.client_id for e in states) == sorted(m.doc.client_id for m in members)
+
+
+async def test_a_killed_nodes_cursors_expire_on_the_others(cluster, a, connect):
+    """Node C dies (SIGKILL): nobody sends the removal of its members' cursors, so node D
+    removes them once they are not renewed within awareness_timeout (shortened here),
+    long before the registry purges node C, and keeps the renewed ones."""
+    timeout = 2.0
+    d = cluster.add(unique("node-d"), {"COLLAB_AWARENESS_TIMEOUT": str(timeout)})
+    c = cluster.add(unique("node-c"))
+    renewing: list[asyncio.Future] = []
+    try:
+        alice = await connect(d, "alice")
+        document_id = await shared_document(alice, "carol", "erin")
+        await share(alice, document_id, bob="viewer")
+        watcher = PycrdtPeer(alice, document_id)  # on node D
+        erin = PycrdtPeer(await connect(a, "erin"), document_id)  # on node A: it lives on
+        carol = PycrdtPeer(await connect(c, "carol"), document_id)  # on node C: it dies
+        for peer in (watcher, erin, carol):
+            await peer.join()
+
+        async def renew(peer: PycrdtPeer) -> None:  # as y-protocols clients do, more often
+            for clock in range(1, 10_000):
+                await peer.client.ok("documents:awareness", cursor(peer, clock, "{}"))
+                await asyncio.sleep(timeout / 5)
+
+        renewing[:] = [asyncio.ensure_future(renew(p)) for p in (watcher, erin)]
+        await carol.client.ok("documents:awareness", cursor(carol, 1, '{"at":1}'))
+        announced = time.monotonic()
+        ids = {p.doc.client_id for p in (watcher, erin, carol)}
+        seen = PycrdtPeer(await connect(d, "bob"), document_id)  # node D holds all three
+        assert {e.client_id for e in decode_update((await seen.join())["awareness"])} == ids
+
+        c.kill()
+        while (got := await next_awareness(seen.client, timeout=timeout + 5)) != \
+                [Entry(carol.doc.client_id, 1, None)]:
+            assert all(e.state is not None for e in got), got  # (the others' renewals)
+        assert time.monotonic() - announced >= timeout * 0.9
+        assert time.monotonic() - announced < PURGE_DEADLINE / 3  # not the registry's purge
+        newcomer = PycrdtPeer(await connect(d, "bob"), document_id)
+        states = decode_update((await newcomer.join())["awareness"])
+        assert {e.client_id for e in states} == ids - {carol.doc.client_id}
+    finally:
+        for task in renewing:
+            task.cancel()
+        await asyncio.gather(*renewing, return_exceptions=True)
+        cluster.remove(d)
+        cluster.nodes.remove(c)
+
+
 # -- ordered delivery, in process ------------------------------------------------
 # Another node's broadcasts arrive on the Redis channel; these tests put them there
 # themselves, out of order, to see each node deliver them in order.
@@ -419,6 +728,33 @@ async def test_document_updates_are_delivered_in_version_order(node, other):
                          f"document_{document_id}", version)
     got = [(await alice.next("documents:updated"))["document"]["version"] for _ in range(3)]
     assert got == [1, 2, 3]
+
+
+async def test_a_live_change_whose_broadcast_never_came_is_sent_from_the_store(node, other):
+    """Version 1's node died between storing it and publishing it: the live member here
+    gets it from the store once the gap is given up on, before version 2 (which builds
+    on it: without it, a Yjs client could not apply what follows)."""
+    alice = await node.connect("alice")
+    document_id = await shared_document(alice)
+    peer = PycrdtPeer(alice, document_id)
+    await peer.join()
+    elsewhere = LiveDocuments(node.app.raw_store, node.app.settings, lambda _: True)
+
+    async def unpublished(change) -> None:  # noqa: ANN001 - (published by hand below)
+        return None
+
+    changes = [await elsewhere.change(document_id, lambda d, c=c: d.replace_content(c),
+                                      "zoe", announce=unpublished)
+               for c in ("a", "ab", "abc")]
+    for change in changes[1:]:  # version 1's broadcast never comes
+        await other.emit("documents:yupdate", {
+            "document_id": document_id, "update": change.update,
+            "version": change.version, "user_id": "zoe"},
+            f"document_{document_id}#live", change.version)
+    got = [await peer.receive(timeout=GAP_TIMEOUT + WAIT) for _ in range(3)]
+    assert [(g["version"], g["user_id"]) for g in got] == [(1, "zoe"), (2, "zoe"), (3, "zoe")]
+    assert peer.content == "abc"
+    assert node.app.documents.peek(document_id).version == 3
 
 
 async def test_a_rooms_order_is_forgotten_when_its_last_local_client_disconnects(node):

@@ -12,6 +12,7 @@ import pytest
 from harness import WAIT, Client, PycrdtPeer, make_settings, versions_by_user
 
 from collab.awareness import Entry, decode_update, encode_update
+from collab.livedocs import LiveDocuments
 
 
 @pytest.fixture(params=["sqlite", "mongodb"])
@@ -198,6 +199,57 @@ async def test_awareness_is_relayed_and_removed_when_its_connection_leaves(serve
     assert decode_update(removed["update"]) == [Entry(a.doc.client_id, 1, None)]
 
 
+class TestAwarenessExpiry:
+    """awareness_timeout=0.6 (y-protocols' 30 s, shortened): a state not renewed in time
+    is removed, and the room's live members are told."""
+
+    TIMEOUT = 0.6
+
+    @pytest.fixture
+    def settings(self):
+        return make_settings(awareness_timeout=self.TIMEOUT)
+
+    async def test_a_state_not_renewed_in_time_is_removed_and_a_renewed_one_kept(self,
+                                                                              server):
+        alice = await server.connect("alice")
+        await document(alice, bob="editor")
+        a, b = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc")
+        await a.join()
+        await b.join()
+        mine, theirs = a.doc.client_id, b.doc.client_id
+        await alice.ok("documents:awareness", {"document_id": "doc", "update": encode_update(
+            [Entry(mine, 1, '{"cursor":1}')])})
+        start = asyncio.get_running_loop().time()
+        assert decode_update((await b.client.next("documents:awareness"))["update"]) == \
+            [Entry(mine, 1, '{"cursor":1}')]
+        renewals = 0
+
+        async def renew() -> None:  # as y-protocols does: the same state, a newer clock
+            nonlocal renewals
+            while True:
+                renewals += 1
+                await b.client.ok("documents:awareness", {
+                    "document_id": "doc",
+                    "update": encode_update([Entry(theirs, renewals, '{"cursor":2}')])})
+                await asyncio.sleep(self.TIMEOUT / 4)
+
+        renewing = asyncio.ensure_future(renew())
+        try:
+            removed = await alice.next("documents:awareness")
+            while decode_update(removed["update"])[0].client_id == theirs:  # bob's renewals
+                removed = await alice.next("documents:awareness")
+            assert decode_update(removed["update"]) == [Entry(mine, 1, None)]
+            assert asyncio.get_running_loop().time() - start >= self.TIMEOUT * 0.9
+            got = await b.client.next("documents:awareness")
+            assert decode_update(got["update"]) == [Entry(mine, 1, None)]
+            late = PycrdtPeer(await server.connect("bob"), "doc")
+            joined = decode_update((await late.join())["awareness"])
+            assert [e.client_id for e in joined] == [theirs]  # renewed: still there
+        finally:
+            renewing.cancel()
+        assert renewals >= 3  # (it lived past the timeout by its renewals)
+
+
 async def test_history_get_at_a_version_and_restore(server):
     alice = await server.connect("alice")
     await document(alice, "one")
@@ -276,12 +328,12 @@ async def test_three_editors_converge_under_interleaved_concurrent_edits(server,
         # every version the others made comes from the room (an ack of an update that
         # brought nothing new names the current version: maybe one still on its way)
         others = {v for v, by in made.items() if by != user and v > 0}
-        while not others <= peer.received:
+        while not others <= set(peer.received):
             try:
                 await peer.receive()
             except asyncio.TimeoutError:
                 raise AssertionError(f"peer {peers.index(peer)} never got "
-                                     f"{sorted(others - peer.received)[:20]}") from None
+                                     f"{sorted(others - set(peer.received))[:20]}") from None
     assert len({p.content for p in peers}) == 1
     assert peers[0].content == stored["content"]
     # one version per update that changed something (a deletion of a character another
@@ -348,6 +400,30 @@ async def test_documents_are_unloaded_when_their_room_empties_and_capped(server)
     stored = await alice.ok("documents:update", {"document_id": "d1", "content": "new",
                                                  "version": 1})
     assert stored["document"]["content"] == "new"
+
+
+async def test_a_catch_up_skips_what_another_nodes_broadcast_brought_meanwhile(server):
+    """A copy catching up from the store while another node's announcement of a version
+    arrives (and is applied) takes the versions after it too, rather than stopping."""
+    alice = await server.connect("alice")
+    await document(alice, "ab")
+    here = server.app.documents
+    loaded = await here.get("doc")
+    elsewhere = LiveDocuments(server.app.raw_store, server.app.settings, lambda _: True)
+
+    async def unheard(change) -> None:  # noqa: ANN001 - (the broadcast is played by hand)
+        return None
+
+    first = await elsewhere.change("doc", lambda d: d.replace_content("abc"), "bob",
+                                   announce=unheard)
+    await elsewhere.change("doc", lambda d: d.replace_content("abcd"), "bob",
+                           announce=unheard)
+    catching_up = asyncio.ensure_future(here.catch_up(loaded))
+    await asyncio.sleep(0)  # (it is reading the store now)
+    await here.observed("doc", first.version, first.update)  # the broadcast of version 1
+    assert loaded.version == 1
+    await catching_up
+    assert (loaded.version, loaded.doc.content) == (2, "abcd")
 
 
 class QueueingLock(asyncio.Lock):

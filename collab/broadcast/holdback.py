@@ -10,7 +10,9 @@ one before it has come.
 
 A broadcast that never comes (its node died between storing and publishing,
 or Redis dropped it) is given up on: nothing is held longer than
-:data:`GAP_TIMEOUT` seconds in all. While the node is cut off from Redis it
+:data:`GAP_TIMEOUT` seconds in all. Before what comes after the gap, ``fill``
+is told which positions were given up on (a live document's members cannot
+do without a change: the node sends it from the store). While the node is cut off from Redis it
 delivers as broadcasts come, since no other node's can fill a gap. A
 broadcast older than the room's position (late, or already covered by what a
 join read from the store) is delivered at once.
@@ -41,6 +43,12 @@ GAP_TIMEOUT = 2.0
 Item = TypeVar("Item")
 #: ``room name -> its newest position`` (a chat's last seq, a document's version)
 PositionLookup = Callable[[str], Awaitable["int | None"]]
+#: ``(room name, positions)``: these broadcasts were given up on; deliver them if you can
+Fill = Callable[[str, list[int]], Awaitable[None]]
+
+
+async def _no_fill(room: str, positions: list[int]) -> None:
+    return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,8 +80,9 @@ class Holdback(Generic[Item]):
 
     def __init__(self, deliver: Callable[[str, Item], Awaitable[None]],
                  connected: Callable[[], bool], on_idle: Callable[[str], None],
-                 gap_timeout: float = GAP_TIMEOUT) -> None:
+                 gap_timeout: float = GAP_TIMEOUT, fill: Fill = _no_fill) -> None:
         self._deliver = deliver
+        self._fill = fill
         self._connected = connected
         self._on_idle = on_idle
         self.gap_timeout = gap_timeout
@@ -196,13 +205,16 @@ class Holdback(Generic[Item]):
             return
         cutoff = max(overdue)
         log.debug("gave up waiting for %s positions %s..%s", room, order.next, cutoff)
+        first = order.next if order.next is not None else min(order.held)
+        missing = [p for p in range(first, cutoff) if p not in order.held]
         batch = [order.held.pop(p)[0] for p in sorted(p for p in order.held if p <= cutoff)]
         order.next = cutoff + 1
-        self._schedule(room, order, batch + self._take_ready(room, order))
+        self._schedule(room, order, batch + self._take_ready(room, order), missing)
 
-    def _schedule(self, room: str, order: RoomOrder[Item],
-                  batch: list[Item]) -> asyncio.Future[None]:
-        """Deliver ``batch`` after every delivery scheduled before it, for this room."""
+    def _schedule(self, room: str, order: RoomOrder[Item], batch: list[Item],
+                  missing: list[int] | None = None) -> asyncio.Future[None]:
+        """Deliver ``batch`` after every delivery scheduled before it, for this room
+        (after filling the ``missing`` positions a gap left before it)."""
         previous = order.tail
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         order.tail = done
@@ -211,6 +223,11 @@ class Holdback(Generic[Item]):
             try:
                 if previous is not None:
                     await previous
+                if missing:
+                    try:
+                        await self._fill(room, missing)
+                    except Exception:  # noqa: BLE001 - what came after still goes out
+                        log.exception("filling the gap in %s failed", room)
                 for item in batch:
                     try:
                         await self._deliver(room, item)

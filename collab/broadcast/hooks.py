@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from .holdback import PositionLookup
+from .holdback import Fill, PositionLookup
 
 if TYPE_CHECKING:
     from .wire import Envelope
@@ -31,6 +31,14 @@ async def _not_watching(room: str, envelope: Envelope) -> None:
     return None
 
 
+async def _nothing_to_resend(room: str) -> None:
+    return None
+
+
+async def _nothing_to_fill(room: str, positions: list[int]) -> None:
+    return None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeHooks:
     """The node's answers to the broadcaster's questions, given at construction."""
@@ -46,3 +54,9 @@ class NodeHooks:
     #: in position order, before this node's members get it: the node's own copy of
     #: the document follows it (collab/livedocs.py)
     observe: Callable[[str, Envelope], Awaitable[None]] = _not_watching
+    #: another node's first live member of a document entered its live sub-room: send
+    #: the awareness states of this node's members there again (collab/app.py)
+    asked: Callable[[str], Awaitable[None]] = _nothing_to_resend
+    #: the broadcasts of these positions in a room never came (their node died between
+    #: storing and publishing, or Redis lost them): deliver them here if the node can
+    missed: Fill = _nothing_to_fill

@@ -66,6 +66,7 @@ from socketio import packet as sio_packet
 from ..rooms import Room
 from ..sioserver import queue_backlogged
 from ..transport import close_session
+from .joins import JoinPositions
 
 log = logging.getLogger("collab.broadcast")
 
@@ -141,6 +142,8 @@ class LocalBroadcaster(socketio.AsyncManager):
         #: eio sid -> the task closing it for too many queued packets: one close
         #: (and one count) however many broadcasts find it full meanwhile
         self.closing: dict[str, asyncio.Future[Any]] = {}
+        #: what joins already gave their connections (collab/broadcast/joins.py)
+        self.joins = JoinPositions()
         #: room name -> key -> the room's members here that are not Socket.IO connections
         self.receivers: dict[str, dict[str, Receiver]] = {}
 
@@ -161,12 +164,27 @@ class LocalBroadcaster(socketio.AsyncManager):
         """Have every other node take ``user_id`` out of ``room``: none to tell."""
         return True
 
+    async def ask(self, room: Room) -> None:
+        """Have the other nodes send their awareness states in ``room`` again: none."""
+
+    def local_members(self, room: str) -> list[str]:
+        """This node's members of the room named ``room``: sids, and receivers' keys."""
+        return [*self.rooms.get("/", {}).get(room, ()), *self.receivers.get(room, ())]
+
     async def broadcast(self, room: Room, event: str, data: Any, *,
                         position: int | None = None, skip_sid: Any = None) -> None:
         """Send ``event`` to the room's members; ``position`` orders a stored item's
         broadcasts across nodes (one node delivers them in call order already)."""
+        if position is not None:
+            skip_sid = self.skipping(room.name, position, skip_sid)
         self.to_receivers(room.name, event, data, skip_sid)
         await self.emit(event, data, "/", room=room.name, skip_sid=skip_sid)
+
+    def skipping(self, room: str, position: int, skip_sid: Any) -> list[Any]:
+        """``skip_sid`` and the members whose join covered ``position`` already."""
+        skip = list(skip_sid) if isinstance(skip_sid, list | tuple) \
+            else ([] if skip_sid is None else [skip_sid])
+        return skip + self.joins.skip(room, position, self.rooms.get("/", {}).get(room, ()))
 
     # -- members that are not Socket.IO connections ------------------------
 
@@ -214,6 +232,7 @@ class LocalBroadcaster(socketio.AsyncManager):
         eio_sid = self.eio_sid_from_sid(sid, namespace or "/")
         if eio_sid is not None:
             self.sinks.pop(eio_sid, None)
+        self.joins.forget_sid(sid, self.get_rooms(sid, namespace or "/"))
         return await super().disconnect(sid, namespace, **kwargs)
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None,

@@ -46,11 +46,32 @@ class Broadcasts:
         self._metrics.broadcast(event)
         await self._broadcaster.broadcast(room, event, data, skip_sid=skip_sid)
 
+    async def send_here(self, room: Room, event: str, data: Any, *,
+                        position: int | None = None) -> None:
+        """Send an event to this node's members of ``room`` only: for what every node
+        works out for itself (expired awareness states, a change whose broadcast never
+        came); ``position``: the stored item's, for the members whose join had it."""
+        self._metrics.broadcast(event)
+        skip = [] if position is None else self._broadcaster.skipping(room.name, position, None)
+        self._broadcaster.to_receivers(room.name, event, data, skip)
+        await self._broadcaster.emit(event, data, "/", room=room.name, skip_sid=skip or None)
+
     async def publish_at(self, room: Room, event: str, data: Any, *, position: int,
                          skip_sid: Any = None) -> None:
         """Send the item stored at ``position`` now: for a caller that orders its store
         calls and broadcasts itself (one document's changes go one at a time)."""
         await self._publish_at(room, event, data, position, skip_sid)
+
+    async def ask_awareness(self, room: Room) -> None:
+        """This node's first live member of a document entered ``room`` (its live
+        sub-room): the other nodes send their members' awareness states again."""
+        await self._broadcaster.ask(room)
+
+    def covered(self, room: Room, sid: str, position: float | None) -> None:
+        """``sid``'s join read ``room`` up to ``position`` (READING: is reading a copy that
+        every delivery here goes through first; None: the join failed): positioned
+        broadcasts up to it skip ``sid`` (collab/broadcast/joins.py)."""
+        self._broadcaster.joins.mark(room.name, sid, position)
 
     def in_order(self, room: Room) -> Slot:
         """A place in ``room``'s line for one stored item; take it before the store call."""

@@ -52,7 +52,7 @@ from .channels import LinkLost, Transport
 from .holdback import GAP_TIMEOUT, Holdback
 from .hooks import NodeHooks
 from .local import DEFAULT_MAX_QUEUED, LocalBroadcaster, SlowConsumerHook, _ignore
-from .wire import EMIT, REVOKE, Envelope, channel_for, own_prefix, room_of
+from .wire import ASK, EMIT, REVOKE, Envelope, channel_for, own_prefix, room_of
 
 log = logging.getLogger("collab.broadcast")
 
@@ -88,7 +88,7 @@ class RedisBroadcaster(LocalBroadcaster):
         self.host_id = uuid.uuid4().hex
         self._own = own_prefix(self.host_id)
         self.holdback: Holdback[Envelope] = Holdback(
-            self._deliver, self._connected, self._room_idle, gap_timeout)
+            self._deliver, self._connected, self._room_idle, gap_timeout, hooks.missed)
         #: rooms whose channel this node subscribes to (hosted, or being entered)
         self.subscribed_rooms: set[str] = set()
         self.metrics.pubsub_channels.set_function(lambda: len(self.subscribed_rooms))
@@ -168,6 +168,12 @@ class RedisBroadcaster(LocalBroadcaster):
         if not sent:
             self._keep_unsent(room.name, user_id)
         return sent
+
+    async def ask(self, room: Room) -> None:
+        """Have every other node hosting ``room`` send its members' awareness states
+        again (:attr:`NodeHooks.asked`): this node has just begun to receive them."""
+        envelope = Envelope(self.host_id, ASK, room.name)
+        self._post(channel_for(room.name), envelope.encode(), envelope.metric_kind, None)
 
     def _revocation(self, room: str, user_id: str) -> bytes:
         return Envelope(self.host_id, REVOKE, room, user_id=user_id).encode()
@@ -289,23 +295,24 @@ class RedisBroadcaster(LocalBroadcaster):
             await self.hooks.observe(room, envelope)
         receivers = room in self.receivers
         sockets = "/" in self.rooms  # (else nobody ever connected here)
+        skip = list(envelope.skip) if envelope.position is None \
+            else self.skipping(room, envelope.position, envelope.skip)
         if self.fast and not envelope.attachments and not receivers:
             if sockets:
-                self.deliver(envelope.packet, "/", room, list(envelope.skip))
+                self.deliver(envelope.packet, "/", room, skip)
             return
         pkt = self.server.packet_class(encoded_packet=envelope.packet)
         for attachment in envelope.attachments:
             pkt.add_attachment(attachment)
         event, *args = pkt.data
         data = args[0] if len(args) == 1 else tuple(args)
-        self.to_receivers(room, event, data, envelope.skip)
+        self.to_receivers(room, event, data, skip)
         if not sockets:
             return
         if self.fast and not envelope.attachments:
-            self.deliver(envelope.packet, "/", room, list(envelope.skip))
+            self.deliver(envelope.packet, "/", room, skip)
             return
-        await LocalBroadcaster.emit(self, event, data, "/", room=room,
-                                    skip_sid=list(envelope.skip))
+        await LocalBroadcaster.emit(self, event, data, "/", room=room, skip_sid=skip)
 
     async def _handle(self, data: bytes) -> None:
         """One message from a room channel."""
@@ -320,6 +327,11 @@ class RedisBroadcaster(LocalBroadcaster):
                 await self.hooks.revoked(envelope.room, envelope.user_id)
             except Exception:  # noqa: BLE001 - keep listening
                 log.exception("revoking %s in %s failed", envelope.user_id, envelope.room)
+        elif envelope.kind == ASK:
+            try:
+                await self.hooks.asked(envelope.room)
+            except Exception:  # noqa: BLE001 - keep listening
+                log.exception("sending the awareness states of %s again failed", envelope.room)
         elif envelope.position is None:
             await self._deliver(envelope.room, envelope)
         else:

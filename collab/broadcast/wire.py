@@ -28,6 +28,9 @@ CHANNEL_PREFIX = "collab:room:"
 
 EMIT = "emit"
 REVOKE = "revoke"
+#: a node's first live member of a document entered: the others send their members'
+#: awareness states again (nobody else would until the next renewal)
+ASK = "ask"
 
 #: events counted as presence in the pub/sub metrics; everything else is a broadcast
 PRESENCE_EVENTS = frozenset({"user:joined", "user:left", "chat:typing", "documents:awareness"})
@@ -49,7 +52,7 @@ def own_prefix(host_id: str) -> bytes:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Envelope:
-    """One message between nodes: a room broadcast, or a revocation."""
+    """One message between nodes: a room broadcast, a revocation, or an ask."""
 
     host: str
     kind: str
@@ -70,6 +73,8 @@ class Envelope:
     def metric_kind(self) -> str:
         if self.kind == REVOKE:
             return "revocation"
+        if self.kind == ASK:
+            return "presence"
         return "presence" if self.event in PRESENCE_EVENTS else "broadcast"
 
     def encode(self) -> bytes:
@@ -105,7 +110,7 @@ class Envelope:
             packet = body.decode("utf-8")
         except (ValueError, KeyError, TypeError):
             return None
-        if not (isinstance(host, str) and isinstance(room, str) and kind in (EMIT, REVOKE)):
+        if not (isinstance(host, str) and isinstance(room, str) and kind in (EMIT, REVOKE, ASK)):
             return None
         if position is not None and (not isinstance(position, int)
                                      or isinstance(position, bool)):

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import schemas
+from ..broadcast.joins import READING
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..permissions import require_document_role
 from ..rooms import Room
@@ -112,6 +113,8 @@ async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str
     document_id = data["document_id"]
     await require_document_role(ctx.store, conn.identity, document_id, "viewer")
     state_vector = data.get("state_vector")
+    r = room(document_id)
+    sub = r.plain if state_vector is None else r.live
 
     async def load() -> dict[str, Any]:
         # again, now that the connection is in the room: a revocation since the
@@ -121,19 +124,30 @@ async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str
         if document is None:  # deleted underneath us
             raise NotFound(f"Document {document_id!r} not found")
         if state_vector is None:
+            # (a lookup that may read a secondary: only what comes after it is skipped)
+            ctx.broadcasts.covered(sub, conn.sid, document["version"])
             return {"document": document, "role": role}
+        if ctx.rooms.alone_in(conn.sid, sub):  # the others' cursors reach this node from now
+            await ctx.broadcasts.ask_awareness(sub)  # on; those set before, once asked
         async with ctx.documents.locked(document_id) as loaded:
             # everything stored so far, then sync step 2 from it
             await ctx.documents.catch_up(loaded)
             update = loaded.doc.diff(state_vector)
+            # (with no await since the diff: nothing delivered here in between)
+            ctx.broadcasts.covered(sub, conn.sid, loaded.version)
             document = {**document, "content": loaded.doc.content,
                         "version": loaded.version}
             return {"document": document, "role": role, "update": update,
                     "state_vector": loaded.doc.state_vector(),
                     "awareness": ctx.documents.awareness(document_id).encode_all()}
 
-    r = room(document_id)
-    return await ctx.rooms.join(conn, r, load, sub=r.plain if state_vector is None else r.live)
+    if state_vector is not None:  # what reaches the room while the copy is read is in it
+        ctx.broadcasts.covered(sub, conn.sid, READING)
+    try:
+        return await ctx.rooms.join(conn, r, load, sub=sub)
+    except BaseException:
+        ctx.broadcasts.covered(sub, conn.sid, None)
+        raise
 
 
 async def leave(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
