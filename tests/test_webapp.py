@@ -24,7 +24,7 @@ import tornado.httpserver
 import tornado.testing
 import tornado.web
 from browser import REPO, browsing, ensure_built_app, missing
-from harness import Client, make_token
+from harness import Client, YjsProviders, make_token
 from process import CollabProcess
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
@@ -309,6 +309,33 @@ async def test_two_users_type_at_once_and_converge(server, built_app):
         assert document["version"] > 0  # edits merged while one is in flight: fewer
         for page in (a, b):
             await expect(page.testid("version")).to_have_text(f"version {document['version']}")
+
+
+async def test_a_browser_and_the_stock_y_websocket_provider_edit_one_document(server, built_app):
+    alice = await server.connect("alice")
+    await alice.ok("documents:create", {"document_id": "shared", "title": "Shared",
+                                        "content": "from the start"})
+    await alice.ok("documents:share", {"document_id": "shared", "user_id": "bob",
+                                       "role": "editor"})
+    providers = await YjsProviders.start()
+    try:
+        async with browsing(server.url, "y-websocket") as web:
+            page = await web.open("alice", "#/documents/shared")
+            await ready_to_edit(page)
+            await providers.open("bob", server.url, "shared", token=make_token("bob"))
+            await providers.text_is("bob", "from the start")
+            # both at once: the browser types at the end, the provider inserts in front
+            await page.testid("editor").click()
+            await page.page.keyboard.press("Control+End")
+            typing = asyncio.ensure_future(page.page.keyboard.type(" + browser", delay=15))
+            await providers.call("insert", name="bob", index=0, text="provider: ")
+            await typing
+            expected = "provider: from the start + browser"
+            await editor_shows(page, expected)
+            await providers.text_is("bob", expected)
+            assert (await stored(alice, "shared", expected))["content"] == expected
+    finally:
+        await providers.close()
 
 
 async def test_presence_follows_users_in_and_out(server, built_app):
