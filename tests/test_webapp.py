@@ -57,8 +57,12 @@ async def editor_text(page) -> str:
 
 async def editor_shows(page, expected: str, timeout: float = 10) -> None:
     """Wait until the editor holds ``expected`` (it changes with remote edits)."""
+    # (the editor is made once the join's ack is in: until then there is none to read)
     await page.page.wait_for_function(
-        f"(expected) => ({EDITOR_TEXT})(document.querySelector('.cm-content')) === expected",
+        f"""(expected) => {{
+            const editor = document.querySelector('.cm-content');
+            return editor !== null && ({EDITOR_TEXT})(editor) === expected;
+        }}""",
         arg=expected, timeout=timeout * 1000,
     )
 
