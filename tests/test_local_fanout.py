@@ -13,6 +13,7 @@ import struct
 import time
 from typing import Any
 
+import pycrdt
 import pytest
 from conftest import cancel_leftover_tasks
 from harness import WAIT, Harness, make_settings, make_token, scrape
@@ -85,6 +86,54 @@ async def test_mixed_transports_every_message_once_in_order(server, settings):
         manager = server.app.sio.manager
         assert manager.direct_writes > 0  # the WebSocket clients took the fast path
         assert manager.queued_writes > 0  # the polling ones the queue
+
+
+async def test_binary_broadcasts_reach_every_transport_once_in_order(server, settings):
+    """A ``documents:yupdate`` carries its update as a binary attachment, sent to
+    WebSocket and polling members of one room: every member gets every update once,
+    whole, in version order."""
+    users = [f"u{i}" for i in range(5)]
+    owner = await server.connect("u0")
+    ack = await owner.ok("documents:create", {"title": "d", "content": ""})
+    document_id = ack["document"]["id"]
+    for user_id in users[1:]:
+        await owner.ok("documents:share", {"document_id": document_id, "user_id": user_id,
+                                           "role": "viewer"})
+    members = [await server.connect("u1"),
+               await server.connect("u2", transports=["polling"]),
+               await server.connect("u3", transports=["polling"]),
+               await server.connect("u4", transports=["polling", "websocket"])]  # upgrades
+    ydoc = pycrdt.Doc()
+    text = ydoc.get("content", type=pycrdt.Text)
+    joined = await owner.ok("documents:join", {"document_id": document_id,
+                                               "state_vector": ydoc.get_state()})
+    ydoc.apply_update(joined["update"])
+    docs = []
+    for member in members:
+        doc = pycrdt.Doc()
+        got = await member.ok("documents:join", {"document_id": document_id,
+                                                 "state_vector": doc.get_state()})
+        doc.apply_update(got["update"])
+        docs.append(doc)
+    updates = []
+    for i in range(20):
+        before = ydoc.get_state()
+        text.insert(len(text), f"k{i} ")
+        updates.append(ydoc.get_update(before))
+    acks = await asyncio.gather(*(owner.ok("documents:yupdate", {
+        "document_id": document_id, "update": u}) for u in updates))
+    assert sorted(a["version"] for a in acks) == list(range(1, 21))
+    for member, doc in zip(members, docs, strict=True):
+        versions = []
+        for _ in range(20):
+            got = await member.next("documents:yupdate")
+            assert isinstance(got["update"], bytes)
+            doc.apply_update(got["update"])
+            versions.append(got["version"])
+        assert versions == list(range(1, 21))
+        assert str(doc.get("content", type=pycrdt.Text)) == str(text)
+        await member.ok("documents:history", {"document_id": document_id, "limit": 1})
+        assert member.pending("documents:yupdate") == []  # and nothing twice
 
 
 async def test_broadcast_arrives_before_the_ack_of_the_same_call(server, settings):
