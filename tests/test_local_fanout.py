@@ -19,7 +19,7 @@ from conftest import cancel_leftover_tasks
 from harness import WAIT, Harness, make_settings, make_token, scrape
 from rawsocket import RawSocket
 
-from collab.broadcast.local import ws_text_frame
+from collab.broadcast.local import ws_binary_frame, ws_text_frame
 from collab.server import Server
 
 
@@ -88,10 +88,15 @@ async def test_mixed_transports_every_message_once_in_order(server, settings):
         assert manager.queued_writes > 0  # the polling ones the queue
 
 
+def test_binary_frame():
+    assert ws_binary_frame(b"\x00\x01") == b"\x82\x02\x00\x01"
+    assert ws_binary_frame(b"x" * 200)[:4] == b"\x82\x7e\x00\xc8"
+
+
 async def test_binary_broadcasts_reach_every_transport_once_in_order(server, settings):
-    """A ``documents:yupdate`` carries its update as a binary attachment, sent to
-    WebSocket and polling members of one room: every member gets every update once,
-    whole, in version order."""
+    """A ``documents:yupdate`` carries its update as a binary attachment: the fast path
+    writes the header and the attachment to WebSockets together, and queues both for
+    pollers; every member gets every update once, whole, in version order."""
     users = [f"u{i}" for i in range(5)]
     owner = await server.connect("u0")
     ack = await owner.ok("documents:create", {"title": "d", "content": ""})
@@ -115,6 +120,9 @@ async def test_binary_broadcasts_reach_every_transport_once_in_order(server, set
                                                  "state_vector": doc.get_state()})
         doc.apply_update(got["update"])
         docs.append(doc)
+    manager = server.app.sio.manager
+    direct, queued = getattr(manager, "direct_writes", 0), getattr(manager, "queued_writes", 0)
+
     updates = []
     for i in range(20):
         before = ydoc.get_state()
@@ -134,6 +142,9 @@ async def test_binary_broadcasts_reach_every_transport_once_in_order(server, set
         assert str(doc.get("content", type=pycrdt.Text)) == str(text)
         await member.ok("documents:history", {"document_id": document_id, "limit": 1})
         assert member.pending("documents:yupdate") == []  # and nothing twice
+    if settings.fast_broadcast:
+        assert manager.direct_writes > direct  # the WebSocket members took the fast path
+        assert manager.queued_writes > queued  # the polling ones the queue
 
 
 async def test_broadcast_arrives_before_the_ack_of_the_same_call(server, settings):
