@@ -36,6 +36,7 @@ from collab.store.base import (
     Document,
     DocumentListing,
     Message,
+    NewVersion,
     Snapshot,
     Store,
     Update,
@@ -124,6 +125,9 @@ def _message(row: sqlite3.Row) -> Message:
 
 
 class SqliteStore(Store):
+    #: a document's queued changes share one transaction (and its commit)
+    appends_in_batches = True
+
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = sqlite_path(url)
         self.display_url = redacted(url)
@@ -363,6 +367,31 @@ class SqliteStore(Store):
                          (document_id, head["version"], user_id, now, data))
             self._heads[document_id] = head  # last: a write that failed changed nothing
             return dict(head)
+
+        return await self._tx(append)
+
+    async def append_document_updates(
+        self, document_id: str, versions: list[NewVersion], expected_version: int,
+    ) -> list[Document]:
+        rows = [(bytes(v.update), v.content, v.user_id) for v in versions]
+
+        def append(conn: Conn) -> list[Document]:
+            head = self._head(conn, document_id)
+            if head is None:
+                raise NotFound(f"Document {document_id!r} not found")
+            if head["version"] != expected_version:
+                raise VersionConflict(head)
+            now = now_iso()
+            heads = []
+            for data, content, user_id in rows:
+                head = {**head, "content": content, "version": head["version"] + 1,
+                        "updated_by": user_id, "updated_at": now}
+                conn.execute("INSERT INTO document_updates VALUES (?, ?, ?, ?, ?)",
+                             (document_id, head["version"], user_id, now, data))
+                heads.append(head)
+            if heads:  # last: a write that failed changed nothing (its savepoint undoes it)
+                self._heads[document_id] = heads[-1]
+            return [dict(h) for h in heads]
 
         return await self._tx(append)
 
