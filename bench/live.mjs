@@ -214,16 +214,22 @@ async function drive(docs, allAcked) {
   const serverCpu = (cpuSeconds(cfg.server_pid) - c0) / dt, loadCpu = (selfCpu() - l0) / dt;
   typing = false;
   await typist;
-  // drain: every keystroke of the window to every viewer, every update acked
+  // drain: every keystroke of the window to every viewer, every update acked, and the
+  // few typed after the window everywhere too (every copy as long as the first editor's)
+  const all = [...editors, ...viewers];
+  const sameLength = () => {
+    const n = editors[0].getText("content").length;
+    return all.every((d) => d.getText("content").length === n);
+  };
   const drainUntil = performance.now() + (cfg.drain_s || 10) * 1000;
   while (performance.now() < drainUntil) {
     let complete = 0;
     for (const r of reached.values()) if (r.n === V) complete += 1;
-    if (complete === typed && allAcked()) break;
+    if (complete === typed && allAcked() && sameLength()) break;
     await sleep(20);
   }
   const text = editors[0].getText("content").toString();
-  const converged = [...editors, ...viewers].every((d) => d.getText("content").toString() === text);
+  const converged = all.every((d) => d.getText("content").toString() === text);
   latencies.sort((a, b) => a - b);
   ackLatencies.sort((a, b) => a - b);
   const everyViewer = [...reached.values()].filter((r) => r.n === V).map((r) => r.max).sort((a, b) => a - b);
