@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { io } from "socket.io-client";
 import WebSocket from "ws";
+import { cpuSeconds, pct, rssKiB, selfCpu } from "./procstat.mjs";
 
 const cfg = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const tokens = JSON.parse(readFileSync(cfg.tokens, "utf8"));
@@ -12,18 +13,6 @@ const HARD_LIMIT_MS = (cfg.hard_limit_s || 120) * 1000;
 setTimeout(() => { console.log(JSON.stringify({ error: "hard time limit" })); process.exit(2); }, HARD_LIMIT_MS).unref();
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const TICK = 100; // clock ticks per second for /proc/PID/stat
-function cpuSeconds(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / TICK; // utime + stime
-}
-function rssKiB(pid) {
-  const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return Number(m[1]);
-}
-function selfCpu() { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; }
-function pct(sorted, p) { return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : null; }
 
 // member i of a room connects to urls[i % urls.length] (cfg.urls: members split over
 // several nodes); everything else, and the posters, to cfg.url

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Where a server's time goes under the room-of-100 fan-out: py-spy samples of a
-collab (or bare python-socketio) server while bench/load.mjs drives it.
+"""Where a server's time goes under the room-of-100 fan-out (bench/load.mjs), or with
+``--live`` under the live-document load of bench/live.py (bench/live.mjs): py-spy
+samples of a collab (or bare python-socketio) server while the load generator drives it.
 
-usage: python bench/profile.py [collab|collab-slow|bare-py] [--seconds 6] [--top 30]
+usage: python bench/profile.py [collab|collab-slow|bare-py] [--live] [--seconds 6] [--top 30]
 Needs py-spy (pip install py-spy) and ptrace permission on the server process.
 """
 
@@ -33,6 +34,8 @@ def main() -> int:
     ap.add_argument("--posters", type=int, default=10)
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--live", action="store_true",
+                    help="the live-document load of bench/live.py instead of the chat fan-out")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     ensure_npm()
@@ -49,11 +52,15 @@ def main() -> int:
                    client="raw", warmup_s=1.0,
                    duration_s=args.seconds + 1.5, sample_every=7, url=srv.url,
                    tokens=str(tokens), users=users, server_pid=srv.proc.pid)
+        script = "live.mjs" if args.live else "load.mjs"
+        if args.live:
+            cfg.update(server="collab", editors=10, viewers=100, rate=20, drain_s=10,
+                       hard_limit_s=120)
         (workdir / "load.json").write_text(json.dumps(cfg))
         out: dict = {}
 
         def drive() -> None:
-            p = subprocess.run(["node", str(BENCH / "load.mjs"), str(workdir / "load.json")],
+            p = subprocess.run(["node", str(BENCH / script), str(workdir / "load.json")],
                                capture_output=True, text=True, timeout=120)
             out["result"] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr
         t = threading.Thread(target=drive)

@@ -50,8 +50,10 @@ def ensure_npm() -> None:
             ok = False
     if not ok:
         print("installing", ", ".join(f"{n}@{v}" for n, v in pinned.items()), flush=True)
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock"],
-                       cwd=BENCH, check=True, timeout=300)
+        # exactly what bench/package-lock.json records (it carries no download addresses:
+        # npm takes the packages by name and checks them against its integrity hashes)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True,
+                       timeout=300)
 
 
 SERVERS = ("collab", "collab-slow", "bare-py", "node")
@@ -99,6 +101,8 @@ class Running:
             cmd = [PY, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         elif name == "bare-py":
             cmd = [PY, str(BENCH / "bare_socketio.py"), str(self.port), secret]
+        elif name == "hocuspocus":
+            cmd = ["node", str(BENCH / "hocuspocus.mjs"), str(self.port), secret]
         else:
             cmd = ["node", str(BENCH / "bare_node.mjs"), str(self.port), secret]
         self.log = open(workdir / f"{name}-{self.port}.log", "w")

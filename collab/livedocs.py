@@ -14,6 +14,16 @@ node's next store. Past ``RETRY_FOR`` seconds the change is refused as
 UNAVAILABLE. Changes to one document on one node go one at a time (a lock); the
 store commits different documents' changes together.
 
+Yjs updates queue (:meth:`LiveDocuments.change` without ``expected_version``):
+on a store that writes several versions at once (``appends_in_batches``), the
+changes of one document that arrive while its previous batch is being written
+are applied in arrival order and stored together, one version each, in one
+durable write; each is then announced and acknowledged in version order. So a
+document's rate is no longer one change per commit (fsync) of the store, and a
+change waits for at most the batch ahead of it. A batch the store refuses
+because another node took the version is rebuilt on the stored head (loaded
+again, its updates applied in order) and written again.
+
 A copy follows the other nodes' changes as they arrive in version order
 (:meth:`LiveDocuments.observed`, from the broadcast layer), and catches up from
 the store whenever it finds a gap, before a live join, and before a v1 change
@@ -47,7 +57,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from .awareness import RoomAwareness
 from .config import Settings
 from .errors import CollabError, NotFound, Unavailable, VersionConflict
-from .store.base import Document, Store
+from .store.base import Document, NewVersion, Store
 from .tasks import cancel_and_wait
 from .ydoc import LiveDocument
 
@@ -89,6 +99,28 @@ class Loaded:
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     #: loop time since when no member of the room is on this node (None: some are)
     idle_since: float | None = None
+    #: Yjs changes waiting for the next batch, and the task writing the batches
+    queued: list[Queued] = dataclasses.field(default_factory=list)
+    writer: asyncio.Future[None] | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Queued:
+    """A Yjs change waiting for its document's next batch."""
+
+    edit: Edit
+    user_id: str
+    announce: Callable[[Change], Awaitable[None]]
+    done: asyncio.Future[Change | None]
+
+    def settle(self, result: Change | None = None, error: BaseException | None = None) -> None:
+        if self.done.done():  # (its caller went away: cancelled)
+            return
+        if error is None:
+            self.done.set_result(result)
+        else:
+            self.done.set_exception(error)
+            self.done.exception()  # (retrieved: a caller that went away cannot)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -299,8 +331,11 @@ class LiveDocuments:
         depends on the content (a restore), so catch up from the store first.
         Refusals of the edit itself (InvalidInput, PayloadTooLarge) leave the copy
         as it was; a store failure drops the copy, since it holds a change nobody
-        acknowledged.
+        acknowledged. Without ``expected_version`` and ``fresh``, on a store that
+        appends in batches, the change queues for its document's next batch.
         """
+        if expected_version is None and not fresh and self._store.appends_in_batches:
+            return await self._queue(document_id, edit, user_id, announce)
         async with self.locked(document_id) as loaded:
             if expected_version is not None or fresh:
                 await self.catch_up(loaded)
@@ -337,6 +372,134 @@ class LiveDocuments:
                 return change
             self.discard(document_id)
             raise Unavailable("The document is too busy; retry")
+
+    # -- batches -------------------------------------------------------------
+
+    async def _queue(self, document_id: str, edit: Edit, user_id: str,
+                     announce: Callable[[Change], Awaitable[None]]) -> Change | None:
+        loaded = await self.get(document_id)
+        queued = Queued(edit, user_id, announce, asyncio.get_running_loop().create_future())
+        loaded.queued.append(queued)
+        if loaded.writer is None:
+            loaded.writer = asyncio.ensure_future(self._write_batches(loaded))
+        # (shielded: a caller that goes away leaves its change to be stored and announced)
+        return await asyncio.shield(queued.done)
+
+    async def _write_batches(self, loaded: Loaded) -> None:
+        """Until nothing is queued: take what is, store it as one batch, announce it."""
+        try:
+            while loaded.queued:
+                async with loaded.lock:
+                    if self._loaded.get(loaded.id) is not loaded:
+                        break  # dropped meanwhile: see below
+                    batch, loaded.queued = loaded.queued, []
+                    try:
+                        await self._write_batch(loaded, batch)
+                    except BaseException as exc:
+                        for queued in batch:
+                            queued.settle(error=exc)
+                        if not isinstance(exc, Exception):
+                            raise
+        finally:
+            loaded.writer = None
+        if loaded.queued:
+            await self._move_queue(loaded)
+
+    async def _move_queue(self, dropped: Loaded) -> None:
+        """The copy was dropped (a failed write left changes in it that the store does not
+        have, or it was evicted): what is still queued goes on with the copy loaded from
+        the store, where a change that depended on a lost one is refused."""
+        pending, dropped.queued = dropped.queued, []
+        try:
+            loaded = await self.get(dropped.id)
+        except BaseException as exc:
+            for queued in pending:
+                queued.settle(error=exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        loaded.queued.extend(pending)
+        if loaded.writer is None:
+            loaded.writer = asyncio.ensure_future(self._write_batches(loaded))
+
+    async def _write_batch(self, loaded: Loaded, batch: list[Queued]) -> None:
+        edits: list[tuple[Queued, bytes, str]] = []
+        for queued in batch:
+            try:
+                update = queued.edit(loaded.doc)
+            except CollabError as exc:  # refused alone; the copy is as it was
+                queued.settle(error=exc)
+                continue
+            if update is None:  # nothing new: neither stored nor announced
+                queued.settle(None)
+                continue
+            # the content as of this version: what the store keeps with it
+            edits.append((queued, update, loaded.doc.content))
+        if not edits:
+            return
+        try:
+            documents = await self._append_batch(loaded, edits)
+        except BaseException as exc:
+            self.discard(loaded.id)  # it holds changes nobody acknowledged
+            for queued, _, _ in edits:
+                queued.settle(error=exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not documents:  # every change of it was refused when it was rebuilt
+            return
+        loaded.version = documents[-1]["version"]
+        for (queued, update, _), document in zip(edits, documents, strict=True):
+            change = Change(document, update)
+            try:
+                await queued.announce(change)
+            except Exception as exc:  # noqa: BLE001 - the others are stored and due theirs
+                queued.settle(error=exc)
+            else:
+                queued.settle(change)
+        await self._snapshot_if_due(loaded)
+
+    async def _append_batch(self, loaded: Loaded,
+                            edits: list[tuple[Queued, bytes, str]]) -> list[Document]:
+        """Store ``edits`` (updated in place when rebuilt) as the next versions; against
+        other nodes, retried as :meth:`change` retries one change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_FOR
+        backoff = 0.001
+        while loop.time() < deadline:
+            try:
+                return await self._store.append_document_updates(
+                    loaded.id, [NewVersion(update, content, queued.user_id)
+                                for queued, update, content in edits],
+                    expected_version=loaded.version)
+            except VersionConflict:
+                await asyncio.sleep(random.uniform(0, backoff))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                await self._rebuild_batch(loaded, edits)
+                if not edits:
+                    return []
+        raise Unavailable("The document is too busy; retry")
+
+    async def _rebuild_batch(self, loaded: Loaded,
+                             edits: list[tuple[Queued, bytes, str]]) -> None:
+        """Another node took the version: put the batch on the stored head, so that each
+        version's content is again the merge of every version below it (the copy has
+        the whole batch applied, so it cannot tell the contents in between)."""
+        stored = await self._load(loaded.id)
+        rebuilt = []
+        for queued, update, _ in edits:
+            try:
+                again = stored.doc.apply(update)
+            except CollabError as exc:  # (over a limit, with the other node's change)
+                queued.settle(error=exc)
+                continue
+            if again is None:
+                queued.settle(None)
+                continue
+            rebuilt.append((queued, again, stored.doc.content))
+        edits[:] = rebuilt
+        loaded.doc, loaded.version = stored.doc, stored.version
+        loaded.snapshot_version = stored.snapshot_version
 
     async def _conflict(self, document_id: str) -> None:
         current = await self._store.get_document(document_id)

@@ -30,6 +30,7 @@ from typing import Any
 
 import engineio
 import socketio
+from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 from socketio import packet
 
@@ -57,6 +58,13 @@ class CountingQueue(asyncio.Queue):
         self.bytes = 0
 
     def _put(self, item: Any) -> None:
+        if getattr(item, "binary", False):
+            # A packet caches its first encoding, and a binary one encodes per transport
+            # (raw bytes on WebSocket, "b" + base64 when polling); python-socketio puts
+            # one packet object in every recipient's queue. Shared, the first consumer's
+            # encoding reached the rest: a poller's GET failed (TypeError, HTTP 500) once
+            # a WebSocket member had sent it. Each session gets a packet of its own.
+            item = eio_packet.Packet(eio_packet.MESSAGE, item.data)
         super()._put(item)
         self.bytes += _packet_size(item)
 

@@ -426,6 +426,15 @@ async def test_a_catch_up_skips_what_another_nodes_broadcast_brought_meanwhile(s
     assert (loaded.version, loaded.doc.content) == (2, "abcd")
 
 
+async def until_queued(documents, document_id: str, queued: int) -> None:
+    """Until ``queued`` changes wait in the copy's queue for its next batch (a store that
+    appends in batches). Nothing signals that a change has queued: this polls, bounded."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while len(documents.peek(document_id).queued) < queued:
+        assert asyncio.get_running_loop().time() < deadline, "the changes never queued"
+        await asyncio.sleep(0.005)
+
+
 class QueueingLock(asyncio.Lock):
     """A lock that tells who came to wait for it (``waiting``: one item a waiter)."""
 
@@ -454,7 +463,8 @@ async def test_what_waited_behind_a_refused_change_neither_stores_nor_shows_it(
     await x.join()
     await y.join()
     store = server.app.store
-    append = store.append_document_update
+    name = "append_document_updates" if store.appends_in_batches else "append_document_update"
+    append = getattr(store, name)
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def refuse_the_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -464,7 +474,7 @@ async def test_what_waited_behind_a_refused_change_neither_stores_nor_shows_it(
             raise Unavailable("The store is away")
         return await append(*args, **kwargs)
 
-    monkeypatch.setattr(store, "append_document_update", refuse_the_first)
+    monkeypatch.setattr(store, name, refuse_the_first)
     lock = server.app.documents.peek("doc").lock = QueueingLock()
     lost = x.edit(lambda t: t.insert(0, "LOST "))
     refused = asyncio.ensure_future(alice.call("documents:yupdate",
@@ -474,8 +484,12 @@ async def test_what_waited_behind_a_refused_change_neither_stores_nor_shows_it(
     accepted = asyncio.ensure_future(y.client.call("documents:yupdate",
                                                    {"document_id": "doc", "update": kept}))
     joined = asyncio.ensure_future(z.join())
-    for _ in range(2):  # y's change and z's join wait for the copy
+    # y's change and z's join wait for the copy: for its lock, or y's change in its
+    # queue on a store that appends in batches
+    for _ in range(1 if store.appends_in_batches else 2):
         await asyncio.wait_for(lock.waiting.get(), WAIT)
+    if store.appends_in_batches:
+        await until_queued(server.app.documents, "doc", 1)
     release.set()
 
     assert (await refused)["error"]["code"] == "UNAVAILABLE"
@@ -487,3 +501,140 @@ async def test_what_waited_behind_a_refused_change_neither_stores_nor_shows_it(
     fresh = PycrdtPeer(await server.connect("alice"), "doc")
     await fresh.join()
     assert fresh.content == "keep!"
+
+
+# -- a document's writes: batched where the store can, one at a time elsewhere ----------
+
+
+class HeldWrite:
+    """The store's document write (``append_document_updates`` on a store that appends
+    in batches, else ``append_document_update``), with its first call held until
+    :meth:`release`; ``before_first`` runs then, before the real write."""
+
+    def __init__(self, store, monkeypatch, before_first=None, fail_first=None) -> None:
+        self.batched = store.appends_in_batches
+        name = "append_document_updates" if self.batched else "append_document_update"
+        self.real = getattr(store, name)
+        self.calls: list[tuple] = []
+        self.entered = asyncio.Event()
+        self._release = asyncio.Event()
+        self._before_first = before_first
+        self._fail_first = fail_first
+        monkeypatch.setattr(store, name, self._write)
+
+    async def _write(self, *args, **kwargs):
+        self.calls.append(args)
+        if len(self.calls) == 1:
+            self.entered.set()
+            await self._release.wait()
+            if self._before_first is not None:
+                await self._before_first()
+            if self._fail_first is not None:
+                raise self._fail_first
+        return await self.real(*args, **kwargs)
+
+    async def release_when_queued(self, documents, document_id: str, queued: int) -> None:
+        """Release the first write once ``queued`` changes wait behind it (on a store that
+        batches; elsewhere they wait for the document's lock, which tells nothing)."""
+        if self.batched:
+            await until_queued(documents, document_id, queued)
+        self._release.set()
+
+
+async def test_changes_queued_behind_a_write_share_the_next_one(server, monkeypatch):
+    """(A connection's events run one at a time: changes queue from several connections.)"""
+    alice = await server.connect("alice")
+    names = [f"e{i}" for i in range(8)]
+    await document(alice, "", carol="viewer", **dict.fromkeys(names, "editor"))
+    alice_peer = PycrdtPeer(alice, "doc")
+    editors = [PycrdtPeer(await server.connect(name), "doc") for name in names]
+    carol = PycrdtPeer(await server.connect("carol"), "doc")
+    for peer in (alice_peer, *editors, carol):
+        await peer.join()
+    held = HeldWrite(server.app.store, monkeypatch)
+    first = asyncio.ensure_future(alice_peer.send(alice_peer.edit(lambda t: t.insert(0, "a"))))
+    await held.entered.wait()
+    rest = [asyncio.ensure_future(peer.send(peer.edit(lambda t: t.insert(0, "x"))))
+            for peer in editors]
+    await held.release_when_queued(server.app.documents, "doc", len(rest))
+    acks = await asyncio.gather(first, *rest)
+    assert sorted(a["version"] for a in acks) == list(range(1, 10))
+    # one write for the first, one for the eight that queued behind it (else one each)
+    assert len(held.calls) == (2 if held.batched else 9)
+    got = [await carol.receive() for _ in range(9)]
+    assert [g["version"] for g in got] == list(range(1, 10))  # in version order, once each
+    await carol.client.ok("documents:history", {"document_id": "doc", "limit": 1})
+    assert carol.client.pending("documents:yupdate") == []
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert stored["version"] == 9 and stored["content"] == carol.content
+    assert sorted(carol.content) == sorted("a" + "x" * 8)
+    # every version's content is the merge of the versions up to it
+    history = [(await alice.ok("documents:get", {"document_id": "doc", "version": v}))
+               ["document"]["content"] for v in range(1, 10)]
+    assert [len(content) for content in history] == list(range(1, 10))
+
+
+async def test_a_failed_write_refuses_its_changes_and_what_depended_on_them(server, monkeypatch):
+    from collab.errors import Unavailable
+    alice = await server.connect("alice")
+    await document(alice, "", bob="editor", carol="viewer")
+    alice_peer, bob = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc")
+    carol = PycrdtPeer(await server.connect("carol"), "doc")
+    for peer in (alice_peer, bob, carol):
+        await peer.join()
+    held = HeldWrite(server.app.store, monkeypatch, fail_first=Unavailable("store down"))
+
+    def send(peer, change):
+        return asyncio.ensure_future(peer.client.call(
+            "documents:yupdate", {"document_id": "doc", "update": peer.edit(change)}))
+
+    again = PycrdtPeer(await server.connect("alice"), "doc")  # alice in a second tab
+    await again.join()
+    lost = send(alice_peer, lambda t: t.insert(0, "a"))
+    await held.entered.wait()
+    again.doc.apply_update(alice_peer.doc.get_update())  # the second tab saw the "a"
+    after_lost = send(again, lambda t: t.insert(1, "b"))  # right after the lost "a"
+    independent = send(bob, lambda t: t.insert(0, "z"))
+    await held.release_when_queued(server.app.documents, "doc", 2)
+    acks = await asyncio.gather(lost, after_lost, independent)
+    assert acks[0]["error"]["code"] == "UNAVAILABLE"
+    assert acks[1]["error"]["code"] == "INVALID_INPUT"  # depends on what was not stored
+    assert acks[2]["ok"] is True and acks[2]["version"] == 1
+    got = await carol.receive()
+    assert got["version"] == 1 and carol.content == "z"
+    stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert (stored["version"], stored["content"]) == (1, "z")
+    assert carol.client.pending("documents:yupdate") == []
+
+
+async def test_a_batch_whose_version_another_node_took_is_rebuilt_on_it(server, monkeypatch):
+    store = server.app.store
+    alice = await server.connect("alice")
+    await document(alice, "", bob="editor", erin="editor", dave="editor")
+    alice_peer, bob = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc")
+    erin = PycrdtPeer(await server.connect("erin"), "doc")
+    elsewhere = PycrdtPeer(await server.connect("dave"), "doc")  # edits "on another node"
+    for peer in (alice_peer, bob, erin, elsewhere):
+        await peer.join()
+    foreign = elsewhere.edit(lambda t: t.insert(0, "X"))
+
+    async def another_node_writes() -> None:  # straight to the store: version 1 is taken
+        write = store.append_document_update if held.batched else held.real
+        await write("doc", foreign, "X", "dave", expected_version=0)
+
+    held = HeldWrite(store, monkeypatch, before_first=another_node_writes)
+    first = asyncio.ensure_future(alice_peer.send(alice_peer.edit(lambda t: t.insert(0, "a"))))
+    await held.entered.wait()
+    rest = [asyncio.ensure_future(peer.send(peer.edit(lambda t, c=c: t.insert(0, c))))
+            for peer, c in [(bob, "b"), (erin, "c")]]
+    await held.release_when_queued(server.app.documents, "doc", 2)
+    acks = await asyncio.gather(first, *rest)
+    assert sorted(a["version"] for a in acks) == [2, 3, 4]
+    versions = [(await alice.ok("documents:get", {"document_id": "doc", "version": v}))
+                ["document"] for v in range(1, 5)]
+    assert versions[0]["content"] == "X" and versions[0]["updated_by"] == "dave"
+    # each version's content is the merge of everything up to it, the other node's too
+    assert [len(v["content"]) for v in versions] == [1, 2, 3, 4]
+    assert [set(v["content"]) for v in versions[1:]] == [set("Xa"), set("Xab"), set("Xabc")]
+    head = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
+    assert head["version"] == 4 and head["content"] == versions[-1]["content"]

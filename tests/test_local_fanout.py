@@ -13,12 +13,13 @@ import struct
 import time
 from typing import Any
 
+import pycrdt
 import pytest
 from conftest import cancel_leftover_tasks
 from harness import WAIT, Harness, make_settings, make_token, scrape
 from rawsocket import RawSocket
 
-from collab.broadcast.local import ws_text_frame
+from collab.broadcast.local import ws_binary_frame, ws_text_frame
 from collab.server import Server
 
 
@@ -85,6 +86,65 @@ async def test_mixed_transports_every_message_once_in_order(server, settings):
         manager = server.app.sio.manager
         assert manager.direct_writes > 0  # the WebSocket clients took the fast path
         assert manager.queued_writes > 0  # the polling ones the queue
+
+
+def test_binary_frame():
+    assert ws_binary_frame(b"\x00\x01") == b"\x82\x02\x00\x01"
+    assert ws_binary_frame(b"x" * 200)[:4] == b"\x82\x7e\x00\xc8"
+
+
+async def test_binary_broadcasts_reach_every_transport_once_in_order(server, settings):
+    """A ``documents:yupdate`` carries its update as a binary attachment: the fast path
+    writes the header and the attachment to WebSockets together, and queues both for
+    pollers; every member gets every update once, whole, in version order."""
+    users = [f"u{i}" for i in range(5)]
+    owner = await server.connect("u0")
+    ack = await owner.ok("documents:create", {"title": "d", "content": ""})
+    document_id = ack["document"]["id"]
+    for user_id in users[1:]:
+        await owner.ok("documents:share", {"document_id": document_id, "user_id": user_id,
+                                           "role": "viewer"})
+    members = [await server.connect("u1"),
+               await server.connect("u2", transports=["polling"]),
+               await server.connect("u3", transports=["polling"]),
+               await server.connect("u4", transports=["polling", "websocket"])]  # upgrades
+    ydoc = pycrdt.Doc()
+    text = ydoc.get("content", type=pycrdt.Text)
+    joined = await owner.ok("documents:join", {"document_id": document_id,
+                                               "state_vector": ydoc.get_state()})
+    ydoc.apply_update(joined["update"])
+    docs = []
+    for member in members:
+        doc = pycrdt.Doc()
+        got = await member.ok("documents:join", {"document_id": document_id,
+                                                 "state_vector": doc.get_state()})
+        doc.apply_update(got["update"])
+        docs.append(doc)
+    manager = server.app.sio.manager
+    direct, queued = getattr(manager, "direct_writes", 0), getattr(manager, "queued_writes", 0)
+
+    updates = []
+    for i in range(20):
+        before = ydoc.get_state()
+        text.insert(len(text), f"k{i} ")
+        updates.append(ydoc.get_update(before))
+    acks = await asyncio.gather(*(owner.ok("documents:yupdate", {
+        "document_id": document_id, "update": u}) for u in updates))
+    assert sorted(a["version"] for a in acks) == list(range(1, 21))
+    for member, doc in zip(members, docs, strict=True):
+        versions = []
+        for _ in range(20):
+            got = await member.next("documents:yupdate")
+            assert isinstance(got["update"], bytes)
+            doc.apply_update(got["update"])
+            versions.append(got["version"])
+        assert versions == list(range(1, 21))
+        assert str(doc.get("content", type=pycrdt.Text)) == str(text)
+        await member.ok("documents:history", {"document_id": document_id, "limit": 1})
+        assert member.pending("documents:yupdate") == []  # and nothing twice
+    if settings.fast_broadcast:
+        assert manager.direct_writes > direct  # the WebSocket members took the fast path
+        assert manager.queued_writes > queued  # the polling ones the queue
 
 
 async def test_broadcast_arrives_before_the_ack_of_the_same_call(server, settings):

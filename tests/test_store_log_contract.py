@@ -25,7 +25,7 @@ import collab.store.mongodb
 import collab.store.sqlite
 from collab.errors import AlreadyExists, InvalidInput, NotFound, VersionConflict
 from collab.store import Store, open_store
-from collab.store.base import Compacted, Snapshot, Update
+from collab.store.base import Compacted, NewVersion, Snapshot, Update
 from collab.store.cursor import ListCursor
 
 EVERY_BYTE = bytes(range(256))
@@ -151,6 +151,32 @@ async def test_append_to_a_missing_document_is_not_found(store: Store) -> None:
         await store.append_document_update("missing", b"x", "x", "alice", expected_version=0)
     assert await store.document_updates("missing", -1) == []
     assert await store.get_document("missing") is None
+
+
+async def test_batched_appends_store_each_version_in_order_or_none(store: Store) -> None:
+    created = await store.create_document("d1", "T", "", "alice")
+    batch = [NewVersion(b"u1|", "c1", "alice"), NewVersion(b"u2|", "c2", "bob")]
+    if not store.appends_in_batches:  # such a store says so, and writes nothing
+        with pytest.raises(NotImplementedError):
+            await store.append_document_updates("d1", batch, expected_version=0)
+        assert await store.get_document("d1") == created
+        return
+    heads = await store.append_document_updates("d1", batch, expected_version=0)
+    assert [(h["version"], h["content"], h["updated_by"]) for h in heads] == [
+        (1, "c1", "alice"), (2, "c2", "bob")]
+    assert await store.get_document("d1") == heads[-1]
+    assert [(u.version, u.user_id, u.update) for u in await store.document_updates("d1", 0)] \
+        == [(1, "alice", b"u1|"), (2, "bob", b"u2|")]
+    with pytest.raises(VersionConflict) as info:  # all or none
+        await store.append_document_updates(
+            "d1", [NewVersion(b"x", "x", "carol"), NewVersion(b"y", "y", "carol")],
+            expected_version=1)
+    assert info.value.current == heads[-1]
+    assert len(await store.document_updates("d1", -1)) == 3
+    single = await store.append_document_update("d1", b"u3|", "c3", "carol", expected_version=2)
+    assert single["version"] == 3
+    with pytest.raises(NotFound):
+        await store.append_document_updates("missing", batch, expected_version=0)
 
 
 async def test_update_document_is_a_version_with_no_yjs_update(store: Store) -> None:

@@ -96,12 +96,21 @@ def _ignore() -> None:
 
 def ws_text_frame(payload: bytes) -> bytes:
     """One unmasked, unfragmented, uncompressed WebSocket text frame (RFC 6455)."""
+    return _ws_frame(0x81, payload)
+
+
+def ws_binary_frame(payload: bytes) -> bytes:
+    """The same as a binary frame: how Engine.IO 4 sends a binary attachment."""
+    return _ws_frame(0x82, payload)
+
+
+def _ws_frame(first: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return bytes((first, n)) + payload
     if n <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
 
 
 def _queue_busy(queue: Any) -> bool:
@@ -250,16 +259,24 @@ class LocalBroadcaster(socketio.AsyncManager):
             args = []
         encoded = self.server.packet_class(
             sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
-        if isinstance(encoded, list):  # binary attachments: several frames, keep it simple
-            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
-                                      **kwargs)
-        self.deliver(encoded, namespace, room, skip_sid)
+        if isinstance(encoded, list):  # binary attachments: the header, then each one
+            self.deliver(encoded[0], namespace, room, skip_sid, tuple(encoded[1:]))
+        else:
+            self.deliver(encoded, namespace, room, skip_sid)
 
-    def deliver(self, encoded: str, namespace: str, room: Any, skip_sid: Any) -> None:
-        """Send one encoded Socket.IO packet to a room's local participants, synchronously."""
+    def deliver(self, encoded: str, namespace: str, room: Any, skip_sid: Any,
+                attachments: tuple[bytes, ...] = ()) -> None:
+        """Send one encoded Socket.IO packet to a room's local participants, synchronously.
+
+        A packet with binary ``attachments`` (a Yjs update) is its text header followed
+        by one binary Engine.IO message per attachment, as python-socketio sends it:
+        on the direct path the frames go out together in one write, on the queued path
+        they are put in the connection's queue one after the other in the same pass.
+        """
         if not isinstance(skip_sid, list):
             skip_sid = [skip_sid]
-        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, encoded),
+                    *(eio_packet.Packet(eio_packet.MESSAGE, a) for a in attachments)]
         text = "4" + encoded
         frame = None
         sockets = self.server.eio.sockets
@@ -283,10 +300,14 @@ class LocalBroadcaster(socketio.AsyncManager):
                     handler, conn = sink
                     if not conn.is_closing():
                         if self.compression:
-                            _write(handler, conn, text, None, self.on_slow_consumer)
+                            _write(handler, conn, text, None, self.on_slow_consumer,
+                                   attachments)
                         else:
                             if frame is None:
                                 frame = ws_text_frame(text.encode())
+                                if attachments:
+                                    frame = b"".join([frame, *map(ws_binary_frame,
+                                                                   attachments)])
                             if not cork:
                                 _write(handler, conn, None, frame, self.on_slow_consumer)
                             elif (pending := corked.get(conn)) is None:
@@ -301,7 +322,8 @@ class LocalBroadcaster(socketio.AsyncManager):
                 if eio_sid not in self.closing:
                     self._close_backlogged(eio_sid, sock)
                 continue
-            sock.queue.put_nowait(eio_pkt)
+            for eio_pkt in eio_pkts:
+                sock.queue.put_nowait(eio_pkt)
             self.queued_writes += 1
         if not cork:
             self.flush_scheduled = True
@@ -380,12 +402,14 @@ def _uncapped(stream: Any) -> Iterator[None]:
 
 
 def _write(handler: Any, conn: Any, text: str | None, frame: bytes | None,
-           on_slow_consumer: SlowConsumerHook) -> None:
+           on_slow_consumer: SlowConsumerHook, attachments: tuple[bytes, ...] = ()) -> None:
     try:
         if frame is not None:
             _send_frame(conn.stream, frame)
-        else:
+        else:  # (compression: Tornado frames and compresses each message)
             handler.write_message(text)
+            for attachment in attachments:
+                handler.write_message(attachment, binary=True)
     except (tornado.iostream.StreamClosedError, tornado.websocket.WebSocketClosedError):
         pass  # already going away; its disconnect runs on the close callback
     except tornado.iostream.StreamBufferFullError:

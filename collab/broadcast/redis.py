@@ -297,9 +297,9 @@ class RedisBroadcaster(LocalBroadcaster):
         sockets = "/" in self.rooms  # (else nobody ever connected here)
         skip = list(envelope.skip) if envelope.position is None \
             else self.skipping(room, envelope.position, envelope.skip)
-        if self.fast and not envelope.attachments and not receivers:
+        if self.fast and not receivers:
             if sockets:
-                self.deliver(envelope.packet, "/", room, skip)
+                self.deliver(envelope.packet, "/", room, skip, envelope.attachments)
             return
         pkt = self.server.packet_class(encoded_packet=envelope.packet)
         for attachment in envelope.attachments:
@@ -309,8 +309,8 @@ class RedisBroadcaster(LocalBroadcaster):
         self.to_receivers(room, event, data, skip)
         if not sockets:
             return
-        if self.fast and not envelope.attachments:
-            self.deliver(envelope.packet, "/", room, skip)
+        if self.fast:
+            self.deliver(envelope.packet, "/", room, skip, envelope.attachments)
             return
         await LocalBroadcaster.emit(self, event, data, "/", room=room, skip_sid=skip)
 

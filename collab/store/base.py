@@ -80,6 +80,16 @@ class Update:
 
 
 @dataclass(frozen=True)
+class NewVersion:
+    """One change to store as a document's next version: the Yjs update that made it,
+    the ``content`` with it applied, and who made it."""
+
+    update: bytes
+    content: str
+    user_id: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A document's whole Yjs state as of ``version`` (every update up to it applied)."""
 
@@ -100,6 +110,8 @@ class Store(abc.ABC):
 
     #: the URL the store was opened with, password removed (for logs and /readyz)
     display_url: str = ""
+    #: whether :meth:`append_document_updates` stores several versions in one write
+    appends_in_batches: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -167,6 +179,17 @@ class Store(abc.ABC):
         :class:`~collab.errors.NotFound` when there is no such document.
         Returns the new head.
         """
+
+    async def append_document_updates(
+        self, document_id: str, versions: list[NewVersion], expected_version: int,
+    ) -> list[Document]:
+        """Store ``versions`` as the next versions, in order, all or none, in one durable
+        write: the head must be at ``expected_version`` (else
+        :class:`~collab.errors.VersionConflict`), and ends at ``expected_version +
+        len(versions)``. Returns the head after each. Only stores with
+        :attr:`appends_in_batches` have it: one durable write for a document's changes
+        that queued up while the one before was being written."""
+        raise NotImplementedError(f"{type(self).__name__} stores one version per write")
 
     @abc.abstractmethod
     async def document_updates(
