@@ -2,14 +2,18 @@
 enough to crash the process.
 
 Yrs deletes (and garbage-collects) a shared type recursively, child type by child
-type. Measured with pycrdt 0.14.13 (tests/test_ydoc.py): deleting the root of a chain
-of nested types costs about 256 bytes of stack per level, so a chain of ~32,800 (a
-200 KB update, or built over many updates) overflows the main thread's 8 MB stack and
-kills the process with SIGSEGV; at 1 MB of stack (a Windows main thread) the end comes
-at ~4,000 levels. Encoding, diffs, loading and dropping such a document do not
-recurse (they survived 300,000 levels). Editors nest a few dozen levels at most
+type. Measured with pycrdt 0.14.13 on Linux, by bisection in child processes (the
+tests keep 30,000 surviving and 60,000 crashing): deleting the root of a chain of
+nested types costs about 256 bytes of stack per level, every type alike, so a chain
+of ~32,800 (a 200 KB update, or built over many updates) overflows the main thread's
+8 MB stack and kills the process with SIGSEGV; on a 1 MB stack the end comes at
+~4,000 levels. Encoding, diffs, loading and dropping such a document do not recurse
+(they survived 300,000 levels). Editors nest a few dozen levels at most
 (ProseMirror: a list item in a list in a list ...), so :data:`MAX_TYPE_DEPTH` is far
-above any real document and far below any crash.
+above any real document and far below any crash. That margin is the main thread's:
+at 256 KB of stack the crash comes at ~1,000 levels, so pycrdt must not be called
+from threads with small stacks (musl's default is 128 KB); collab calls it on the
+event loop's thread.
 
 The depth of a type is a property of the whole document, not of one update: an
 update adds an item *in* a type that earlier updates made. Where an item lives:
