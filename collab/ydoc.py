@@ -21,7 +21,10 @@ as they grow), and a refusal is always :class:`~collab.errors.InvalidInput` or
 
 Every update is first read by :mod:`collab.yupdate`, strictly and the way Yjs reads
 it, before pycrdt sees its bytes: Yrs reads nested values recursively, and an update
-nesting them deep enough kills the process (measured, see ``MAX_ANY_DEPTH``). An update
+nesting them deep enough kills the process (measured, see ``MAX_ANY_DEPTH``). Yrs also
+deletes nested shared types recursively, so an update that would nest a type deeper
+than :data:`~collab.typedepth.MAX_TYPE_DEPTH` in the document (counting what earlier
+updates made) is refused before it is applied (see :mod:`collab.typedepth`). An update
 that would split a surrogate pair (see :mod:`collab.surrogates`) is refused before it
 is applied: Yjs and Yrs disagree about such an update, and the copies would differ.
 
@@ -56,7 +59,8 @@ from .errors import InvalidInput, PayloadTooLarge
 from .lib0 import Lib0Error, Reader, read_state_vector
 from .surrogates import SurrogateIndex, may_hold_pairs
 from .text import is_text
-from .yupdate import decode_update
+from .typedepth import MAX_TYPE_DEPTH, Placement, TypeDepths
+from .yupdate import Update, decode_update
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,8 @@ class LiveDocument:
         self._client_id = client_id
         #: the document's surrogate pairs, built from its state when first needed
         self._surrogates: SurrogateIndex | None = None
+        #: the depth of every item, built from its state when first needed
+        self._depths: TypeDepths | None = None
         stored = [u for u in ([baseline] if baseline else []) + list(updates)]
         if client_id is None:
             # this copy's own (v1 bridge) edits need an id the document has never seen:
@@ -201,7 +207,8 @@ class LiveDocument:
         be stored or broadcast. Refusals change nothing: ``InvalidInput`` for bytes
         that do not decode or integrate, or that depend on changes this document
         lacks; ``PayloadTooLarge`` when ``content`` would exceed
-        ``max_content_bytes`` or the state ``max_state_bytes``.
+        ``max_content_bytes``, the state ``max_state_bytes``, or a shared type would
+        nest deeper than :data:`~collab.typedepth.MAX_TYPE_DEPTH`.
         """
         if not isinstance(update, (bytes, bytearray, memoryview)):
             raise InvalidInput("update must be bytes")
@@ -217,12 +224,14 @@ class LiveDocument:
             if not (isinstance(exc, Exception) or _is_panic(exc)):
                 raise
             raise InvalidInput("update cannot be decoded") from None
+        placement = self._placement(decoded)
         surrogates = self._surrogate_index()
         if len(surrogates) or may_hold_pairs(update):
             refusal = surrogates.refusal(decoded, read_state_vector(self._doc.get_state()))
             if refusal is not None:
                 raise InvalidInput(f"{refusal}; Yjs and Yrs would disagree about it")
-        return self._follow(self._change(lambda doc: doc.apply_update(update), update))
+        return self._follow(self._change(lambda doc: doc.apply_update(update), update),
+                            placement)
 
     def replace_content(self, new: str) -> bytes | None:
         """The v1 bridge: make ``content`` equal ``new`` by the smallest edit (common
@@ -238,6 +247,7 @@ class LiveDocument:
         old = self.content
         if new == old:
             return None
+        self._placement(None)  # (a deletion may take a type embedded in the text)
         start, old_end, new_end = _edit_span(old, new)
         # pycrdt offsets are UTF-8 bytes; these are at character boundaries by construction
         byte_start = len(old[:start].encode("utf-8"))
@@ -303,12 +313,14 @@ class LiveDocument:
             self._rebase()
         return produced
 
-    def _surrogate_index(self) -> SurrogateIndex:
+    def _surrogate_index(self, decoded: Update | None = None) -> SurrogateIndex:
+        """(``decoded``: the state, when the caller has decoded it already.)"""
         if self._surrogates is None:
             state = self._doc.get_update()
             try:
-                self._surrogates = (SurrogateIndex.of(decode_update(state))
-                                    if may_hold_pairs(state) else SurrogateIndex())
+                self._surrogates = (
+                    SurrogateIndex.of(decoded or decode_update(state))
+                    if may_hold_pairs(state) else SurrogateIndex())
             except Lib0Error as exc:
                 # stored before updates were read the way Yjs reads them: no Yjs client
                 # can load this state at all, so none can disagree with it either
@@ -317,9 +329,47 @@ class LiveDocument:
                 self._surrogates = SurrogateIndex()
         return self._surrogates
 
-    def _follow(self, produced: bytes | None) -> bytes | None:
-        """Keep the surrogate index in step with an accepted change."""
-        if produced is not None and self._surrogates is not None:
+    def _type_depths(self) -> TypeDepths:
+        if self._depths is None:
+            try:
+                state = decode_update(self._doc.get_update())
+            except Lib0Error as exc:
+                # (see _surrogate_index) where items of this state live is not known:
+                # nothing may nest below them
+                log.warning("document state is not one Yjs can read (%s): no shared type "
+                            "may nest in what is already in it", exc)
+                self._depths = TypeDepths(unknown_depth=MAX_TYPE_DEPTH)
+            else:
+                self._depths = TypeDepths.of(state)
+                self._surrogate_index(state)  # built from the same decoding, if it is due
+        return self._depths
+
+    def _placement(self, update: Update | None) -> Placement:
+        """Where ``update``'s items would live (None: no items, for the v1 bridge); a
+        refusal if a type would nest too deep, or if the document already does (stored
+        before the limit: deleting such a type would crash the process, so it takes no
+        change at all)."""
+        depths = self._type_depths()
+        placement = Placement() if update is None else depths.place(update)
+        if placement.deepest > MAX_TYPE_DEPTH or depths.deepest > MAX_TYPE_DEPTH:
+            raise PayloadTooLarge("Shared type nesting", MAX_TYPE_DEPTH)
+        return placement
+
+    def _follow(self, produced: bytes | None, placement: Placement | None = None,
+                ) -> bytes | None:
+        """Keep the indexes in step with an accepted change: ``placement`` is where its
+        items live (None: find out from ``produced``)."""
+        if produced is None:
+            return None
+        if self._depths is not None:
+            if placement is None:
+                try:
+                    placement = self._depths.place(decode_update(produced))
+                except Lib0Error:  # (Yrs wrote it: cannot happen) rebuild from the state
+                    self._depths = None
+            if placement is not None and self._depths is not None:
+                self._depths.follow(placement)
+        if self._surrogates is not None:
             if len(self._surrogates) or may_hold_pairs(produced):
                 try:
                     self._surrogates.follow(decode_update(produced))

@@ -3,7 +3,9 @@
 Why collab reads updates itself: pycrdt applies an update whole and shows nothing of
 its structs, but whether an update splits a surrogate pair (collab/surrogates.py)
 depends on exactly that: which ids its items' origins name, and which ids of
-``ContentString`` items hold the two UTF-16 halves of a non-BMP character.
+``ContentString`` items hold the two UTF-16 halves of a non-BMP character; and how
+deep it nests shared types (collab/typedepth.py) depends on the parents its items
+write out.
 
 The format is Yjs's (src/utils/encoding.js ``readClientsStructRefs``, UpdateDecoderV1,
 src/structs/*.js ``read*``; lib0 ``readAny``), read the way Yjs reads it: an update
@@ -70,7 +72,12 @@ class Id:
 @dataclass(slots=True)
 class Struct:
     """One struct of an update: it covers clocks ``clock`` to ``clock + length - 1``
-    of ``client``. ``text`` is the string of a :attr:`Kind.STRING` item."""
+    of ``client``. ``text`` is the string of a :attr:`Kind.STRING` item.
+
+    ``parent`` is the parent as the item writes it out: a root type's name (bytes, as
+    Yjs compares them) or the id of the type item it lives in. It is None for GC and
+    skip structs and for items with an origin or a right origin, whose parent is
+    that of the item their origin (else their right origin) names."""
 
     kind: Kind
     client: int
@@ -79,6 +86,7 @@ class Struct:
     origin: Id | None = None
     right_origin: Id | None = None
     text: str | None = None
+    parent: Id | bytes | None = None
 
 
 @dataclass(slots=True)
@@ -135,12 +143,12 @@ def _read_struct(reader: Reader, client: int, clock: int) -> Struct:
         raise Lib0Error(f"unknown struct kind {kind}")
     origin = Id(reader.var_uint(), reader.var_uint()) if info & _HAS_ORIGIN else None
     right = Id(reader.var_uint(), reader.var_uint()) if info & _HAS_RIGHT_ORIGIN else None
+    parent: Id | bytes | None = None
     if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):  # the parent is written out
         if reader.var_uint() == 1:
-            reader.var_bytes()  # a root type's name
+            parent = reader.var_bytes()  # a root type's name
         else:
-            reader.var_uint()  # a nested type's item id
-            reader.var_uint()
+            parent = Id(reader.var_uint(), reader.var_uint())  # a nested type's item id
         if info & _HAS_PARENT_SUB:
             reader.var_bytes()  # the map key
     text = None
@@ -175,7 +183,7 @@ def _read_struct(reader: Reader, client: int, clock: int) -> Struct:
         elif kind == _DOC:
             reader.var_string()  # guid
             _skip_any(reader)  # options
-    return Struct(_KINDS[kind], client, clock, length, origin, right, text)
+    return Struct(_KINDS[kind], client, clock, length, origin, right, text, parent)
 
 
 def _byte(reader: Reader) -> int:

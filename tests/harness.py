@@ -28,6 +28,7 @@ from tornado.httpclient import AsyncHTTPClient
 from collab.broadcast.wire import EMIT, Envelope, channel_for
 from collab.client import SocketManager
 from collab.config import Settings, build_settings
+from collab.lib0 import var_string, var_uint
 from collab.packet import CollabPacket
 from collab.redisconn import RedisTarget, open_client
 from collab.server import Server
@@ -237,6 +238,51 @@ async def versions_by_user(client: Client, document_id: str) -> dict[int, str]:
         if not page["has_more"] or not page["versions"]:
             return made
         before = page["versions"][0]["version"]
+
+
+# -- Yjs updates written by hand: what a hostile client can send ----------------------
+
+#: a Yjs update deleting item (1, 0): the first of :func:`nested_arrays` (client 1)
+DELETE_FIRST = bytes([0, 1, 1, 1, 0, 1])
+
+
+def y_item(*, parent: str | tuple[int, int] | None = None,
+           origin: tuple[int, int] | None = None,
+           right_origin: tuple[int, int] | None = None, text: str | None = None) -> bytes:
+    """One item as Yjs writes it (update format v1): a ``Y.Array``, or the string
+    ``text``. Its parent is written out (a root type's name or a type item's id) unless
+    an origin or a right origin says where it goes."""
+    info = 0x04 if text is not None else 0x07
+    out = bytearray()
+    if origin is not None:
+        info |= 0x80
+        out += var_uint(origin[0]) + var_uint(origin[1])
+    if right_origin is not None:
+        info |= 0x40
+        out += var_uint(right_origin[0]) + var_uint(right_origin[1])
+    if origin is None and right_origin is None:
+        assert parent is not None, "an item without origins needs its parent written out"
+        if isinstance(parent, str):
+            out += b"\x01" + var_string(parent)
+        else:
+            out += b"\x00" + var_uint(parent[0]) + var_uint(parent[1])
+    out += var_string(text) if text is not None else b"\x00"  # (type ref 0: YArray)
+    return bytes([info]) + bytes(out)
+
+
+def y_update(client: int, clock: int, items: list[bytes]) -> bytes:
+    """An update of ``items`` (one clock each: types, one-unit strings) of ``client``
+    from ``clock``, with an empty delete set."""
+    return (b"\x01" + var_uint(len(items)) + var_uint(client) + var_uint(clock)
+            + b"".join(items) + b"\x00")
+
+
+def nested_arrays(count: int, client: int = 1, clock: int = 0,
+                  parent: str | tuple[int, int] = "chain") -> bytes:
+    """One update of ``count`` ``Y.Array`` items of ``client`` from ``clock``, each
+    inside the one before; the first inside ``parent`` (a root name or an item id)."""
+    return y_update(client, clock, [
+        y_item(parent=parent if k == 0 else (client, clock + k - 1)) for k in range(count)])
 
 
 class Harness:

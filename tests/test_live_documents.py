@@ -9,10 +9,21 @@ import asyncio
 import random
 
 import pytest
-from harness import WAIT, Client, PycrdtPeer, make_settings, versions_by_user
+from harness import (
+    DELETE_FIRST,
+    WAIT,
+    Client,
+    CollabProcess,
+    Harness,
+    PycrdtPeer,
+    make_settings,
+    nested_arrays,
+    versions_by_user,
+)
 
 from collab.awareness import Entry, decode_update, encode_update
 from collab.livedocs import LiveDocuments
+from collab.typedepth import MAX_TYPE_DEPTH
 
 
 @pytest.fixture(params=["sqlite", "mongodb"])
@@ -179,6 +190,52 @@ async def test_refusals_change_nothing(server):
                       "PAYLOAD_TOO_LARGE")
     stored = (await alice.ok("documents:get", {"document_id": "doc"}))["document"]
     assert (stored["content"], stored["version"]) == ("v", 0)
+
+
+async def test_a_type_nested_too_deep_is_refused_and_the_server_serves_on(tmp_path):
+    # the reported crash, against a collab process of its own: had the chain reached
+    # Yrs, deleting its root would have killed the process and every connection with it
+    proc = CollabProcess(tmp_path)
+    proc.start()
+    harness = Harness(proc)
+    try:
+        alice = await harness.connect("alice")
+        await document(alice, "keep", bob="editor")
+        live, bob = PycrdtPeer(alice, "doc"), PycrdtPeer(await harness.connect("bob"), "doc")
+        await live.join()
+        await bob.join()
+        for too_deep in (nested_arrays(60_000), nested_arrays(MAX_TYPE_DEPTH + 1)):
+            error = await alice.fails("documents:yupdate", {"document_id": "doc",
+                                                            "update": too_deep},
+                                      "PAYLOAD_TOO_LARGE")
+            assert error["details"] == {"limit": MAX_TYPE_DEPTH}
+            assert "nesting" in error["message"]
+        await alice.fails("documents:yupdate", {"document_id": "doc", "update": DELETE_FIRST},
+                          "INVALID_INPUT")  # nothing of the chain is there to delete
+        history = await alice.ok("documents:history", {"document_id": "doc"})
+        assert [v["version"] for v in history["versions"]] == [0]
+
+        # at the limit: accepted and relayed; one level more refused; its root deleted
+        chain = nested_arrays(MAX_TYPE_DEPTH)
+        live.doc.apply_update(chain)
+        assert (await live.send(chain))["version"] == 1
+        assert (await bob.receive())["version"] == 1
+        await alice.fails("documents:yupdate", {"document_id": "doc", "update": nested_arrays(
+            1, clock=MAX_TYPE_DEPTH, parent=(1, MAX_TYPE_DEPTH - 1))}, "PAYLOAD_TOO_LARGE")
+        live.doc.apply_update(DELETE_FIRST)
+        assert (await live.send(DELETE_FIRST))["version"] == 2
+        assert (await bob.receive())["version"] == 2
+
+        # and the process serves on: a newcomer's join, others' edits
+        newcomer = PycrdtPeer(await harness.connect("bob"), "doc")
+        assert (await newcomer.join())["document"]["version"] == 2
+        assert newcomer.content == "keep"
+        assert (await bob.send(bob.edit(lambda t: t.insert(4, "!"))))["version"] == 3
+        assert (await newcomer.receive())["version"] == 3 and newcomer.content == "keep!"
+        assert proc.running
+    finally:
+        await harness.close_clients()
+        proc.stop()
 
 
 async def test_awareness_is_relayed_and_removed_when_its_connection_leaves(server):

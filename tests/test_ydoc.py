@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pycrdt
 import pytest
+from harness import DELETE_FIRST, nested_arrays, y_item, y_update
 
 from collab.errors import InvalidInput, PayloadTooLarge
-from collab.lib0 import read_state_vector
+from collab.lib0 import read_state_vector, var_uint
 from collab.surrogates import SurrogateIndex, high_units, may_hold_pairs
+from collab.typedepth import MAX_TYPE_DEPTH, TypeDepths
 from collab.ydoc import STATE_GROWTH_PER_UPDATE_BYTE, LiveDocument
-from collab.yupdate import decode_update
+from collab.yupdate import Kind, decode_update
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -854,3 +857,236 @@ def test_the_surrogate_index_follows_changes_exactly(yjs):
         followed = list(doc._surrogate_index())
         assert len(followed) == before + (1 if scenario == "nested" else -1)
         assert followed == list(SurrogateIndex.of(decode_update(doc.snapshot())))
+
+
+# -- how deep shared types nest (collab/typedepth.py) -------------------------------
+
+def run_child(code: str, tmp_path: Path, stack_bytes: int = 8 * 1024 * 1024,
+              ) -> subprocess.CompletedProcess:
+    """Run ``code`` in a child process whose main thread has ``stack_bytes`` of stack
+    (Linux's usual 8 MB unless given): a crash kills the child, never the test run.
+    (Linux checks the limit as the stack grows, so the child sets it itself.)"""
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import resource\n"
+        "hard = resource.getrlimit(resource.RLIMIT_STACK)[1]\n"
+        f"size = {stack_bytes} if hard == resource.RLIM_INFINITY else min({stack_bytes}, hard)\n"
+        "resource.setrlimit(resource.RLIMIT_STACK, (size, hard))\n" + code)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+
+
+def test_before_the_bound_a_deep_chain_deleted_crashed_yrs(tmp_path):
+    # what the bound is for, measured on pycrdt itself: deleting the root of 60,000
+    # nested arrays overflows an 8 MB stack (SIGSEGV); 30,000 survive
+    for depth, survives in ((30_000, True), (60_000, False)):
+        done = run_child("import pycrdt\n"
+                         "from harness import DELETE_FIRST, nested_arrays\n"
+                         "doc = pycrdt.Doc()\n"
+                         f"doc.apply_update(nested_arrays({depth}))\n"
+                         "doc.apply_update(DELETE_FIRST)\n", tmp_path)
+        assert (done.returncode == 0) is survives, (depth, done.returncode, done.stderr[-500:])
+        if not survives:
+            assert done.returncode == -signal.SIGSEGV
+
+
+def test_the_crash_reproduction_is_refused_and_the_process_survives(tmp_path):
+    done = run_child(
+        "from harness import DELETE_FIRST, nested_arrays\n"
+        "from collab.errors import CollabError\n"
+        "from collab.ydoc import LiveDocument\n"
+        "doc = LiveDocument.new('x')\n"
+        "for update in (nested_arrays(60_000), DELETE_FIRST):\n"
+        "    try:\n"
+        "        doc.apply(update)\n"
+        "    except CollabError as exc:\n"
+        "        print('refused:', exc.code.value, exc.message, exc.details)\n"
+        "from collab.lib0 import read_state_vector\n"
+        "print('content:', doc.content, list(read_state_vector(doc.state_vector()))"
+        " == [doc.client_id])\n", tmp_path)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    lines = done.stdout.splitlines()
+    assert lines[0] == (f"refused: PAYLOAD_TOO_LARGE Shared type nesting exceeds the limit "
+                        f"of {MAX_TYPE_DEPTH} {{'limit': {MAX_TYPE_DEPTH}}}")
+    # nothing of the chain was applied, so the deletion names items the document lacks
+    assert lines[1].startswith("refused: INVALID_INPUT update depends on changes")
+    assert lines[2] == "content: x True"  # only the document's own first edit is in it
+
+
+def test_a_chain_at_the_limit_works_everywhere_even_on_a_1_mb_stack(tmp_path):
+    # the deepest chain the bound lets through, then everything done with it: deleted
+    # (the recursion), encoded, diffed, stored and loaded; on an eighth of the usual stack
+    done = run_child(
+        "from harness import DELETE_FIRST, nested_arrays\n"
+        "from collab.ydoc import LiveDocument\n"
+        "from collab.typedepth import MAX_TYPE_DEPTH\n"
+        "doc = LiveDocument.new('x')\n"
+        "assert doc.apply(nested_arrays(MAX_TYPE_DEPTH)) is not None\n"
+        "stored = doc.snapshot()\n"
+        "copy = LiveDocument.load(stored)\n"
+        "assert copy.diff(b'') and copy.diff(LiveDocument.new('x').state_vector())\n"
+        "assert doc.apply(DELETE_FIRST) is not None\n"
+        "assert copy.apply(DELETE_FIRST) is not None\n"
+        "again = LiveDocument.load(stored, [DELETE_FIRST])\n"
+        "assert again.snapshot() == copy.snapshot() and again.content == 'x'\n"
+        "print('ok', len(stored))\n", tmp_path, stack_bytes=1024 * 1024)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("ok")
+
+
+def test_a_chain_one_over_the_limit_is_refused_and_nothing_applied():
+    doc = LiveDocument.new("x")
+    before = doc.snapshot()
+    with pytest.raises(PayloadTooLarge) as refused:
+        doc.apply(nested_arrays(MAX_TYPE_DEPTH + 1))
+    assert refused.value.details == {"limit": MAX_TYPE_DEPTH}
+    assert doc.snapshot() == before
+    assert doc.apply(nested_arrays(MAX_TYPE_DEPTH)) is not None
+    with pytest.raises(PayloadTooLarge):  # one more level, in a second update
+        doc.apply(nested_arrays(1, clock=MAX_TYPE_DEPTH, parent=(1, MAX_TYPE_DEPTH - 1)))
+    assert doc.apply(DELETE_FIRST) is not None
+    assert doc.content == "x"
+
+
+def test_a_chain_built_over_many_updates_is_refused_at_the_limit():
+    doc = LiveDocument.new("x")
+    for clock in range(MAX_TYPE_DEPTH):
+        parent = (1, clock - 1) if clock else "chain"
+        assert doc.apply(nested_arrays(1, clock=clock, parent=parent)) is not None
+    state = doc.snapshot()
+    for client, parent in ((1, (1, MAX_TYPE_DEPTH - 1)), (2, (1, MAX_TYPE_DEPTH - 1))):
+        with pytest.raises(PayloadTooLarge):
+            doc.apply(nested_arrays(1, client=client, clock=MAX_TYPE_DEPTH if client == 1
+                                    else 0, parent=parent))
+        assert doc.snapshot() == state
+    # the same document loaded from the store knows its depths as well
+    for loaded in (LiveDocument.load(state), LiveDocument.load(None, [state])):
+        with pytest.raises(PayloadTooLarge):
+            loaded.apply(nested_arrays(1, clock=MAX_TYPE_DEPTH, parent=(1, MAX_TYPE_DEPTH - 1)))
+        assert loaded.apply(DELETE_FIRST) is not None
+
+
+def test_items_placed_by_their_origins_nest_where_those_live():
+    # no parent written out: an item goes where its origin (or right origin) lives, so a
+    # chain can hide its parents behind origins; the bound still sees the depth
+    deepest = (1, MAX_TYPE_DEPTH - 1)  # a type at the limit
+    doc = LiveDocument.new("x")
+    doc.apply(nested_arrays(MAX_TYPE_DEPTH))
+    # beside the deepest type (origin, right origin): at the limit too, accepted
+    assert doc.apply(y_update(2, 0, [y_item(origin=deepest)])) is not None
+    assert doc.apply(y_update(2, 1, [y_item(right_origin=deepest)])) is not None
+    # a string inside the deepest type, then a type after it: one level too deep
+    assert doc.apply(y_update(3, 0, [y_item(parent=deepest, text="a")])) is not None
+    state = doc.snapshot()
+    for hostile in (y_update(3, 1, [y_item(origin=(3, 0))]),
+                    y_update(3, 1, [y_item(right_origin=(3, 0))]),
+                    y_update(3, 1, [y_item(parent=(2, 0))]),  # inside the sibling type
+                    # origin in the root type, right origin at the limit: the deeper counts
+                    y_update(3, 1, [y_item(origin=(1, 0), right_origin=(3, 0))])):
+        with pytest.raises(PayloadTooLarge):
+            doc.apply(hostile)
+        assert doc.snapshot() == state
+    assert doc.apply(y_update(3, 1, [y_item(origin=(3, 0), text="b")])) is not None
+
+
+def test_an_update_naming_its_own_items_in_any_order_or_in_a_cycle():
+    # the chain written as two clients taking turns, each naming the other's last item:
+    # placed whatever order the update lists them in
+    items = {1: [], 2: []}
+    for level in range(MAX_TYPE_DEPTH + 1):
+        client = 1 + level % 2
+        parent = "chain" if level == 0 else (2 - level % 2, (level - 1) // 2)
+        items[client].append(y_item(parent=parent))
+    both = (b"\x02" + b"".join(var_uint(len(items[c])) + var_uint(c) + b"\x00"
+                               + b"".join(items[c]) for c in (2, 1)) + b"\x00")
+    decoded = decode_update(both)
+    assert TypeDepths().place(decoded).deepest == MAX_TYPE_DEPTH + 1
+    doc = LiveDocument.new("x")
+    with pytest.raises(PayloadTooLarge):
+        doc.apply(both)
+    # two types, each inside the other: a cycle Yrs cannot integrate (pending), refused
+    cycle = (b"\x02\x01\x01\x00" + y_item(parent=(2, 0)) + b"\x01\x02\x00"
+             + y_item(parent=(1, 0)) + b"\x00")
+    with pytest.raises(InvalidInput, match="depends on changes"):
+        doc.apply(cycle)
+    assert doc.content == "x"
+
+
+def test_a_document_stored_deeper_than_the_limit_loads_and_takes_no_change(tmp_path):
+    # stored before the bound: readable, but any change might delete the deep type
+    done = run_child(
+        "from harness import DELETE_FIRST, nested_arrays\n"
+        "from collab.errors import PayloadTooLarge\n"
+        "from collab.ydoc import LiveDocument\n"
+        "doc = LiveDocument.new('x')\n"
+        "doc._doc.apply_update(nested_arrays(40_000))  # (the way it used to be stored)\n"
+        "stored = doc.snapshot()\n"
+        "legacy = LiveDocument.load(stored)\n"
+        "print(legacy.content, legacy.diff(b'') == stored)\n"
+        "for change in (lambda: legacy.apply(DELETE_FIRST),\n"
+        "               lambda: legacy.replace_content('y')):\n"
+        "    try:\n"
+        "        change()\n"
+        "    except PayloadTooLarge as exc:\n"
+        "        print('refused:', exc.message)\n"
+        "print(legacy.snapshot() == stored)\n", tmp_path)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.splitlines() == [
+        "x True", *[f"refused: Shared type nesting exceeds the limit of {MAX_TYPE_DEPTH}"] * 2,
+        "True"]
+
+
+def realistic_edits(doc: LiveDocument, seed: int, steps: int) -> pycrdt.Doc:
+    """ProseMirror-like edits from two pycrdt clients (paragraphs, lists in lists,
+    typing, deletions, a map of metadata), each applied to ``doc``; the first client."""
+    rng = random.Random(seed)
+    clients = [pycrdt.Doc(client_id=7100 + n) for n in range(2)]
+    for client in clients:
+        client.apply_update(doc.snapshot())
+    for step in range(steps):
+        client = clients[step % 2]
+        client.apply_update(doc.snapshot())
+        fragment = client.get("prosemirror", type=pycrdt.XmlFragment)
+        before = client.get_state()
+        with client.transaction():
+            blocks = list(fragment.children)
+            roll = rng.random()
+            if not blocks or roll < 0.2:
+                paragraph = pycrdt.XmlElement("paragraph", {}, [pycrdt.XmlText("new ")])
+                fragment.children.insert(rng.randint(0, len(blocks)), paragraph)
+            elif roll < 0.4:  # a list nested a few levels, an item of text at the bottom
+                inner = pycrdt.XmlElement("list_item", {}, [pycrdt.XmlElement(
+                    "paragraph", {}, [pycrdt.XmlText("item")])])
+                for _ in range(rng.randint(1, 4)):
+                    inner = pycrdt.XmlElement("bullet_list", {}, [inner])
+                fragment.children.insert(rng.randint(0, len(blocks)), inner)
+            elif roll < 0.55 and len(blocks) > 1:
+                del fragment.children[rng.randrange(len(blocks))]
+            elif roll < 0.6:
+                client.get("meta", type=pycrdt.Map)["title"] = f"title {step}"
+            else:  # typing into the first text found in a random block
+                node = blocks[rng.randrange(len(blocks))]
+                while isinstance(node, pycrdt.XmlElement) and len(node.children):
+                    node = node.children[0]
+                if isinstance(node, pycrdt.XmlText):  # (at either end: pycrdt counts bytes)
+                    node.insert(rng.choice([0, len(node)]), rng.choice(["a", "bc", "😀"]))
+        doc.apply(client.get_update(before))
+    return clients[0]
+
+
+def test_the_depth_index_followed_change_by_change_agrees_with_one_built_afresh():
+    doc = LiveDocument.new("start")
+    realistic_edits(doc, seed=3, steps=150)
+    doc.replace_content("changed")  # the v1 bridge's own items are followed too
+    followed = doc._type_depths()
+    fresh = TypeDepths.of(decode_update(doc.snapshot()))
+    live = [s for s in decode_update(doc.snapshot()).structs if s.kind is not Kind.GC]
+    assert len(live) > 100
+    for struct in live:  # (GC ranges differ: the followed index keeps their old depth)
+        for clock in (struct.clock, struct.clock + struct.length - 1):
+            assert followed.depth_at(struct.client, clock) == \
+                fresh.depth_at(struct.client, clock) is not None
+    assert followed._ends == fresh._ends == read_state_vector(doc.state_vector())
+    assert followed.deepest >= fresh.deepest >= 6  # fragment > lists > item > paragraph > text
+    assert fresh.deepest <= 7

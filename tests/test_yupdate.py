@@ -37,10 +37,14 @@ def as_yjs_reads_it(data: bytes) -> dict:
     def pair(id_):
         return None if id_ is None else [id_.client, id_.clock]
 
+    def parent(written):  # a root type's name (Yjs reads it as a string) or an item id
+        return written.decode() if isinstance(written, bytes) else pair(written)
+
     return {
         "structs": [{"kind": int(s.kind), "client": s.client, "clock": s.clock,
                      "length": s.length, "origin": pair(s.origin),
-                     "right_origin": pair(s.right_origin), "text": s.text}
+                     "right_origin": pair(s.right_origin), "text": s.text,
+                     "parent": parent(s.parent)}
                     for s in update.structs],
         "deletes": [[d.client, d.clock, d.length] for d in update.deletes],
     }
@@ -57,6 +61,9 @@ def test_updates_yjs_writes_decode_as_yjs_reads_them(yjs, scenario):
         assert read == yjs.call("decode", update=data)
     kinds = {s["kind"] for s in as_yjs_reads_it(state)["structs"]}
     assert kinds >= {int(k) for k in SCENARIOS[scenario]}, kinds
+    parents = {type(s["parent"]) for s in as_yjs_reads_it(state)["structs"]}
+    if scenario in ("xml", "nested"):  # parents written out as names and as item ids
+        assert parents >= {str, list}, parents
     if scenario in YRS_CANNOT_READ:
         with pytest.raises(ValueError):
             pycrdt.Doc().apply_update(state)

@@ -180,7 +180,10 @@ const ops = {
           length: s.length,
           origin: kind === 0 || kind === 10 ? null : id(s.origin),
           right_origin: kind === 0 || kind === 10 ? null : id(s.rightOrigin),
-          text: kind === 4 ? s.content.str : null
+          text: kind === 4 ? s.content.str : null,
+          // written out: a root type's name or a type item's id; else null
+          parent: kind === 0 || kind === 10 || s.parent === null ? null
+            : typeof s.parent === 'string' ? s.parent : id(s.parent)
         }
       }),
       deletes: [...ds.clients].flatMap(([client, items]) => items.map((d) => [client, d.clock, d.len]))
