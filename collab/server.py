@@ -13,7 +13,6 @@ import socketio
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-from engineio.async_drivers.tornado import translate_request
 
 from . import transport
 from .app import CollabApp
@@ -79,7 +78,8 @@ def socket_handler(app: CollabApp) -> type:
         def check_origin(self, origin: str) -> bool:
             # Refuse a foreign origin at the upgrade (403): Engine.IO's own check runs only
             # once the WebSocket is open and then leaves it hanging without an answer.
-            return app.origin_allowed(origin, translate_request(self))
+            # (origin_allowed reads the handler alone: no need to build a whole environ)
+            return app.origin_allowed(origin, {"tornado.handler": self})
 
     return SocketHandler
 

@@ -33,6 +33,7 @@ import socketio
 from engineio.async_socket import AsyncSocket
 from socketio import packet
 
+from .environ import translate_request
 from .logs import ThrottledWarning
 from .packet import CollabPacket, MalformedPacket
 from .transport import close_session
@@ -92,11 +93,16 @@ class EngineIOServer(engineio.AsyncServer):
       environ, lived on until it woke: about 3 KB for 25 s per connection,
       which a client closing connections as fast as it opens them turns into
       memory without bound.
+
+    Its requests' environ comes from :func:`collab.environ.translate_request`
+    (the Tornado driver's own creates a class per request, kept per session).
     """
 
     def __init__(self, *args: Any, max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
                  on_slow_consumer: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # the async driver's table (what async_mode selects), with our environ builder
+        self._async = {**self._async, "translate_request": translate_request}
         self.max_queued_bytes = max_queued_bytes
         self.on_slow_consumer = on_slow_consumer
         self._pings: dict[str, asyncio.Task] = {}
