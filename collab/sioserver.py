@@ -36,6 +36,7 @@ from socketio import packet
 from .environ import translate_request
 from .logs import ThrottledWarning
 from .packet import CollabPacket, MalformedPacket
+from .queues import LeanQueue
 from .transport import close_session
 
 log = logging.getLogger("collab.sioserver")
@@ -45,16 +46,17 @@ log = logging.getLogger("collab.sioserver")
 DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024
 
 
-class CountingQueue(asyncio.Queue):
+class CountingQueue(LeanQueue):
     """An Engine.IO session's outgoing queue that knows how many bytes it holds.
 
-    ``_put`` and ``_get`` are where asyncio's own queue kinds (LifoQueue,
-    PriorityQueue) hook in; the writer (WebSocket) or the next poll takes
-    packets out, and the bytes with them.
+    The writer (WebSocket) or the next poll takes packets out, and the bytes
+    with them. A :class:`~collab.queues.LeanQueue`: empty, it holds nothing.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        super().__init__()
         self.bytes = 0
 
     def _put(self, item: Any) -> None:
@@ -107,8 +109,8 @@ class EngineIOServer(engineio.AsyncServer):
         self.on_slow_consumer = on_slow_consumer
         self._pings: dict[str, asyncio.Task] = {}
 
-    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue:
-        return CountingQueue(*args, **kwargs)
+    def create_queue(self) -> CountingQueue:  # type: ignore[override]
+        return CountingQueue()
 
     async def send_packet(self, sid: str, pkt: Any) -> None:
         sock = self.sockets.get(sid)
