@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Where a server's time goes under the room-of-100 fan-out: py-spy samples of a
-collab (or bare python-socketio) server while bench/load.mjs drives it.
+"""Where a server's time goes under the room-of-100 fan-out (or a connect storm):
+py-spy samples of a collab (or bare python-socketio) server while bench/load.mjs
+drives it.
 
 usage: python bench/profile.py [collab|collab-slow|bare-py] [--seconds 6] [--top 30]
+       python bench/profile.py collab --workload storm --storm 6000
 Needs py-spy (pip install py-spy) and ptrace permission on the server process.
 """
 
@@ -33,12 +35,15 @@ def main() -> int:
     ap.add_argument("--posters", type=int, default=10)
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--workload", choices=("fanout", "storm"), default="fanout")
+    ap.add_argument("--storm", type=int, default=6000,
+                    help="connections of the storm (50 handshakes in flight)")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     ensure_npm()
     workdir = Path(tempfile.mkdtemp(prefix="collab-profile-"))
     secret = secrets.token_urlsafe(48)
-    users = [f"u{i}" for i in range(120)]
+    users = [f"u{i}" for i in range(120 if args.workload == "fanout" else args.storm + 60)]
     exp = int(time.time()) + 3600
     tokens = workdir / "tokens.json"
     tokens.write_text(json.dumps([jwt.encode({"sub": u, "exp": exp}, secret, algorithm="HS256")
@@ -49,6 +54,8 @@ def main() -> int:
                    client="raw", warmup_s=1.0,
                    duration_s=args.seconds + 1.5, sample_every=7, url=srv.url,
                    tokens=str(tokens), users=users, server_pid=srv.proc.pid)
+        if args.workload == "storm":
+            cfg.update(workload="storm", clients=args.storm, concurrency=50)
         (workdir / "load.json").write_text(json.dumps(cfg))
         out: dict = {}
 
@@ -58,7 +65,7 @@ def main() -> int:
             out["result"] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr
         t = threading.Thread(target=drive)
         t.start()
-        time.sleep(3.0)  # connected, joined, warmed up
+        time.sleep(3.0 if args.workload == "fanout" else 0.5)  # connected, joined, warmed up
         raw = workdir / "profile.txt"
         subprocess.run([spy, "record", "--pid", str(srv.proc.pid), "--duration",
                         str(int(args.seconds)), "--rate", "250", "--format", "raw",
