@@ -31,7 +31,7 @@ MAX_TOKEN_CHARS = 16 * 1024
 MAX_EXP = 253402300799
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
     """Who a connection is, as kept in its Socket.IO session."""
 

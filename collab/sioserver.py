@@ -211,6 +211,8 @@ class GuardedServer(socketio.AsyncServer):
                 if refused >= MAX_REFUSED_CONNECTS:
                     return await self._close(eio_sid, f"{refused} refused CONNECTs")
                 self._refused[eio_sid] = refused
+            elif namespace == "/":  # accepted: no deadline (a DISCONNECT arms it again)
+                self._disarm_connect_deadline(eio_sid)
             return None
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
@@ -266,6 +268,12 @@ class GuardedServer(socketio.AsyncServer):
         self._connect_deadlines[eio_sid] = asyncio.get_running_loop().call_later(
             self.connect_timeout, self._connect_deadline, eio_sid)
 
+    def _disarm_connect_deadline(self, eio_sid: str) -> None:
+        # (its timer, its arguments and the entry here would stay for connect_timeout)
+        deadline = self._connect_deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+
     def _connect_deadline(self, eio_sid: str) -> None:
         self._connect_deadlines.pop(eio_sid, None)
         sid = self.manager.sid_from_eio_sid(eio_sid, "/")
@@ -274,9 +282,7 @@ class GuardedServer(socketio.AsyncServer):
                 self._close, eio_sid, f"no accepted CONNECT within {self.connect_timeout:g} s")
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        deadline = self._connect_deadlines.pop(eio_sid, None)
-        if deadline is not None:
-            deadline.cancel()
+        self._disarm_connect_deadline(eio_sid)
         self._refused.pop(eio_sid, None)
         # python-socketio forgets a half-received binary packet only for a connected
         # namespace; a refused or pending one would keep it after the socket is gone
