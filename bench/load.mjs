@@ -266,7 +266,17 @@ async function hold() {
   return { held: sockets.length };
 }
 
-const workloads = { fanout, docs, idle, storm, hold };
+// Hold cfg.clients idle authenticated connections until stdin closes (bench/memory.py
+// takes its snapshots meanwhile).
+async function holdIdle() {
+  const sockets = await connectMany(cfg.clients, 100, RAW);
+  console.log("READY");
+  await new Promise((resolve) => { process.stdin.on("end", resolve); process.stdin.resume(); });
+  closeAll(sockets);
+  return { held: sockets.length };
+}
+
+const workloads = { fanout, docs, idle, storm, hold, hold_idle: holdIdle };
 try {
   const result = await workloads[cfg.workload]();
   console.log(JSON.stringify(result));

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Where a server's time goes under the room-of-100 fan-out (bench/load.mjs), or with
-``--live`` under the live-document load of bench/live.py (bench/live.mjs): py-spy
-samples of a collab (or bare python-socketio) server while the load generator drives it.
+"""Where a server's time goes under the room-of-100 fan-out (bench/load.mjs), a connect
+storm, or with ``--live`` the live-document load of bench/live.py (bench/live.mjs):
+py-spy samples of a collab (or bare python-socketio) server while the load generator
+drives it.
 
 usage: python bench/profile.py [collab|collab-slow|bare-py] [--live] [--seconds 6] [--top 30]
+       python bench/profile.py collab --workload storm --storm 6000
 Needs py-spy (pip install py-spy) and ptrace permission on the server process.
 """
 
@@ -36,12 +38,15 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--live", action="store_true",
                     help="the live-document load of bench/live.py instead of the chat fan-out")
+    ap.add_argument("--workload", choices=("fanout", "storm"), default="fanout")
+    ap.add_argument("--storm", type=int, default=6000,
+                    help="connections of the storm (50 handshakes in flight)")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     ensure_npm()
     workdir = Path(tempfile.mkdtemp(prefix="collab-profile-"))
     secret = secrets.token_urlsafe(48)
-    users = [f"u{i}" for i in range(120)]
+    users = [f"u{i}" for i in range(120 if args.workload == "fanout" else args.storm + 60)]
     exp = int(time.time()) + 3600
     tokens = workdir / "tokens.json"
     tokens.write_text(json.dumps([jwt.encode({"sub": u, "exp": exp}, secret, algorithm="HS256")
@@ -56,6 +61,8 @@ def main() -> int:
         if args.live:
             cfg.update(server="collab", editors=10, viewers=100, rate=20, drain_s=10,
                        hard_limit_s=120)
+        if args.workload == "storm":
+            cfg.update(workload="storm", clients=args.storm, concurrency=50)
         (workdir / "load.json").write_text(json.dumps(cfg))
         out: dict = {}
 
@@ -65,7 +72,7 @@ def main() -> int:
             out["result"] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr
         t = threading.Thread(target=drive)
         t.start()
-        time.sleep(3.0)  # connected, joined, warmed up
+        time.sleep(3.0 if args.workload == "fanout" else 0.5)  # connected, joined, warmed up
         raw = workdir / "profile.txt"
         subprocess.run([spy, "record", "--pid", str(srv.proc.pid), "--duration",
                         str(int(args.seconds)), "--rate", "250", "--format", "raw",

@@ -189,6 +189,9 @@ def main() -> int:
     ap.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
                     help="also run collab (fast broadcast on) from the checkout in DIR, "
                          "as server collab@LABEL (e.g. an older commit's git worktree)")
+    ap.add_argument("--workloads", default="",
+                    help="only these, comma-separated (idle,storm,fanout100,steady100,"
+                         "fanout1000,steady1000,docs); default all")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--storage", default="",
                     help="collab's storage URL (default: a fresh SQLite file per server start)")
@@ -236,6 +239,9 @@ def main() -> int:
         ]
     workloads.append(("docs", dict(workload="docs", clients=4, warmup_s=1.0,
                                    duration_s=args.duration)))
+    if args.workloads:
+        wanted = set(args.workloads.split(","))
+        workloads = [(w, cfg) for w, cfg in workloads if w in wanted]
 
     results: dict[str, dict[str, list[dict]]] = {s: {} for s in servers}
     commit_rates: list[float] = []
@@ -255,7 +261,8 @@ def main() -> int:
                         time.sleep(0.5)
                 finally:
                     srv.stop()
-            commit_rates.append(store_commit_rate(workdir))
+            if any(w == "docs" for w, _ in workloads):
+                commit_rates.append(store_commit_rate(workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

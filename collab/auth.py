@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
+from jwt.utils import base64url_decode, base64url_encode
 
 from .config import Settings
 from .errors import Unauthorized
@@ -28,7 +31,7 @@ MAX_TOKEN_CHARS = 16 * 1024
 MAX_EXP = 253402300799
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
     """Who a connection is, as kept in its Socket.IO session."""
 
@@ -50,8 +53,91 @@ class Identity:
         }
 
 
+class PreparedHMAC(HMACAlgorithm):
+    """PyJWT's HMAC with the server's secret checked and prepared once, not per token.
+
+    PyJWT prepares the key for every token it verifies, and for an HMAC secret
+    that means making sure it is no PEM, SSH or DER key (two parses by
+    ``cryptography``) and no JSON Web Key (a JSON parse): most of the time
+    verification took in a connect storm (bench/README.md). The secret is one
+    for the life of the server (changing it is a restart); any other key
+    passed in is prepared as PyJWT prepares it.
+    """
+
+    def __init__(self, hash_alg: Any, secret: str) -> None:
+        super().__init__(hash_alg)
+        self._secret = secret
+        try:
+            self._prepared: bytes | None = super().prepare_key(secret)
+        except jwt.InvalidKeyError:
+            self._prepared = None  # refused at each verify, as PyJWT would
+        self._length_note = (super().check_key_length(self._prepared)
+                             if self._prepared is not None else None)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if key is self._secret and self._prepared is not None:
+            return self._prepared
+        return super().prepare_key(key)
+
+    def check_key_length(self, key: bytes) -> str | None:
+        if key is self._prepared:
+            return self._length_note
+        return super().check_key_length(key)
+
+
+#: the base64url alphabet (RFC 4648 section 5), which every JWT segment is written in
+_BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+class FastJWS(jwt.PyJWS):
+    """PyJWT's JWS, checking a segment's alphabet in one pass instead of byte by byte.
+
+    PyJWT checks that a segment holds only base64url characters with a Python
+    generator over its bytes, for each of the three segments, twice per token
+    (the header is read first, to pick the key): a third of a verification.
+    A segment that is all alphabet (every token a client normally sends)
+    takes the same remaining checks here, the length and the canonical round
+    trip, with the same errors; any other segment goes to PyJWT's own checks.
+    """
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        if segment.translate(None, _BASE64URL):  # padding or junk: PyJWT decides
+            return jwt.PyJWS._decode_base64url_segment(segment, name)
+        if len(segment) % 4 == 1:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        try:
+            decoded = base64url_decode(segment)
+        except (TypeError, binascii.Error) as err:
+            raise jwt.DecodeError(f"Invalid {name} padding") from err
+        if base64url_encode(decoded) != segment:
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        return decoded
+
+
+class Decoder(jwt.PyJWT):
+    """PyJWT's decoder over a :class:`FastJWS` (the JWS layer is where it decodes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._jws = FastJWS(options=self._jws.options)
+
+    @property
+    def jws(self) -> FastJWS:
+        return self._jws  # type: ignore[return-value]
+
+
+_HMAC_HASHES = {"HS256": HMACAlgorithm.SHA256, "HS384": HMACAlgorithm.SHA384,
+                "HS512": HMACAlgorithm.SHA512}
+
+
 class TokenVerifier:
-    """Verifies tokens against one key and an explicit algorithm allow-list."""
+    """Verifies tokens against one key and an explicit algorithm allow-list.
+
+    Keys are prepared once: the HMAC secret by :class:`PreparedHMAC`, a public
+    key parsed from its PEM the first time an algorithm needs it (PyJWT
+    parses it again for every token it is given as text).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.algorithms = list(settings.jwt_algorithms)
@@ -64,6 +150,28 @@ class TokenVerifier:
         self.issuer = settings.jwt_issuer or None
         self.audience = settings.jwt_audience or None
         self.leeway = settings.jwt_leeway
+        #: our own PyJWT, whose HMAC algorithms hold the prepared secret
+        self._jwt = Decoder()
+        for alg in self.algorithms:
+            if alg in _HMAC_HASHES and self.hmac_key:
+                self._jwt.jws.unregister_algorithm(alg)
+                self._jwt.jws.register_algorithm(alg, PreparedHMAC(_HMAC_HASHES[alg],
+                                                                   self.hmac_key))
+        #: algorithm -> the public key as its algorithm prepared it (or the PEM text,
+        #: if it would not: PyJWT then refuses each token as before)
+        self._public_keys: dict[str, Any] = {}
+
+    def _key(self, alg: str) -> Any:
+        if alg.startswith("HS"):
+            return self.hmac_key
+        key = self._public_keys.get(alg)
+        if key is None:
+            try:
+                key = jwt.get_algorithm_by_name(alg).prepare_key(self.public_key)
+            except (jwt.PyJWTError, NotImplementedError, *MALFORMED):
+                key = self.public_key
+            self._public_keys[alg] = key
+        return key
 
     def verify(self, token: Any) -> Identity:
         """Return the token's identity or raise :class:`Unauthorized` saying why.
@@ -78,7 +186,7 @@ class TokenVerifier:
             # before PyJWT, which checks base64url a character at a time (100 ms for 700 KB)
             raise Unauthorized(f"Token is longer than {MAX_TOKEN_CHARS} characters")
         try:
-            header = jwt.get_unverified_header(token)
+            header = self._jwt.jws.get_unverified_header(token)
         except (jwt.DecodeError, *MALFORMED):
             raise Unauthorized("Malformed token") from None
         except jwt.PyJWTError as exc:  # a non-string kid, a malformed crit, ...
@@ -88,12 +196,11 @@ class TokenVerifier:
             # a string is quoted, shortened; anything else is named (a repr can be huge or fail)
             shown = f"{alg!r:.40}" if isinstance(alg, str) else f"of type {type(alg).__name__}"
             raise Unauthorized(f"Token algorithm {shown} is not accepted")
-        key = self.hmac_key if alg.startswith("HS") else self.public_key
         options = {"require": ["sub", "exp"]}
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token,
-                key,
+                self._key(alg),
                 algorithms=[alg],
                 issuer=self.issuer,
                 audience=self.audience,

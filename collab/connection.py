@@ -11,7 +11,7 @@ from .ratelimit import TokenBucket
 from .userlimits import UserShare
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Connection:
     """What the server keeps for one live Socket.IO connection."""
 

@@ -34,8 +34,10 @@ from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 from socketio import packet
 
+from .environ import translate_request
 from .logs import ThrottledWarning
 from .packet import CollabPacket, MalformedPacket
+from .queues import LeanQueue
 from .transport import close_session
 
 log = logging.getLogger("collab.sioserver")
@@ -45,16 +47,17 @@ log = logging.getLogger("collab.sioserver")
 DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024
 
 
-class CountingQueue(asyncio.Queue):
+class CountingQueue(LeanQueue):
     """An Engine.IO session's outgoing queue that knows how many bytes it holds.
 
-    ``_put`` and ``_get`` are where asyncio's own queue kinds (LifoQueue,
-    PriorityQueue) hook in; the writer (WebSocket) or the next poll takes
-    packets out, and the bytes with them.
+    The writer (WebSocket) or the next poll takes packets out, and the bytes
+    with them. A :class:`~collab.queues.LeanQueue`: empty, it holds nothing.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        super().__init__()
         self.bytes = 0
 
     def _put(self, item: Any) -> None:
@@ -100,17 +103,22 @@ class EngineIOServer(engineio.AsyncServer):
       environ, lived on until it woke: about 3 KB for 25 s per connection,
       which a client closing connections as fast as it opens them turns into
       memory without bound.
+
+    Its requests' environ comes from :func:`collab.environ.translate_request`
+    (the Tornado driver's own creates a class per request, kept per session).
     """
 
     def __init__(self, *args: Any, max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
                  on_slow_consumer: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # the async driver's table (what async_mode selects), with our environ builder
+        self._async = {**self._async, "translate_request": translate_request}
         self.max_queued_bytes = max_queued_bytes
         self.on_slow_consumer = on_slow_consumer
         self._pings: dict[str, asyncio.Task] = {}
 
-    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue:
-        return CountingQueue(*args, **kwargs)
+    def create_queue(self) -> CountingQueue:  # type: ignore[override]
+        return CountingQueue()
 
     async def send_packet(self, sid: str, pkt: Any) -> None:
         sock = self.sockets.get(sid)
@@ -211,6 +219,8 @@ class GuardedServer(socketio.AsyncServer):
                 if refused >= MAX_REFUSED_CONNECTS:
                     return await self._close(eio_sid, f"{refused} refused CONNECTs")
                 self._refused[eio_sid] = refused
+            elif namespace == "/":  # accepted: no deadline (a DISCONNECT arms it again)
+                self._disarm_connect_deadline(eio_sid)
             return None
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
@@ -266,6 +276,12 @@ class GuardedServer(socketio.AsyncServer):
         self._connect_deadlines[eio_sid] = asyncio.get_running_loop().call_later(
             self.connect_timeout, self._connect_deadline, eio_sid)
 
+    def _disarm_connect_deadline(self, eio_sid: str) -> None:
+        # (its timer, its arguments and the entry here would stay for connect_timeout)
+        deadline = self._connect_deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+
     def _connect_deadline(self, eio_sid: str) -> None:
         self._connect_deadlines.pop(eio_sid, None)
         sid = self.manager.sid_from_eio_sid(eio_sid, "/")
@@ -274,9 +290,7 @@ class GuardedServer(socketio.AsyncServer):
                 self._close, eio_sid, f"no accepted CONNECT within {self.connect_timeout:g} s")
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        deadline = self._connect_deadlines.pop(eio_sid, None)
-        if deadline is not None:
-            deadline.cancel()
+        self._disarm_connect_deadline(eio_sid)
         self._refused.pop(eio_sid, None)
         # python-socketio forgets a half-received binary packet only for a connected
         # namespace; a refused or pending one would keep it after the socket is gone

@@ -30,6 +30,8 @@ import engineio
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 
+from .queues import LeanQueue
+
 log = logging.getLogger("collab.transport")
 
 #: Engine.IO packets a client may POST: what ``AsyncSocket.receive`` takes (it raises
@@ -98,6 +100,11 @@ def guarded_handler(base: type, server: engineio.AsyncServer, max_body: int) -> 
     class GuardedHandler(base):  # type: ignore[misc, valid-type]
         _serving: asyncio.Task | None = None
         _claimed: str | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # the incoming messages, waiting for Engine.IO's reader: empty nearly always
+            self.receive_queue = LeanQueue()
 
         async def open(self, *args: Any, **kwargs: Any) -> None:
             sid = self.get_query_argument("sid", None)

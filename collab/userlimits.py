@@ -20,7 +20,7 @@ from .errors import TooManyConnections
 from .ratelimit import TokenBucket
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class UserShare:
     """What one user holds on this node."""
 

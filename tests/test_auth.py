@@ -562,3 +562,75 @@ async def test_a_connect_packet_over_the_limit_closes_the_session(server, caplog
         await raw.close()
     assert await settled(server.app) == {}
     assert errors_logged(caplog) == []
+
+
+# -- the verifier's prepared keys and segment check (collab/auth.py) ---------------------
+
+
+def _segment_variants(token: str) -> list[str]:
+    """The token with each segment padded, junked, shortened to a bad length, or given
+    non-canonical trailing bits: what PyJWT's own segment check decides."""
+    parts = token.split(".")
+    out = []
+    for i in range(3):
+        for change in (lambda s: s + "=" * (-len(s) % 4),  # padded: accepted by PyJWT
+                       lambda s: s + "==",
+                       lambda s: s[:-1] + "!",
+                       lambda s: s + "A" if len(s) % 4 == 0 else s[:-(len(s) % 4) + 1],
+                       lambda s: s[:-1] + chr(ord(s[-1]) ^ 1)):  # other trailing bits
+            changed = list(parts)
+            changed[i] = change(parts[i])
+            out.append(".".join(changed))
+    return out
+
+
+def _plain_pyjwt(token: str, key: Any, algorithm: str) -> str:
+    try:
+        jwt.get_unverified_header(token)
+        jwt.decode(token, key, algorithms=[algorithm], options={"require": ["sub", "exp"]})
+    except jwt.PyJWTError as exc:
+        return type(exc).__name__
+    return "accepted"
+
+
+def _ours(verifier: Any, token: str) -> str:
+    from collab.errors import Unauthorized
+
+    try:
+        verifier.verify(token)
+    except Unauthorized as exc:
+        return exc.message
+    return "accepted"
+
+
+@pytest.mark.parametrize(("overrides", "key", "algorithm"), [
+    ({}, SECRET, "HS256"),
+    (RS256_ONLY, RSA_KEY, "RS256"),
+], ids=["HS256", "RS256"])
+def test_the_verifier_decides_each_segment_as_pyjwt_does(overrides, key, algorithm):
+    from collab.auth import TokenVerifier
+
+    verifier = TokenVerifier(make_settings(**overrides))
+    public = public_pem(RSA_KEY) if algorithm == "RS256" else key
+    expected = {"accepted": "accepted", "DecodeError": "Malformed token",
+                "InvalidSignatureError": "Token signature is invalid"}
+    for token in [make_token(key=key, algorithm=algorithm),
+                  *_segment_variants(make_token(key=key, algorithm=algorithm))]:
+        for _ in range(2):  # the second time with the key prepared by the first
+            assert _ours(verifier, token) == expected[_plain_pyjwt(token, public, algorithm)], \
+                token
+
+
+def test_the_prepared_secret_is_the_servers_alone():
+    """Only the configured secret skips PyJWT's key checks: any other key passed to the
+    algorithm is checked as PyJWT checks it."""
+    from collab.auth import PreparedHMAC, TokenVerifier
+
+    verifier = TokenVerifier(make_settings())
+    hs256 = verifier._jwt.jws.get_algorithm_by_name("HS256")
+    assert isinstance(hs256, PreparedHMAC)
+    assert hs256.prepare_key(SECRET) == SECRET.encode()
+    with pytest.raises(jwt.InvalidKeyError):
+        hs256.prepare_key(public_pem(RSA_KEY))
+    assert _ours(verifier, make_token(key=OTHER_SECRET)) == "Token signature is invalid"
+    assert _ours(verifier, make_token()) == "accepted"

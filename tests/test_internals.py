@@ -145,3 +145,22 @@ async def test_redis_cluster_client_internals_the_sharded_links_use():
         "ClusterNode.connection_kwargs no longer holds host and port"
     assert not missing, "redis-py internals collab/broadcast/channels.py relies on: " \
         + ", ".join(missing)
+
+
+async def test_our_environ_is_the_tornado_drivers_environ(server):
+    """collab/environ.py builds the environ Engine.IO's Tornado driver builds (same keys,
+    same values), without its class per request; the server uses it."""
+    from engineio.async_drivers import tornado as driver
+
+    from collab.environ import AwaitablePayload, translate_request
+
+    alice = await server.connect("alice")
+    sio = server.app.sio
+    assert sio.eio._async["translate_request"] is translate_request
+    eio_sid = sio.manager.eio_sid_from_sid(alice.sid, "/")
+    handler = sio.environ[eio_sid]["tornado.handler"]
+    ours, theirs = translate_request(handler), driver.translate_request(handler)
+    assert isinstance(ours["wsgi.input"], AwaitablePayload)
+    assert await ours.pop("wsgi.input").read() == await theirs.pop("wsgi.input").read()
+    assert ours == theirs
+    assert "HTTP_UPGRADE" in ours and "HTTP_SEC_WEBSOCKET_KEY" in ours

@@ -57,7 +57,6 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-import socketio
 import tornado.iostream
 import tornado.websocket
 from engineio import packet as eio_packet
@@ -67,6 +66,7 @@ from ..rooms import Room
 from ..sioserver import queue_backlogged
 from ..transport import close_session
 from .joins import JoinPositions
+from .roomindex import IndexedManager
 
 log = logging.getLogger("collab.broadcast")
 
@@ -124,7 +124,7 @@ def _queue_busy(queue: Any) -> bool:
     return getattr(queue, "_unfinished_tasks", 1) != 0
 
 
-class LocalBroadcaster(socketio.AsyncManager):
+class LocalBroadcaster(IndexedManager):
     """The client manager of one node: room broadcasts reach this node's clients."""
 
     direct_writes = 0
