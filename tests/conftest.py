@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 
 import pymongo
 import pytest
-from harness import Harness, YjsPeer, make_settings
+from harness import Harness, YjsPeer, cancel_leftover_tasks, make_settings
 
 from collab.server import Server
 
@@ -40,14 +39,6 @@ def yjs() -> Iterator[YjsPeer]:
     peer = YjsPeer()
     yield peer
     peer.close()
-
-
-async def cancel_leftover_tasks():
-    """Engine.IO leaves a ping task asleep per closed socket; end them before the loop closes."""
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # -- real backing services (tests/services.py) --------------------------------

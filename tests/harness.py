@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -11,8 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -283,6 +285,28 @@ def nested_arrays(count: int, client: int = 1, clock: int = 0,
     inside the one before; the first inside ``parent`` (a root name or an item id)."""
     return y_update(client, clock, [
         y_item(parent=parent if k == 0 else (client, clock + k - 1)) for k in range(count)])
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses (node ids, Redis keys shared by a session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def cancel_leftover_tasks() -> None:
+    """Engine.IO leaves a ping task asleep per closed socket; end them before the loop closes."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def document(owner: Client, content: str = "", **roles: str) -> str:
+    """Document ``doc`` with ``content``, created by ``owner`` and shared by ``roles``."""
+    await owner.ok("documents:create", {"document_id": "doc", "content": content})
+    for user_id, role in roles.items():
+        await owner.ok("documents:share", {"document_id": "doc", "user_id": user_id,
+                                           "role": role})
+    return "doc"
 
 
 class Harness:
@@ -795,3 +819,20 @@ class LivePeer:
             self.proc.kill()
             await self.proc.wait()
         await asyncio.gather(self._reader, self._stderr_reader, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def nodes(io_loop, redis_url: str, storage_url: str, count: int) -> Iterator[list[Harness]]:
+    """``count`` in-process nodes sharing one Redis and one store."""
+    servers: list[Harness] = []
+    try:
+        for _ in range(count):
+            settings = make_settings(registry_url=redis_url, storage_url=storage_url,
+                                     node_id=unique("node"), rate_limit_per_second=0)
+            servers.append(Harness(io_loop.run_sync(lambda s=settings: Server.start(s))))
+        yield servers
+    finally:
+        for harness in servers:
+            io_loop.run_sync(harness.close_clients)
+            io_loop.run_sync(harness.server.stop)
+        io_loop.run_sync(cancel_leftover_tasks)

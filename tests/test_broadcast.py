@@ -9,49 +9,23 @@ in-process node or :class:`~harness.OtherNode` publishing on a room's channel.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
-from conftest import cancel_leftover_tasks
 from harness import (
     WAIT,
-    Harness,
     OtherNode,
     channel_subscribers,
-    make_settings,
+    nodes,
     publish,
     redis_client,
     scrape,
     scraped,
+    unique,
 )
 from services import RedisClusterServer, RedisServer
 
 from collab.broadcast.wire import ASK, EMIT, REVOKE, VERSION, Envelope, channel_for
-from collab.server import Server
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@contextlib.contextmanager
-def nodes(io_loop, redis_url: str, storage_url: str, count: int) -> Iterator[list[Harness]]:
-    """``count`` in-process nodes sharing one Redis and one store."""
-    servers: list[Harness] = []
-    try:
-        for _ in range(count):
-            settings = make_settings(registry_url=redis_url, storage_url=storage_url,
-                                     node_id=unique("node"), rate_limit_per_second=0)
-            servers.append(Harness(io_loop.run_sync(lambda s=settings: Server.start(s))))
-        yield servers
-    finally:
-        for harness in servers:
-            io_loop.run_sync(harness.close_clients)
-            io_loop.run_sync(harness.server.stop)
-        io_loop.run_sync(cancel_leftover_tasks)
 
 
 @pytest.fixture(params=["redis", "cluster"])

@@ -11,13 +11,12 @@ import asyncio
 import json
 import random
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 import socketio
-from conftest import cancel_leftover_tasks, running_server
+from conftest import running_server
 from harness import (
     SECRET,
     WAIT,
@@ -25,8 +24,10 @@ from harness import (
     OtherNode,
     PycrdtPeer,
     YjsProviders,
+    cancel_leftover_tasks,
     make_settings,
     make_token,
+    unique,
 )
 from process import CollabProcess
 from services import RedisClusterServer, RedisServer, with_database
@@ -41,10 +42,6 @@ pytestmark = pytest.mark.cluster
 
 #: a dead node's heartbeat lives 10 s and survivors sweep every 3 s
 PURGE_DEADLINE = 30.0
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 #: the per-node settings docs/deployment.md tells people to use

@@ -12,10 +12,10 @@ import pytest
 from harness import (
     DELETE_FIRST,
     WAIT,
-    Client,
     CollabProcess,
     Harness,
     PycrdtPeer,
+    document,
     make_settings,
     nested_arrays,
     versions_by_user,
@@ -32,14 +32,6 @@ def settings(request, tmp_path):
            else request.getfixturevalue("mongo_db"))
     return make_settings(storage_url=url, rate_limit_per_second=0, max_loaded_documents=2,
                          document_unload_after=0)
-
-
-async def document(owner: Client, content: str = "", **roles: str) -> str:
-    await owner.ok("documents:create", {"document_id": "doc", "content": content})
-    for user_id, role in roles.items():
-        await owner.ok("documents:share", {"document_id": "doc", "user_id": user_id,
-                                           "role": role})
-    return "doc"
 
 
 async def test_a_live_join_syncs_the_document_and_says_the_role(server):

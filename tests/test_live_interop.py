@@ -20,8 +20,16 @@ from typing import Any
 
 import pycrdt
 import pytest
-from conftest import cancel_leftover_tasks
-from harness import Client, Harness, LivePeer, PycrdtPeer, make_settings, make_token
+from harness import (
+    Client,
+    Harness,
+    LivePeer,
+    PycrdtPeer,
+    cancel_leftover_tasks,
+    document,
+    make_settings,
+    make_token,
+)
 
 from collab.config import Settings
 from collab.server import Server
@@ -62,14 +70,6 @@ async def running(settings: Settings) -> AsyncIterator[Harness]:
     finally:
         await harness.close_clients()
         await harness.server.stop()
-
-
-async def create(owner: Client, content: str = "", **roles: str) -> str:
-    await owner.ok("documents:create", {"document_id": "doc", "content": content})
-    for user_id, role in roles.items():
-        await owner.ok("documents:share", {"document_id": "doc", "user_id": user_id,
-                                           "role": role})
-    return "doc"
 
 
 async def stored(client: Client, version: int | None = None) -> dict:
@@ -129,7 +129,7 @@ async def test_three_js_editors_converge_under_interleaved_edits_and_after_a_res
     users = ["alice", "bob", "carol"]
     async with running(settings) as first:
         alice = await first.connect("alice")
-        await create(alice, "start ✨ 日本", bob="editor", carol="editor")
+        await document(alice, "start ✨ 日本", bob="editor", carol="editor")
         js = [await peers(first.url, user) for user in users]
         for peer in js:
             assert (await peer.join("doc"))["ack"]["document"]["version"] == 0
@@ -178,7 +178,7 @@ async def test_three_js_editors_converge_under_interleaved_edits_and_after_a_res
 
 async def test_members_joining_during_interleaved_edits_miss_nothing(server, peers):
     alice = await server.connect("alice")
-    await create(alice, "x", bob="editor", carol="viewer")
+    await document(alice, "x", bob="editor", carol="viewer")
     typists = [await peers(server.url, "alice"), await peers(server.url, "bob")]
     for peer in typists:
         await peer.join("doc")
@@ -213,7 +213,7 @@ async def test_a_live_editor_on_long_polling_converges_with_one_on_websocket(ser
     """Polling batches what was buffered while the last POST was out: one POST carries
     many updates (two Engine.IO packets each, the event and its attachment)."""
     alice = await server.connect("alice")
-    await create(alice, "", bob="editor")
+    await document(alice, "", bob="editor")
     polling = await peers(server.url, "alice", transports=("polling",))
     websocket = await peers(server.url, "bob")
     await polling.join("doc")
@@ -235,7 +235,7 @@ async def test_other_shared_types_are_kept_merged_and_relayed(settings, peers):
     types = {"meta": "map", "prosemirror": "xml", "content": "text"}
     async with running(settings) as first:
         alice = await first.connect("alice")
-        await create(alice, "plain", bob="editor")
+        await document(alice, "plain", bob="editor")
         a, b = await peers(first.url, "alice"), await peers(first.url, "bob")
         await a.join("doc")
         await b.join("doc")
@@ -272,7 +272,7 @@ async def test_editors_on_two_nodes_converge_and_a_refused_one_resyncs(peers, re
 
     async with running(node_settings()) as a, running(node_settings()) as b:
         alice = await a.connect("alice")
-        await create(alice, "", bob="editor", carol="editor")
+        await document(alice, "", bob="editor", carol="editor")
         js = [await peers(a.url, "alice"), await peers(b.url, "bob"),
               await peers(b.url, "carol")]
         for peer in js:
@@ -310,7 +310,7 @@ async def test_editors_on_two_nodes_converge_and_a_refused_one_resyncs(peers, re
 async def test_live_js_and_plain_v1_members_see_every_change_once_in_their_mode(
         server, peers):
     alice = await server.connect("alice")
-    await create(alice, "·", bob="editor")
+    await document(alice, "·", bob="editor")
     live = await peers(server.url, "bob")
     await live.join("doc")
     plain = await server.connect("alice")
@@ -383,7 +383,7 @@ async def test_live_js_and_plain_v1_members_see_every_change_once_in_their_mode(
 
 async def test_unicode_round_trips_exactly_between_yjs_v1_and_pycrdt(server, peers):
     alice = await server.connect("alice")
-    await create(alice, "")
+    await document(alice, "")
     js = await peers(server.url, "alice")
     await js.join("doc")
     plain = await server.connect("alice")
@@ -445,7 +445,7 @@ async def test_unicode_round_trips_exactly_between_yjs_v1_and_pycrdt(server, pee
 
 async def test_offline_edits_merge_on_rejoin_by_state_vectors(server, peers):
     alice = await server.connect("alice")
-    await create(alice, "base", bob="editor")
+    await document(alice, "base", bob="editor")
     a, b = await peers(server.url, "alice"), await peers(server.url, "bob")
     await a.join("doc")
     await b.join("doc")
@@ -492,7 +492,7 @@ async def test_offline_edits_merge_on_rejoin_by_state_vectors(server, peers):
 
 async def test_awareness_between_js_clients_and_removal_on_disconnect(server, peers):
     alice = await server.connect("alice")
-    await create(alice, "text", bob="editor", carol="viewer")
+    await document(alice, "text", bob="editor", carol="viewer")
     a, b = await peers(server.url, "alice"), await peers(server.url, "bob")
     await a.join("doc")
     await b.join("doc")
@@ -529,7 +529,7 @@ async def test_awareness_between_js_clients_and_removal_on_disconnect(server, pe
 
 async def test_refusals_from_js_change_nothing(server, peers):
     alice = await server.connect("alice")
-    await create(alice, "keep", bob="viewer")
+    await document(alice, "keep", bob="viewer")
     editor, viewer = await peers(server.url, "alice"), await peers(server.url, "bob")
     await editor.join("doc")
     assert (await viewer.join("doc"))["ack"]["role"] == "viewer"
@@ -568,7 +568,7 @@ async def test_after_a_refusal_a_client_reloads_its_document(server, peers):
     client id builds on it: the server refuses those as depending on what it lacks, and
     the client's way back is a fresh Y.Doc, joined again."""
     alice = await server.connect("alice")
-    await create(alice, "keep", bob="viewer")
+    await document(alice, "keep", bob="viewer")
     bob = await peers(server.url, "bob")
     await bob.join("doc")
     denied = (await bob.insert(0, "x"))["ack"]
@@ -586,7 +586,7 @@ async def test_after_a_refusal_a_client_reloads_its_document(server, peers):
 
 async def test_a_downgraded_or_revoked_editor_is_refused(server, peers):
     alice = await server.connect("alice")
-    await create(alice, "keep", bob="editor", carol="editor")
+    await document(alice, "keep", bob="editor", carol="editor")
     bob, carol = await peers(server.url, "bob"), await peers(server.url, "carol")
     await bob.join("doc")
     await carol.join("doc")

@@ -15,8 +15,7 @@ from typing import Any
 
 import pycrdt
 import pytest
-from conftest import cancel_leftover_tasks
-from harness import WAIT, Harness, make_settings, make_token, scrape
+from harness import WAIT, Harness, cancel_leftover_tasks, make_settings, make_token, scrape
 from rawsocket import RawSocket
 
 from collab.broadcast.local import ws_binary_frame, ws_text_frame

@@ -23,8 +23,7 @@ import pymongo
 import pytest
 import socketio
 import tornado.httpclient
-from conftest import cancel_leftover_tasks
-from harness import SECRET, Client, Harness, make_settings
+from harness import SECRET, Client, Harness, cancel_leftover_tasks, make_settings
 from process import CollabProcess
 from services import MongoServer, with_database
 

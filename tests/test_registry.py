@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from harness import unique
 from redis.crc import key_slot
 from services import RedisClusterServer, RedisServer
 
@@ -17,11 +18,6 @@ from collab.redisconn import SOCKET_TIMEOUT, RedisTarget, open_client
 from collab.registry import open_registry
 from collab.registry import redis as redis_registry
 from collab.registry.redis import RedisRegistry
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
 
 #: the session fixture giving the URL of each Redis backend
 REDIS_URLS = {"redis": "redis_url", "cluster": "redis_cluster_url"}

@@ -18,14 +18,14 @@ from harness import (
     Client,
     PycrdtPeer,
     YjsProviders,
+    document,
     make_settings,
     make_token,
+    nodes,
     scrape,
     scraped,
 )
 from pycrdt import create_update_message
-from test_broadcast import nodes
-from test_live_documents import document
 
 from collab.awareness import Entry, decode_update, encode_update
 
