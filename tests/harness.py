@@ -384,6 +384,26 @@ async def channel_subscribers(url: str, channel: str) -> int:
         await client.aclose()
 
 
+async def move_slot(url: str, key: str) -> None:
+    """Give the hash slot of ``key`` to another master of the Redis Cluster at ``url``, as
+    the last step of a resharding does (``CLUSTER SETSLOT <slot> NODE <id>`` on every
+    master; the slot must hold no keys). Its shard drops the slot's sharded subscriptions
+    by itself, sending each subscriber a ``sunsubscribe`` nobody asked for."""
+    client = redis_client(url)
+    try:
+        await client.initialize()
+        owner = client.get_node_from_key(key)
+        primaries = client.get_primaries()
+        target = next(node for node in primaries if node.name != owner.name)
+        target_id = await client.execute_command("CLUSTER MYID", target_nodes=target)
+        slot = client.keyslot(key)
+        for node in primaries:
+            await client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id,
+                                         target_nodes=node)
+    finally:
+        await client.aclose()
+
+
 class OtherNode:
     """Publishes on a room's channel as a node that is not there."""
 

@@ -16,6 +16,7 @@ from harness import (
     WAIT,
     OtherNode,
     channel_subscribers,
+    move_slot,
     nodes,
     publish,
     redis_client,
@@ -25,7 +26,9 @@ from harness import (
 )
 from services import RedisClusterServer, RedisServer
 
+from collab.broadcast.channels import LinkLost, open_transport
 from collab.broadcast.wire import ASK, EMIT, REVOKE, VERSION, Envelope, channel_for
+from collab.redisconn import RedisTarget
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -168,6 +171,75 @@ async def test_rejoining_while_the_unsubscribe_is_in_flight_misses_nothing(node,
         await client.ok("chat:leave", {"chat_id": chat_id})
     await until_subscribers(redis_url, room, 0)
     assert await scraped(node.url, CHANNELS, 0) == 0
+
+
+async def test_subscribing_again_before_redis_confirmed_the_unsubscribe_keeps_the_link(
+        redis_url):
+    """The race above made certain, on one link: the leave's unsubscribe and the join's
+    subscribe both go out before the link reads Redis' answer to the first. That answer
+    (read after the new subscribe went out) is the leave's, not Redis taking the channel
+    away: the link lives on, subscribed, and delivers. On a cluster it used to end the
+    link, and what the other nodes published until it was made again was lost."""
+    transport = open_transport(RedisTarget.parse(redis_url))
+    link = transport.link(f"collab:node:{unique('test')}")
+    room = f"chat_{unique('chat')}"
+    channel = channel_for(room)
+    try:
+        await link.open()
+        await link.subscribe([channel])
+        # nothing between the two lets the link's reader run (a command is written
+        # without waiting for the socket), so the unsubscribe's answer is read after
+        # the subscribe went out, whatever the load
+        await link.unsubscribe([channel])
+        await link.subscribe([channel])
+        await transport.publish([(channel, b"after the join")])
+        received = link.messages()
+        assert await asyncio.wait_for(anext(received), WAIT) == (channel, b"after the join")
+        assert await subscribers(redis_url, room) == 1
+        await link.unsubscribe([channel])  # and a leave with nothing behind it leaves
+        await until_subscribers(redis_url, room, 0)
+        await asyncio.wait_for(link.subscribe([channel]), WAIT)  # on the same link
+        await transport.publish([(channel, b"again")])
+        assert await asyncio.wait_for(anext(received), WAIT) == (channel, b"again")
+    finally:
+        await link.close()
+        await transport.close()
+
+
+@pytest.fixture
+def private_cluster(tmp_path):
+    """A Redis Cluster of this test's own, whose slots it may move."""
+    cluster = RedisClusterServer(tmp_path)
+    if cluster.external:
+        pytest.skip("an external Redis Cluster is configured: its slots are not ours to move")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_subscription_the_cluster_takes_away_still_ends_the_link(private_cluster):
+    """Counting the unsubscribes in flight hides no real loss: after the race above, a
+    resharding that moves the channel's slot away (its shard drops the subscription by
+    itself) still ends the link, so that the node subscribes again where the slot is now,
+    and checks access in its rooms, since what was published meanwhile is lost."""
+    transport = open_transport(RedisTarget.parse(private_cluster.url))
+    link = transport.link(f"collab:node:{unique('test')}")
+    channel = channel_for(f"chat_{unique('chat')}")
+    try:
+        await link.open()
+        await link.subscribe([channel])
+        await link.unsubscribe([channel])  # the race of the test above
+        await link.subscribe([channel])
+        await transport.publish([(channel, b"before")])
+        received = link.messages()
+        # read after the unsubscribe's answer (one shard, one connection): that is spent
+        assert await asyncio.wait_for(anext(received), WAIT) == (channel, b"before")
+        await move_slot(private_cluster.url, channel)
+        with pytest.raises(LinkLost, match="dropped the subscription"):
+            await asyncio.wait_for(anext(received), WAIT)
+    finally:
+        await link.close()
+        await transport.close()
 
 
 async def test_concurrent_first_joins_read_the_position_once(node, other):

@@ -40,17 +40,14 @@ def open_broadcaster(url: str, metrics: Metrics, *, fast: bool = True,
                                     on_slow_consumer=on_slow_consumer)
         return local
 
-    from ..redisconn import RedisTarget, open_client
-    from .channels import PlainTransport, ShardedTransport, Transport
+    from ..redisconn import RedisTarget
+    from .channels import open_transport
     from .redis import RedisBroadcaster
 
     target = RedisTarget.parse(url)
 
     def redis(hooks: NodeHooks) -> LocalBroadcaster:
-        # a cluster: sharded pub/sub, each room's channel on the shard owning its slot
-        transport: Transport = ShardedTransport(open_client(target)) if target.cluster \
-            else PlainTransport(target)
-        return RedisBroadcaster(transport, hooks, metrics=metrics, fast=fast,
+        return RedisBroadcaster(open_transport(target), hooks, metrics=metrics, fast=fast,
                                 compression=compression, on_slow_consumer=on_slow_consumer)
     return redis
 

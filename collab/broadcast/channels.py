@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection
@@ -298,8 +299,11 @@ class ShardedLink(Link):
         self._control = control
         #: node name -> (client, pubsub) of that shard's subscriber connection
         self._shards: dict[str, tuple[aioredis.Redis, Any]] = {}
-        #: channels we asked Redis to drop (their sunsubscribe is no loss)
-        self._leaving: set[str] = set()
+        #: channel -> our SUNSUBSCRIBEs of it that Redis has not confirmed yet. A count,
+        #: not a flag: a join may subscribe again while the leave's SUNSUBSCRIBE is in
+        #: flight, and that confirmation, arriving after the new SSUBSCRIBE went out, is
+        #: still ours; only one beyond the count is Redis dropping the channel itself
+        self._leaving: collections.Counter[str] = collections.Counter()
 
     async def open(self) -> None:
         # a fresh view of the slots: a lost link may mean they moved
@@ -322,7 +326,6 @@ class ShardedLink(Link):
 
     async def _send_subscribe(self, channels: list[str]) -> None:
         for channel in channels:  # one per command: channels of one command share a slot
-            self._leaving.discard(channel)
             pubsub, new = self._pubsub_for(channel)
             await pubsub.ssubscribe(channel)
             if new:  # the connection exists once the first command went out
@@ -333,14 +336,26 @@ class ShardedLink(Link):
             node = self._cluster.get_node_from_key(channel)
             shard = self._shards.get(node.name)
             if shard is not None:
-                self._leaving.add(channel)
-                await shard[1].sunsubscribe(channel)
+                # counted before it goes out: the reader may see the answer first
+                self._leaving[channel] += 1
+                try:
+                    await shard[1].sunsubscribe(channel)
+                except BaseException:
+                    # maybe never sent: an answer that comes anyway ends the link, which
+                    # is safe; a count with no command behind it could hide a real drop
+                    self._left(channel)
+                    raise
 
     def _unsubscribed(self, channel: str) -> None:
-        if channel in self._leaving:
-            self._leaving.discard(channel)
+        if self._leaving[channel]:
+            self._left(channel)
         else:
             self._fail(LinkLost(f"Redis Cluster dropped the subscription to {channel}"))
+
+    def _left(self, channel: str) -> None:
+        self._leaving[channel] -= 1
+        if self._leaving[channel] <= 0:
+            del self._leaving[channel]
 
     async def _release(self) -> None:
         for client, pubsub in self._shards.values():
@@ -375,3 +390,9 @@ class ShardedTransport(Transport):
 
     async def close(self) -> None:
         await self._cluster.aclose()
+
+
+def open_transport(target: RedisTarget) -> Transport:
+    """The transport for ``target``: sharded pub/sub on a cluster (each room's channel on
+    the shard owning its slot), plain pub/sub otherwise."""
+    return ShardedTransport(open_client(target)) if target.cluster else PlainTransport(target)
