@@ -273,6 +273,13 @@ export class SocketIOProvider extends ObservableV2 {
       // tells the others at once (the server would also remove it at the leave)
       awarenessProtocol.removeAwarenessStates(this.awareness, [this.awareness.clientID], 'destroy')
     }
+    if (this._pending !== null && this._canWrite()) {
+      // edits made since the update in flight: sent before the leave, which the server
+      // handles after them (one connection's events run in order), or they would be
+      // gone with the doc of a page that moves on
+      this.socket.emit('documents:yupdate', { document_id: this.documentId, update: this._pending },
+        () => {})
+    }
     if (this.socket.connected) {
       this.socket.emit('documents:leave', { document_id: this.documentId }, () => {})
     }

@@ -99,3 +99,21 @@ test('users: the room as each join ack lists it, announced with "users"', async 
   assert.deepEqual([...both].sort(), ['alice', 'bob'])
   assert.deepEqual(b.users, both)
 })
+
+test('destroy right after typing sends what was typed before it leaves', async (t) => {
+  const s = new Session()
+  t.after(() => s.close())
+  const alice = await s.connect('alice')
+  const bob = await s.connect('bob')
+  const document = await makeDocument(alice, { content: '', roles: { bob: 'editor' } })
+  const a = s.bind(alice, document.id)
+  await synced(a)
+  const b = s.bind(bob, document.id)
+  await synced(b)
+  // the first keystroke goes out at once; the others wait for its ack, merged
+  for (const ch of 'typed then gone') b.doc.getText('content').insert(b.doc.getText('content').length, ch)
+  b.destroy()
+  await until(() => text(a) === 'typed then gone', [[a.doc, 'update']], "bob's keystrokes at alice")
+  const head = await request(alice, 'documents:get', { document_id: document.id })
+  assert.equal(head.document.content, 'typed then gone')
+})
