@@ -68,10 +68,24 @@ def redacted_target(target: str) -> str:
 _PARAM = re.compile(r"(?<=[?&])([^=&\s?#'\"]+)=([^&\s#'\"]*)")
 
 
+#: a credential outside a URL: an ``Authorization`` value (``Bearer <token>``, ``Basic
+#: <base64>``), or anything shaped like a JWT (its header always begins ``eyJ``, the
+#: encoding of ``{"``). Tornado quotes a malformed header's whole value in a log line.
+_BEARER = re.compile(r"\b(Bearer|Basic)\s+[^\s'\",]+", re.IGNORECASE)
+_JWT = re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*")
+
+
 def redacted_text(text: str) -> str:
-    """``text`` with the value of every credential query parameter of any URL in it
-    masked (a log message that shows a request, however it was built)."""
-    return _PARAM.sub(_masked_match, text) if "=" in text else text
+    """``text`` with every credential masked: the value of each credential query
+    parameter of any URL in it, ``Bearer``/``Basic`` credentials and JWTs (a log
+    message that shows a request or a header, however it was built)."""
+    if "=" in text:
+        text = _PARAM.sub(_masked_match, text)
+    if "eyJ" in text:
+        text = _JWT.sub(MASK, text)
+    if "earer" in text or "asic" in text:
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    return text
 
 
 def _masked_match(match: re.Match[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -141,6 +142,26 @@ def test_no_credential_in_a_url_reaches_the_log(tmp_path):
     assert [line for line in lines
             if "401 GET /yjs/doc?x=1&password=***&Access_Token=*** " in line]
     assert [line for line in lines if "/socket.io/?EIO=4&transport=bogus&token=*** " in line]
+
+
+def test_a_token_in_a_malformed_header_does_not_reach_the_log(tmp_path):
+    # Tornado refuses a header value with a control character and logs it whole, at INFO
+    node = CollabProcess(tmp_path)
+    node.start()
+    secret = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.bWFsZm9ybWVkLWhlYWRlcg"
+    try:
+        for value in (f"Bearer {secret}\x7f", f"Bearer opaque-{secret[-12:]}\x01",
+                      f"{secret}\x01"):
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+                sock.sendall(f"GET /yjs/doc HTTP/1.1\r\nHost: x\r\n"
+                             f"Authorization: {value}\r\n\r\n".encode("latin-1"))
+                assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        assert node.terminate() == 0
+    finally:
+        node.kill()
+    output = node.output()
+    assert "Malformed HTTP message" in output  # (the line that quoted the value)
+    assert secret not in output and secret[-12:] not in output
 
 
 def test_tornados_request_errors_are_masked_too(server, caplog):
