@@ -495,6 +495,19 @@ class YjsPeer:
         self.proc.wait(10)
 
 
+async def end_node_process(proc: asyncio.subprocess.Process, *readers: asyncio.Future) -> None:
+    """End a Node script driven over stdin (closing stdin is its signal to exit; killed if
+    it does not within WAIT), then its output readers."""
+    if proc.stdin is not None and not proc.stdin.is_closing():
+        proc.stdin.close()
+    try:
+        await asyncio.wait_for(proc.wait(), WAIT)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+    await asyncio.gather(*readers, return_exceptions=True)
+
+
 class YjsProviders:
     """The stock y-websocket ``WebsocketProvider`` in a Node process (tests/js/yws_provider.mjs),
     playing named clients against a server on this event loop.
@@ -572,14 +585,7 @@ class YjsProviders:
         return [queue.get_nowait() for _ in range(queue.qsize())]
 
     async def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), WAIT)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        await self._reader
+        await end_node_process(self.proc, self._reader)
 
 
 # -- collab.client: managers, what their handlers got, a `collab serve` process ----------
@@ -831,14 +837,7 @@ class LivePeer:
         return await self.call("reload")
 
     async def close(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-            self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), WAIT)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        await asyncio.gather(self._reader, self._stderr_reader, return_exceptions=True)
+        await end_node_process(self.proc, self._reader, self._stderr_reader)
 
 
 @contextlib.contextmanager
