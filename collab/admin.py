@@ -4,7 +4,8 @@ Signing in: the Admin UI's login form sends ``{username, password}`` in the CONN
 of its ``/admin`` namespace. collab takes the password as a JWT, verified like any
 other, and admits it only with the ``admin`` role; the username is ignored. So no
 password lives in the configuration; an expired or forged token, or one without the
-role, is refused at sign-in.
+role, is refused at sign-in, and the UI's socket is disconnected when its token
+expires (python-socketio checks it at CONNECT only).
 
 Only python-socketio's ``production`` mode is offered. Its ``development`` mode sends
 the Admin UI every socket's handshake (headers, query string: tokens included) and
@@ -21,6 +22,8 @@ are configured here, their handlers are registered here.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from socketio.async_admin import InstrumentedAsyncServer
@@ -46,6 +49,23 @@ def instrument(sio: Any, verifier: TokenVerifier,
 
     admin = sio.instrument(auth=admitted, mode="production", read_only=read_only,
                            namespace=NAMESPACE)
+    expiries: dict[str, asyncio.TimerHandle] = {}
+
+    async def connect(sid: str, environ: Any, auth: Any = None) -> None:
+        await admin.admin_connect(sid, environ, auth)  # (refuses what ``admitted`` does)
+        identity = verifier.verify(auth["password"])
+        # (a token may be valid for centuries: call_later wants a delay it can hold)
+        delay = min(max(0.0, identity.expires_at + verifier.leeway - time.time()), 86400.0)
+        expiries[sid] = asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(sio.disconnect(sid, namespace=NAMESPACE)))
+
+    def disconnect(sid: str, *_: Any) -> None:
+        timer = expiries.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+
+    sio.on("connect", connect, namespace=NAMESPACE)
+    sio.on("disconnect", disconnect, namespace=NAMESPACE)
     if not read_only:
         for event, handler in (("emit", admin.admin_emit), ("join", admin.admin_enter_room),
                                ("leave", admin.admin_leave_room),

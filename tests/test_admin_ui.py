@@ -66,6 +66,17 @@ async def test_an_admin_token_signs_in_and_sees_the_servers_counters(admin_serve
         await ui.sio.disconnect()
 
 
+async def test_the_admin_ui_is_disconnected_when_its_token_expires(admin_server):
+    ui = AdminUI()
+    gone = asyncio.Event()
+    ui.sio.on("disconnect", lambda *_: gone.set(), namespace="/admin")
+    await ui.sign_in(admin_server.url, admin_server.token("root", "--role", "admin",
+                                                          "--ttl", "2"))
+    await ui.next("config")  # signed in
+    await asyncio.wait_for(gone.wait(), WAIT)  # (leeway 0: at the token's exp)
+    assert not ui.sio.connected
+
+
 @pytest.mark.parametrize("password", [None, "not a token", "user"])
 async def test_anything_but_an_admin_token_is_refused(admin_server, password):
     if password == "user":
