@@ -83,9 +83,8 @@ def redacted_text(text: str) -> str:
         text = _PARAM.sub(_masked_match, text)
     if "eyJ" in text:
         text = _JWT.sub(MASK, text)
-    if "earer" in text or "asic" in text:
-        text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
-    return text
+    # (no substring test first: the scheme's case is the client's, "BEARER" included)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
 
 
 def _masked_match(match: re.Match[str]) -> str:

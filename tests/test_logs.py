@@ -179,5 +179,6 @@ def test_tornados_request_errors_are_masked_too(server, caplog):
         app_log.error("Uncaught exception %s\n%r", "GET /yjs/doc?token=SECRET-3 (::1)",
                       request, exc_info=True)
     gen_log.warning("%d %s: %s", 400, "GET /x?api_key=SECRET-4 (::1)", "bad")
+    gen_log.warning("Invalid header value %r", "BEARER SECRET-5\x01")  # any case of the scheme
     assert "SECRET" not in caplog.text
     assert "token=***&v=2" in caplog.text and "api_key=***" in caplog.text
