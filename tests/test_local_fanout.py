@@ -15,6 +15,7 @@ from typing import Any
 
 import pycrdt
 import pytest
+import tornado.iostream
 from harness import WAIT, Harness, cancel_leftover_tasks, make_settings, make_token, scrape
 from rawsocket import RawSocket
 
@@ -429,3 +430,31 @@ async def test_a_session_id_is_not_enough_to_receive_its_broadcasts(server, sett
         assert handler is sink and handler.ws_connection is not None
         assert manager.sinks[eio_sid] == (handler, handler.ws_connection)
         assert manager.direct_writes - direct == 1  # bob, the only member in the room
+
+
+async def test_a_broadcast_to_an_idle_websocket_is_one_direct_send(server, settings):
+    """The frame goes straight to the socket, not through ``IOStream.write``, on the
+    streams the server really uses (the listener's counted stream, a subclass);
+    python-socketio's own broadcast writes through Tornado."""
+    alice = await server.connect("alice")
+    bob = await server.connect("bob")
+    chat_id = await make_chat(alice, ["bob"])
+    await bob.ok("chat:join", {"chat_id": chat_id})
+    handler = server.app.sio.environ[bob.sio.eio.sid]["tornado.handler"]
+    stream = handler.ws_connection.stream
+    assert type(stream) is not tornado.iostream.IOStream  # (what once defeated the check)
+    buffered = []
+    original = stream.write
+
+    def write(data, *args, **kwargs):
+        buffered.append(bytes(data))
+        return original(data, *args, **kwargs)
+
+    stream.write = write
+    try:
+        await alice.ok("chat:message", {"chat_id": chat_id, "content": "direct"})
+        assert (await bob.next("chat:message"))["message"]["content"] == "direct"
+    finally:
+        del stream.write
+    through_tornado = [data for data in buffered if b"direct" in data]
+    assert len(through_tornado) == (0 if settings.fast_broadcast else 1)
