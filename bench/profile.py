@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import jwt
@@ -38,9 +39,13 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--live", action="store_true",
                     help="the live-document load of bench/live.py instead of the chat fan-out")
-    ap.add_argument("--workload", choices=("fanout", "storm"), default="fanout")
+    ap.add_argument("--workload", choices=("fanout", "storm", "docs"), default="fanout",
+                    help="docs: 4 clients, documents:update in a closed loop, as bench/run.py")
     ap.add_argument("--storm", type=int, default=6000,
                     help="connections of the storm (50 handshakes in flight)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="instead of sampling with py-spy, print the mean time per event and "
+                         "per store operation from the server's /metrics over the window")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     ensure_npm()
@@ -63,6 +68,8 @@ def main() -> int:
                        hard_limit_s=120)
         if args.workload == "storm":
             cfg.update(workload="storm", clients=args.storm, concurrency=50)
+        elif args.workload == "docs":
+            cfg.update(workload="docs", clients=4)
         (workdir / "load.json").write_text(json.dumps(cfg))
         out: dict = {}
 
@@ -72,7 +79,15 @@ def main() -> int:
             out["result"] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr
         t = threading.Thread(target=drive)
         t.start()
-        time.sleep(3.0 if args.workload == "fanout" else 0.5)  # connected, joined, warmed up
+        time.sleep(0.5 if args.workload == "storm" else 3.0)  # connected, joined, warmed up
+        if args.metrics:
+            before = scrape(srv.url)
+            time.sleep(args.seconds)
+            after = scrape(srv.url)
+            t.join(120)
+            print("load:", out.get("result"))
+            report_metrics(before, after, args.seconds)
+            return 0
         raw = workdir / "profile.txt"
         subprocess.run([spy, "record", "--pid", str(srv.proc.pid), "--duration",
                         str(int(args.seconds)), "--rate", "250", "--format", "raw",
@@ -85,6 +100,34 @@ def main() -> int:
         srv.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """The server's latency histograms: (series, labels) -> value, sums and counts only."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(("collab_handler_latency_seconds_", "collab_store_latency_seconds_")):
+            series, _, value = line.rpartition(" ")
+            name, _, labels = series.partition("{")
+            if name.endswith(("_sum", "_count")):
+                found[name, labels.rstrip("}")] = float(value)
+    return found
+
+
+def report_metrics(before: dict, after: dict, seconds: float) -> None:
+    """Per event and store operation over the window: calls/s and the mean time of one."""
+    print(f"\n{'series':<60} {'calls/s':>9} {'mean ms':>9}")
+    for (name, labels), total in sorted(after.items()):
+        if not name.endswith("_count"):
+            continue
+        calls = total - before.get((name, labels), 0.0)
+        if calls <= 0:
+            continue
+        base = name[:-len("_count")]
+        spent = after[base + "_sum", labels] - before.get((base + "_sum", labels), 0.0)
+        what = base.replace("collab_", "").replace("_latency_seconds", "") + " " + labels
+        print(f"{what:<60} {calls / seconds:>9,.0f} {1000 * spent / calls:>9.2f}")
 
 
 def report(raw: Path, top: int) -> None:

@@ -32,6 +32,7 @@ from .logs import library_logger
 from .membership import Membership
 from .metrics import Metrics, TimedStore, disconnect_label
 from .packet import MALFORMED_EVENT, CollabPacket
+from .permissions import RoleCache
 from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
 from .registry.base import Registry
@@ -189,7 +190,7 @@ class CollabApp:
                 self.user_limits.release(held)
         rate = self.settings.rate_limit_per_second
         bucket = TokenBucket(rate, self.settings.rate_limit_burst) if rate > 0 else None
-        conn = Connection(sid, identity, bucket, share)
+        conn = Connection(sid, identity, bucket, share, RoleCache(self.broadcaster.alone))
         self.connections[sid] = conn
         self._schedule_expiry(conn)
         self.metrics.connections.inc()
@@ -224,6 +225,7 @@ class CollabApp:
     def renew(self, conn: Connection, identity: Identity) -> None:
         """Swap in a refreshed token's identity and move the expiry timer."""
         conn.identity = identity
+        conn.roles.clear()  # (what the old token was granted is read again)
         self._schedule_expiry(conn)
 
     def _schedule_expiry(self, conn: Connection) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 
 from .auth import Identity
 from .errors import RateLimited
+from .permissions import RoleCache
 from .ratelimit import TokenBucket
 from .userlimits import UserShare
 
@@ -20,6 +21,8 @@ class Connection:
     bucket: TokenBucket | None
     #: this user's connection count and shared event bucket on this node
     user: UserShare
+    #: the roles this connection was found to have (collab/permissions.py)
+    roles: RoleCache
     expiry: asyncio.TimerHandle | None = None
 
     @property

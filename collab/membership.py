@@ -258,6 +258,14 @@ class Membership:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    def forget_roles(self, room: Room, user_id: str) -> None:
+        """Every connection of ``user_id`` here reads its role on ``room`` from the store
+        again at its next event (the role was changed or removed). One pass over this
+        node's connections: role changes are rare, events are not."""
+        for conn in self._connections.values():
+            if conn.identity.user_id == user_id:
+                conn.roles.forget(room.kind, room.id)
+
     async def take_out(self, room: Room, user_id: str) -> None:
         """Take this node's connections of ``user_id`` out of ``room``: access revoked.
 
@@ -267,6 +275,7 @@ class Membership:
         ``user:left``, as for a leave. Connections with an admin token keep their
         access, so they stay.
         """
+        self.forget_roles(room, user_id)  # (its connections outside the room too)
         message = f"Access to {room.kind} {room.id!r} was revoked"
         for member in self._outside_in(room):
             if member.identity.user_id == user_id and not member.identity.is_admin:

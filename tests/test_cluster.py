@@ -347,6 +347,21 @@ async def test_a_node_stopped_cleanly_says_goodbye_at_once(cluster, a, connect):
     assert (await bob.ok("chat:join", {"chat_id": chat_id}))["users"] == ["bob"]
 
 
+async def test_a_downgrade_on_one_node_is_seen_by_the_next_update_on_another(a, b, connect):
+    """Nodes tell each other of revocations only, so with other nodes a connection
+    keeps no document role between events (collab/permissions.py)."""
+    alice, bob = await connect(a, "alice"), await connect(b, "bob")
+    document_id = await shared_document(alice, "bob")
+    await bob.ok("documents:join", {"document_id": document_id})
+    for version in (1, 2):
+        await bob.ok("documents:update", {"document_id": document_id, "content": f"v{version}",
+                                          "version": version})
+    await alice.ok("documents:share", {"document_id": document_id, "user_id": "bob",
+                                       "role": "viewer"})
+    await bob.fails("documents:update", {"document_id": document_id, "content": "v3",
+                                         "version": 3}, "PERMISSION_DENIED")
+
+
 async def test_a_revoked_user_leaves_the_room_on_every_node(a, b, connect):
     alice, carol = await connect(a, "alice"), await connect(b, "carol")
     bob_tabs = [await connect(a, "bob"), await connect(b, "bob")]

@@ -127,6 +127,9 @@ def _queue_busy(queue: Any) -> bool:
 class LocalBroadcaster(IndexedManager):
     """The client manager of one node: room broadcasts reach this node's clients."""
 
+    #: no other node exists: everything that changes a role happens here (a node with
+    #: others is told of revocations only, so it does not keep document roles)
+    alone = True
     direct_writes = 0
     queued_writes = 0
     flushed_writes = 0

@@ -75,6 +75,8 @@ _Outgoing = tuple[str, bytes | None, str, "asyncio.Future[bool] | None"]
 class RedisBroadcaster(LocalBroadcaster):
     """Socket.IO client manager whose room broadcasts reach every node hosting the room."""
 
+    alone = False
+
     def __init__(self, transport: Transport, hooks: NodeHooks, *,
                  metrics: Metrics | None = None, fast: bool = True,
                  compression: bool = False, max_queued: int = DEFAULT_MAX_QUEUED,

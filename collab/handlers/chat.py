@@ -28,7 +28,7 @@ async def create(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[s
 
 
 async def invite(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-    await require_chat_role(ctx.store, conn.identity, data["chat_id"], "owner")
+    await require_chat_role(ctx.store, conn.identity, data["chat_id"], "owner", conn.roles)
     chat = await ctx.store.add_chat_member(data["chat_id"], data["user_id"])
     return {"chat": chat}
 
@@ -70,7 +70,7 @@ def _within(messages: list[Message], max_bytes: int, newest: bool) -> tuple[list
 
 async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
-    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member", conn.roles)
     since = data.get("since_seq")
     max_bytes = ctx.settings.history_page_bytes
 
@@ -103,7 +103,7 @@ async def message(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
     limit = ctx.settings.max_message_chars
     if len(data["content"]) > limit:
         raise PayloadTooLarge("Message content", limit)
-    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member", conn.roles)
     # Store calls overlap and may complete out of seq order; the broadcasts
     # leave in seq order all the same.
     with ctx.broadcasts.in_order(room(chat_id)) as slot:
@@ -117,7 +117,7 @@ async def message(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
 
 async def history(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
-    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member", conn.roles)
     limit = ctx.settings.page_limit(data.get("limit"))
     messages, older = await ctx.store.messages_before(chat_id, data.get("before_seq"), limit)
     messages, cut = _within(messages, ctx.settings.history_page_bytes, newest=True)
@@ -126,7 +126,7 @@ async def history(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
 
 async def typing(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     chat_id = data["chat_id"]
-    await require_chat_role(ctx.store, conn.identity, chat_id, "member")
+    await require_chat_role(ctx.store, conn.identity, chat_id, "member", conn.roles)
     await ctx.broadcasts.send(
         room(chat_id),
         "chat:typing",

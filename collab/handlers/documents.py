@@ -98,12 +98,13 @@ async def create(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[s
 
 async def share(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
-    await require_document_role(ctx.store, conn.identity, document_id, "owner")
+    await require_document_role(ctx.store, conn.identity, document_id, "owner", conn.roles)
     if await ctx.store.get_document_role(document_id, data["user_id"]) == "owner":
         raise InvalidInput("The owner's role cannot be changed", {"user_id": ["Is the owner."]})
     if data["role"] is None:  # a revocation must reach every node, or not happen
         ctx.rooms.check_can_revoke()
     acl = await ctx.store.set_document_role(document_id, data["user_id"], data["role"])
+    ctx.rooms.forget_roles(room(document_id), data["user_id"])  # (a downgrade too)
     if data["role"] is None:  # a downgrade keeps read access, so it keeps the room
         await ctx.rooms.revoke(room(document_id), data["user_id"])
     return {"document_id": document_id, "acl": acl}
@@ -111,7 +112,7 @@ async def share(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[st
 
 async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
-    await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    await require_document_role(ctx.store, conn.identity, document_id, "viewer", conn.roles)
     state_vector = data.get("state_vector")
     r = room(document_id)
     sub = r.plain if state_vector is None else r.live
@@ -119,6 +120,7 @@ async def join(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str
     async def load() -> dict[str, Any]:
         # again, now that the connection is in the room: a revocation since the
         # check above did not find it there to take it out
+        # (from the store: the cache could have been filled by the first check)
         role = await require_document_role(ctx.store, conn.identity, document_id, "viewer")
         document = await ctx.store.get_document(document_id)
         if document is None:  # deleted underneath us
@@ -159,7 +161,7 @@ async def update(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[s
     document_id = data["document_id"]
     content = data["content"]
     _check_size(ctx, content)
-    await require_document_role(ctx.store, conn.identity, document_id, "editor")
+    await require_document_role(ctx.store, conn.identity, document_id, "editor", conn.roles)
     # the smallest edit from the content at version - 1 (v1 keeps its meaning: the same
     # content still makes a version)
     change = await ctx.documents.change(
@@ -181,7 +183,7 @@ async def list_documents(ctx: Context, conn: Connection, data: dict[str, Any]) -
 async def yupdate(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
     _require_live(ctx, conn, document_id)
-    await require_document_role(ctx.store, conn.identity, document_id, "editor")
+    await require_document_role(ctx.store, conn.identity, document_id, "editor", conn.roles)
     incoming = data["update"]
     change = await ctx.documents.change(
         document_id, lambda doc: doc.apply(incoming), conn.user_id,
@@ -195,7 +197,7 @@ async def yupdate(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
 async def awareness(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
     _require_live(ctx, conn, document_id)
-    await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    await require_document_role(ctx.store, conn.identity, document_id, "viewer", conn.roles)
     accepted = ctx.documents.awareness(document_id).apply(conn.sid, data["update"])
     if accepted is not None:
         await ctx.broadcasts.send(
@@ -209,7 +211,7 @@ async def awareness(ctx: Context, conn: Connection, data: dict[str, Any]) -> dic
 
 async def history(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
-    await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    await require_document_role(ctx.store, conn.identity, document_id, "viewer", conn.roles)
     limit = ctx.settings.page_limit(data.get("limit"))
     versions, has_more = await ctx.store.document_history(
         document_id, data.get("before_version"), limit)
@@ -233,13 +235,13 @@ async def _at_version(ctx: Context, document_id: str, version: int | None) -> di
 
 async def get(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
-    await require_document_role(ctx.store, conn.identity, document_id, "viewer")
+    await require_document_role(ctx.store, conn.identity, document_id, "viewer", conn.roles)
     return {"document": await _at_version(ctx, document_id, data.get("version"))}
 
 
 async def restore(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     document_id = data["document_id"]
-    await require_document_role(ctx.store, conn.identity, document_id, "editor")
+    await require_document_role(ctx.store, conn.identity, document_id, "editor", conn.roles)
     old = (await _at_version(ctx, document_id, data["version"]))["content"]
     change = await ctx.documents.change(
         document_id, lambda doc: doc.replace_content(old), conn.user_id,
