@@ -135,6 +135,8 @@ def report(raw: Path, top: int) -> None:
     threads: dict[str, list[tuple[list[str], int]]] = collections.defaultdict(list)
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():  # (py-spy cut a stack short)
+            continue
         thread, _, rest = stack.partition(";")
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
                   for f in rest.split(";")]

@@ -337,7 +337,10 @@ class LiveDocuments:
         if expected_version is None and not fresh and self._store.appends_in_batches:
             return await self._queue(document_id, edit, user_id, announce)
         async with self.locked(document_id) as loaded:
-            if expected_version is not None or fresh:
+            if fresh or (expected_version is not None and loaded.version != expected_version):
+                # the copy may be behind the store (another node wrote): read what it
+                # lacks. A copy at the expected version skips the read; if the store has
+                # gone on meanwhile, its compare-and-set below refuses the change.
                 await self.catch_up(loaded)
             if expected_version is not None and loaded.version != expected_version:
                 await self._conflict(document_id)

@@ -347,6 +347,27 @@ async def test_a_node_stopped_cleanly_says_goodbye_at_once(cluster, a, connect):
     assert (await bob.ok("chat:join", {"chat_id": chat_id}))["users"] == ["bob"]
 
 
+async def test_an_update_behind_another_nodes_write_is_a_conflict_with_its_document(
+        a, b, connect):
+    """Node B's copy stands at the version bob expects, but node A stored one after it:
+    B does not read the log first, and the store's compare-and-set refuses the change."""
+    alice, bob = await connect(a, "alice"), await connect(b, "bob")
+    document_id = await shared_document(alice, "bob")
+
+    async def update(client, version: int, content: str) -> dict:
+        return await client.call("documents:update", {"document_id": document_id,
+                                                      "content": content, "version": version})
+
+    assert (await update(bob, 1, "bob's"))["ok"] is True  # B's copy: version 1
+    by_alice = (await update(alice, 2, "alice's"))["document"]  # A reads the log, stores 2
+    error = await bob.fails("documents:update", {"document_id": document_id,
+                                                 "content": "stale", "version": 2},
+                            "VERSION_CONFLICT")
+    assert error["details"] == {"current_version": 2, "document": by_alice}
+    again = (await update(bob, 3, "bob's again"))["document"]  # B reads it now
+    assert (again["version"], again["content"]) == (3, "bob's again")
+
+
 async def test_a_downgrade_on_one_node_is_seen_by_the_next_update_on_another(a, b, connect):
     """Nodes tell each other of revocations only, so with other nodes a connection
     keeps no document role between events (collab/permissions.py)."""
