@@ -43,6 +43,9 @@ def main() -> int:
                     help="docs: 4 clients, documents:update in a closed loop, as bench/run.py")
     ap.add_argument("--storm", type=int, default=6000,
                     help="connections of the storm (50 handshakes in flight)")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="fan-out at this many messages/s to the room (open loop, as "
+                         "bench/run.py's steady rate: 200) instead of saturated")
     ap.add_argument("--metrics", action="store_true",
                     help="instead of sampling with py-spy, print the mean time per event and "
                          "per store operation from the server's /metrics over the window")
@@ -62,6 +65,8 @@ def main() -> int:
                    client="raw", warmup_s=1.0,
                    duration_s=args.seconds + 1.5, sample_every=7, url=srv.url,
                    tokens=str(tokens), users=users, server_pid=srv.proc.pid)
+        if args.rate:
+            cfg["rate"] = args.rate
         script = "live.mjs" if args.live else "load.mjs"
         if args.live:
             cfg.update(server="collab", editors=10, viewers=100, rate=20, drain_s=10,
