@@ -190,12 +190,17 @@ class CollabApp:
                 self.user_limits.release(held)
         rate = self.settings.rate_limit_per_second
         bucket = TokenBucket(rate, self.settings.rate_limit_burst) if rate > 0 else None
-        conn = Connection(sid, identity, bucket, share, RoleCache(self.broadcaster.alone))
+        conn = Connection(sid, identity, bucket, share, RoleCache(self._keep_document_roles()))
         self.connections[sid] = conn
         self._schedule_expiry(conn)
         self.metrics.connections.inc()
         log.debug("connected %s as %s", sid, identity.user_id)
         return True
+
+    def _keep_document_roles(self) -> bool:
+        """Whether a connection may keep its document roles between events: only where
+        every change of one is seen here (no other nodes) and read back current."""
+        return self.broadcaster.alone and self.store.role_reads_current
 
     def _refuse(self, sid: str, exc: CollabError) -> NoReturn:
         """Refuse a handshake: ``connect_error`` with ``exc`` as its data."""

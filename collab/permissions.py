@@ -15,7 +15,12 @@ can take a role away forgets it first:
 - a document role changes with ``documents:share``, on any node. A node alone
   (no Redis) sees every share and makes every connection of that user forget
   the role (:meth:`collab.membership.Membership.forget_roles`); with other nodes
-  a downgrade does not reach them, so there document roles are not kept at all;
+  a downgrade does not reach them, so there document roles are not kept at all,
+  nor where role reads may come from a MongoDB secondary (a read after the
+  forget could bring the old role back). So a node alone assumes it is the
+  only writer of its store: a second ``collab serve`` on the same file without
+  Redis, or a hand edit of the roles table, is seen by a connection only once it
+  reconnects (docs/deployment.md);
 - a revocation's take-out forgets the room's role on each connection of the user
   here, whether or not it was in the room;
 - a refreshed token (a new identity) starts with an empty cache.
@@ -30,8 +35,9 @@ from .auth import Identity
 from .errors import NotFound, PermissionDenied
 from .store.base import Store
 
-#: roles kept per connection and kind; past this the kind's cache starts again
-MAX_KEPT = 256
+#: roles kept per connection; past this the cache starts again (a client that touches
+#: more chats and documents than this reads roles again; worst case a few KiB each)
+MAX_KEPT = 64
 
 DOCUMENT_RANK = {"viewer": 1, "editor": 2, "owner": 3}
 CHAT_RANK = {"member": 1, "owner": 2}
@@ -60,12 +66,9 @@ class RoleCache:
         since (or document roles are not kept here)."""
         if generation != self.generation or (kind == "document" and not self._documents):
             return
-        if self._kinds is None:
-            self._kinds = {}
-        kept = self._kinds.setdefault(kind, {})
-        if len(kept) >= MAX_KEPT:  # bounded: a client touching many chats reads again
-            kept.clear()
-        kept[rid] = role
+        if self._kinds is None or sum(map(len, self._kinds.values())) >= MAX_KEPT:
+            self._kinds = {}  # (bounded: a client touching many ids reads again)
+        self._kinds.setdefault(kind, {})[rid] = role
 
     def forget(self, kind: str, rid: str) -> None:
         self.generation += 1

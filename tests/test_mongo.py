@@ -119,6 +119,10 @@ async def in_thread(fn: Callable[[], object]) -> None:
 # -- documents -------------------------------------------------------------------
 
 
+async def test_a_connection_keeps_document_roles_read_from_the_primary(server):
+    assert server.app.store.role_reads_current is True
+
+
 async def test_document_create_join_update(server):
     alice = await server.connect("alice")
     created = (await alice.ok("documents:create", {"document_id": "d1", "content": "v0"}))
@@ -299,7 +303,19 @@ async def test_production_write_concern_and_read_preference_settings(mongo_db, s
     ))
     alice = await harness.connect("alice")
     await alice.ok("documents:create", {"document_id": "d1"})
+    # role reads may come from a secondary: a connection keeps no document role
+    assert harness.app.store.role_reads_current is False
+    reads = []
+    read_role = harness.app.store.get_document_role
+
+    async def counted(document_id: str, user_id: str) -> str | None:
+        reads.append(document_id)
+        return await read_role(document_id, user_id)
+
+    harness.app.store.get_document_role = counted
     ack = await alice.ok("documents:update", {"document_id": "d1", "content": "x", "version": 1})
+    await alice.ok("documents:get", {"document_id": "d1"})
+    assert reads == ["d1", "d1"]
     assert (await alice.ok("documents:join", {"document_id": "d1"}))["document"] == ack["document"]
     await new_chat(alice)
     message = await post(alice, "hi", client_id="k1")

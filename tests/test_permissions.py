@@ -9,6 +9,9 @@ import asyncio
 from harness import Client, make_token
 from test_documents import round_trip, shared_doc, update
 
+from collab.errors import Unavailable
+from collab.permissions import MAX_KEPT, RoleCache
+
 
 def count_reads(monkeypatch, server, name: str) -> list[tuple[str, str]]:
     """Every ``name`` role read the handlers make, as (id, user) pairs."""
@@ -125,3 +128,43 @@ async def test_a_refreshed_token_keeps_none_of_the_old_ones_roles(server):
     await admin_tab.fails("documents:update", {"document_id": "doc", "content": "x",
                                                "version": 2}, "NOT_FOUND")
     await round_trip(admin_tab)
+
+
+async def test_a_share_that_fails_after_its_write_still_forgets(server, monkeypatch):
+    """A store error after the write landed (a lost answer) must not leave the old role
+    kept: the connection reads the role again."""
+    alice, bob = await server.connect("alice"), await server.connect("bob")
+    await shared_doc(alice, bob="editor")
+    assert (await update(bob, 1))["ok"] is True  # kept: editor
+    write = server.app.store.set_document_role
+
+    async def write_then_fail(document_id: str, user_id: str, role: str | None) -> dict:
+        await write(document_id, user_id, role)
+        raise Unavailable("lost the answer")
+
+    monkeypatch.setattr(server.app.store, "set_document_role", write_then_fail)
+    await alice.fails("documents:share", {"document_id": "doc", "user_id": "bob",
+                                          "role": "viewer"}, "UNAVAILABLE")
+    await bob.fails("documents:update", {"document_id": "doc", "content": "x",
+                                         "version": 2}, "PERMISSION_DENIED")
+
+
+def test_the_cache_is_bounded_and_forgets_what_it_is_told():
+    roles = RoleCache()
+    for i in range(3 * MAX_KEPT):
+        roles.put("chat" if i % 2 else "document", f"id{i}", "member", roles.generation)
+        assert sum(1 for j in range(i + 1) for kind in ("chat", "document")
+                   if roles.get(kind, f"id{j}")) <= MAX_KEPT
+    last = f"id{3 * MAX_KEPT - 1}"
+    assert roles.get("chat", last) == "member"
+    roles.forget("chat", last)
+    assert roles.get("chat", last) is None
+    stale = roles.generation - 1  # a read begun before that forget
+    roles.put("chat", last, "member", stale)
+    assert roles.get("chat", last) is None
+    alone, shared = RoleCache(documents=True), RoleCache(documents=False)
+    for cache in (alone, shared):
+        cache.put("document", "d", "editor", cache.generation)
+        cache.put("chat", "c", "member", cache.generation)
+    assert (alone.get("document", "d"), shared.get("document", "d")) == ("editor", None)
+    assert shared.get("chat", "c") == "member"  # chat roles are kept everywhere

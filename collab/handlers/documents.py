@@ -103,8 +103,10 @@ async def share(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[st
         raise InvalidInput("The owner's role cannot be changed", {"user_id": ["Is the owner."]})
     if data["role"] is None:  # a revocation must reach every node, or not happen
         ctx.rooms.check_can_revoke()
-    acl = await ctx.store.set_document_role(document_id, data["user_id"], data["role"])
-    ctx.rooms.forget_roles(room(document_id), data["user_id"])  # (a downgrade too)
+    try:
+        acl = await ctx.store.set_document_role(document_id, data["user_id"], data["role"])
+    finally:  # (a downgrade too; and a write that failed may have landed all the same)
+        ctx.rooms.forget_roles(room(document_id), data["user_id"])
     if data["role"] is None:  # a downgrade keeps read access, so it keeps the room
         await ctx.rooms.revoke(room(document_id), data["user_id"])
     return {"document_id": document_id, "acl": acl}

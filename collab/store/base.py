@@ -112,6 +112,10 @@ class Store(abc.ABC):
     display_url: str = ""
     #: whether :meth:`append_document_updates` stores several versions in one write
     appends_in_batches: bool = False
+    #: whether a role read sees every write acknowledged before it began (a read that
+    #: may go to a MongoDB secondary does not): only then may a connection keep a
+    #: document role between events (collab/permissions.py)
+    role_reads_current: bool = True
 
     @abc.abstractmethod
     async def open(self) -> None:

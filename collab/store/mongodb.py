@@ -245,6 +245,12 @@ class MongoStore(Store):
                 raise ValueError(f"unknown read preference {read_preference!r}") from None
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
 
+    @property
+    def role_reads_current(self) -> bool:
+        """Role reads follow the read preference: only the primary's are current."""
+        reads = getattr(self, "_documents_read", None)
+        return reads is not None and reads.read_preference == ReadPreference.PRIMARY
+
     # -- lifecycle ---------------------------------------------------------
 
     @_translate_outages
