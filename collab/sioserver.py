@@ -38,7 +38,7 @@ from .environ import translate_request
 from .logs import ThrottledWarning
 from .packet import CollabPacket, MalformedPacket
 from .queues import LeanQueue
-from .transport import close_session
+from .transport import EngineIOWebSocket, close_session
 
 log = logging.getLogger("collab.sioserver")
 
@@ -112,7 +112,8 @@ class EngineIOServer(engineio.AsyncServer):
                  on_slow_consumer: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # the async driver's table (what async_mode selects), with our environ builder
-        self._async = {**self._async, "translate_request": translate_request}
+        self._async = {**self._async, "translate_request": translate_request,
+                       "websocket": EngineIOWebSocket}
         self.max_queued_bytes = max_queued_bytes
         self.on_slow_consumer = on_slow_consumer
         self._pings: dict[str, asyncio.Task] = {}

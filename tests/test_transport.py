@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 
@@ -210,3 +211,32 @@ async def test_a_second_websocket_upgrading_the_same_session_is_closed(server):
         for raw in (first, second):
             await raw.close()
         await polling.close()
+
+
+async def test_a_closed_connection_leaves_nothing_for_the_collector(server):
+    """A connection that ends is freed by reference counting: nothing of it waits in a
+    cycle for a full collection (which, after thousands of connections had closed,
+    held the event loop for a second). collab/transport.py, EngineIOWebSocket."""
+    gc.collect()
+    gc.disable()
+    try:
+        clients = [await server.connect(f"u{i}") for i in range(3)]
+        clients.append(await server.connect("upgraded", transports=["polling", "websocket"]))
+        assert clients[-1].sio.eio.current_transport == "websocket"
+        handlers = [server.app.sio.environ[c.sio.eio.sid]["tornado.handler"] for c in clients]
+        handlers[-1] = server.app.broadcaster.ws_handlers[clients[-1].sio.eio.sid]
+        sockets = [server.app.sio.eio.sockets[c.sio.eio.sid] for c in clients]
+        kinds = (type(handlers[0]), type(sockets[0]), type(handlers[0].ws_connection.stream))
+        for client in clients:
+            await client.disconnect()
+        for handler in handlers:
+            await asyncio.wait_for(asyncio.shield(handler._serving), WAIT)
+        del handlers, sockets
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, kinds)]
+        assert left == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
