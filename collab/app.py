@@ -90,6 +90,7 @@ class CollabApp:
         self.sio = GuardedServer(
             async_mode="tornado",
             client_manager=self.broadcaster,
+            direct=self.broadcaster.send_direct,
             serializer=CollabPacket,
             # one connection's events run in order; connections run concurrently
             async_handlers=False,

@@ -458,3 +458,31 @@ async def test_a_broadcast_to_an_idle_websocket_is_one_direct_send(server, setti
         del stream.write
     through_tornado = [data for data in buffered if b"direct" in data]
     assert len(through_tornado) == (0 if settings.fast_broadcast else 1)
+
+
+async def test_an_ack_to_an_idle_websocket_is_one_direct_send(server, settings):
+    """Acks skip Engine.IO's queue and writer on an idle WebSocket, as broadcasts do,
+    and still come after the broadcast of the same call (fast path); python-socketio's
+    own path writes them through Tornado."""
+    alice = await server.connect("alice")
+    chat_id = await make_chat(alice, [])
+    await alice.ok("chat:join", {"chat_id": chat_id})
+    handler = server.app.sio.environ[alice.sio.eio.sid]["tornado.handler"]
+    stream = handler.ws_connection.stream
+    buffered = []
+    original = stream.write
+
+    def write(data, *args, **kwargs):
+        buffered.append(bytes(data))
+        return original(data, *args, **kwargs)
+
+    stream.write = write
+    sends = server.app.broadcaster.direct_sends
+    try:
+        ack = await alice.ok("chat:message", {"chat_id": chat_id, "content": "acked"})
+        assert (await alice.next("chat:message")) == {"message": ack["message"]}
+    finally:
+        del stream.write
+    through_tornado = [data for data in buffered if b'"ok":true' in data]
+    assert len(through_tornado) == (0 if settings.fast_broadcast else 1)
+    assert server.app.broadcaster.direct_sends - sends == (1 if settings.fast_broadcast else 0)

@@ -24,8 +24,11 @@ broadcast and recipient, while a lone broadcast loses no time. (With
 WebSocket compression on, every frame is compressed and written at once.)
 
 Ordering: a frame takes the direct path only when nothing sent earlier to that
-connection is still waiting in its Engine.IO queue (acks and other events go
-through that queue). Anything put in that queue afterwards is written by the
+connection is still waiting in its Engine.IO queue. Acks and other packets for
+one client take the same path under the same rule
+(:meth:`LocalBroadcaster.send_direct`, called by collab/sioserver.py), corked
+behind the pass's broadcast frames for that connection; otherwise they go
+through that queue. Anything put in that queue afterwards is written by the
 queue's writer task, which the put wakes with a callback scheduled after the
 flush (the event loop runs callbacks in the order they were scheduled), so
 per-connection order is kept. Every other recipient (long-polling, upgrading,
@@ -131,6 +134,7 @@ class LocalBroadcaster(IndexedManager):
     #: others is told of revocations only, so it does not keep document roles)
     alone = True
     direct_writes = 0
+    direct_sends = 0
     queued_writes = 0
     flushed_writes = 0
 
@@ -331,6 +335,37 @@ class LocalBroadcaster(IndexedManager):
         if not cork:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
+
+    def send_direct(self, eio_sid: str, encoded: str) -> bool:
+        """Write one encoded Socket.IO packet for one client (an ack, an ``error``) to
+        its WebSocket as a broadcast's frame would go: at once, or corked with this
+        pass's frames for it. False, with nothing written, where it must take the
+        session's Engine.IO queue: any session that is not an idle upgraded
+        WebSocket, and every session with compression on or the fast path off."""
+        if not self.fast or self.compression:
+            return False
+        sock = self.server.eio.sockets.get(eio_sid)
+        if sock is None or sock.closed or not sock.upgraded or sock.upgrading \
+                or sock.closing or _queue_busy(sock.queue):
+            return False
+        sink = self.sinks.get(eio_sid)
+        if sink is None:
+            handler = self.websocket_for(eio_sid)
+            if handler is None:
+                return False
+            sink = self.sinks[eio_sid] = (handler, handler.ws_connection)
+        handler, conn = sink
+        if conn.is_closing():
+            return False
+        frame = ws_text_frame(("4" + encoded).encode())
+        if (pending := self.corked.get(conn)) is not None:
+            pending.append(frame)  # behind this pass's broadcast frames for it
+        elif self.flush_scheduled:
+            self.corked[conn] = [handler, frame]
+        else:
+            _write(handler, conn, None, frame, self.on_slow_consumer)
+        self.direct_sends += 1
+        return True
 
     def _close_backlogged(self, eio_sid: str, sock: Any) -> None:
         environ = self.server.environ.get(eio_sid) or {}
