@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pycrdt
@@ -432,6 +434,29 @@ async def test_a_session_id_is_not_enough_to_receive_its_broadcasts(server, sett
         assert manager.direct_writes - direct == 1  # bob, the only member in the room
 
 
+def server_stream(server, client) -> tornado.iostream.IOStream:
+    """The server's stream of ``client``'s WebSocket (one that connected on WebSocket)."""
+    return server.app.sio.environ[client.sio.eio.sid]["tornado.handler"].ws_connection.stream
+
+
+@contextlib.contextmanager
+def tornado_writes(stream: tornado.iostream.IOStream) -> Iterator[list[bytes]]:
+    """What the server writes to ``stream`` through ``IOStream.write`` while the block
+    runs (the fast path's direct sends go around it)."""
+    written: list[bytes] = []
+    original = stream.write
+
+    def write(data, *args, **kwargs):
+        written.append(bytes(data))
+        return original(data, *args, **kwargs)
+
+    stream.write = write
+    try:
+        yield written
+    finally:
+        del stream.write
+
+
 async def test_a_broadcast_to_an_idle_websocket_is_one_direct_send(server, settings):
     """The frame goes straight to the socket, not through ``IOStream.write``, on the
     streams the server really uses (the listener's counted stream, a subclass);
@@ -440,22 +465,11 @@ async def test_a_broadcast_to_an_idle_websocket_is_one_direct_send(server, setti
     bob = await server.connect("bob")
     chat_id = await make_chat(alice, ["bob"])
     await bob.ok("chat:join", {"chat_id": chat_id})
-    handler = server.app.sio.environ[bob.sio.eio.sid]["tornado.handler"]
-    stream = handler.ws_connection.stream
+    stream = server_stream(server, bob)
     assert type(stream) is not tornado.iostream.IOStream  # (what once defeated the check)
-    buffered = []
-    original = stream.write
-
-    def write(data, *args, **kwargs):
-        buffered.append(bytes(data))
-        return original(data, *args, **kwargs)
-
-    stream.write = write
-    try:
+    with tornado_writes(stream) as buffered:
         await alice.ok("chat:message", {"chat_id": chat_id, "content": "direct"})
         assert (await bob.next("chat:message"))["message"]["content"] == "direct"
-    finally:
-        del stream.write
     through_tornado = [data for data in buffered if b"direct" in data]
     assert len(through_tornado) == (0 if settings.fast_broadcast else 1)
 
@@ -467,22 +481,10 @@ async def test_an_ack_to_an_idle_websocket_is_one_direct_send(server, settings):
     alice = await server.connect("alice")
     chat_id = await make_chat(alice, [])
     await alice.ok("chat:join", {"chat_id": chat_id})
-    handler = server.app.sio.environ[alice.sio.eio.sid]["tornado.handler"]
-    stream = handler.ws_connection.stream
-    buffered = []
-    original = stream.write
-
-    def write(data, *args, **kwargs):
-        buffered.append(bytes(data))
-        return original(data, *args, **kwargs)
-
-    stream.write = write
     sends = server.app.broadcaster.direct_sends
-    try:
+    with tornado_writes(server_stream(server, alice)) as buffered:
         ack = await alice.ok("chat:message", {"chat_id": chat_id, "content": "acked"})
         assert (await alice.next("chat:message")) == {"message": ack["message"]}
-    finally:
-        del stream.write
     through_tornado = [data for data in buffered if b'"ok":true' in data]
     assert len(through_tornado) == (0 if settings.fast_broadcast else 1)
     assert server.app.broadcaster.direct_sends - sends == (1 if settings.fast_broadcast else 0)
