@@ -233,6 +233,14 @@ class LocalBroadcaster(IndexedManager):
 
     # -- local delivery ----------------------------------------------------
 
+    def _new_sink(self, eio_sid: str) -> tuple[Any, Any] | None:
+        """Find and keep the (handler, WebSocket connection) of ``eio_sid``, or None."""
+        handler = self.websocket_for(eio_sid)
+        if handler is None:
+            return None
+        sink = self.sinks[eio_sid] = (handler, handler.ws_connection)
+        return sink
+
     def websocket_for(self, eio_sid: str) -> Any:
         """The open Tornado WebSocket handler carrying ``eio_sid``, or None."""
         handler = self.ws_handlers.get(eio_sid)
@@ -298,11 +306,7 @@ class LocalBroadcaster(IndexedManager):
                 continue
             if sock.upgraded and not sock.upgrading and not sock.closing \
                     and not _queue_busy(sock.queue):
-                sink = sinks.get(eio_sid)
-                if sink is None:
-                    handler = self.websocket_for(eio_sid)
-                    if handler is not None:
-                        sink = sinks[eio_sid] = (handler, handler.ws_connection)
+                sink = sinks.get(eio_sid) or self._new_sink(eio_sid)
                 if sink is not None:
                     handler, conn = sink
                     if not conn.is_closing():
@@ -345,15 +349,13 @@ class LocalBroadcaster(IndexedManager):
         if not self.fast or self.compression:
             return False
         sock = self.server.eio.sockets.get(eio_sid)
+        # (deliver's test for the direct path, which it spells out per recipient)
         if sock is None or sock.closed or not sock.upgraded or sock.upgrading \
                 or sock.closing or _queue_busy(sock.queue):
             return False
-        sink = self.sinks.get(eio_sid)
+        sink = self.sinks.get(eio_sid) or self._new_sink(eio_sid)
         if sink is None:
-            handler = self.websocket_for(eio_sid)
-            if handler is None:
-                return False
-            sink = self.sinks[eio_sid] = (handler, handler.ws_connection)
+            return False
         handler, conn = sink
         if conn.is_closing():
             return False
