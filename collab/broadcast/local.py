@@ -233,12 +233,14 @@ class LocalBroadcaster(IndexedManager):
 
     # -- local delivery ----------------------------------------------------
 
-    def _new_sink(self, eio_sid: str) -> tuple[Any, Any] | None:
-        """Find and keep the (handler, WebSocket connection) of ``eio_sid``, or None."""
+    def _new_sink(self, eio_sid: str, keep: bool = True) -> tuple[Any, Any] | None:
+        """Find (and keep) the (handler, WebSocket connection) of ``eio_sid``, or None."""
         handler = self.websocket_for(eio_sid)
         if handler is None:
             return None
-        sink = self.sinks[eio_sid] = (handler, handler.ws_connection)
+        sink = (handler, handler.ws_connection)
+        if keep:
+            self.sinks[eio_sid] = sink
         return sink
 
     def websocket_for(self, eio_sid: str) -> Any:
@@ -353,7 +355,9 @@ class LocalBroadcaster(IndexedManager):
         if sock is None or sock.closed or not sock.upgraded or sock.upgrading \
                 or sock.closing or _queue_busy(sock.queue):
             return False
-        sink = self.sinks.get(eio_sid) or self._new_sink(eio_sid)
+        # (not kept: an idle connection gets an ack or two, and a kept sink costs it
+        # memory; a broadcast keeps it)
+        sink = self.sinks.get(eio_sid) or self._new_sink(eio_sid, keep=False)
         if sink is None:
             return False
         handler, conn = sink
