@@ -247,9 +247,10 @@ class MongoStore(Store):
 
     @property
     def role_reads_current(self) -> bool:
-        """Role reads follow the read preference: only the primary's are current."""
-        reads = getattr(self, "_documents_read", None)
-        return reads is not None and reads.read_preference == ReadPreference.PRIMARY
+        """Role reads follow the read preference: only the primary's are current (known
+        once open: the URL may name one)."""
+        return self._client is not None \
+            and self._documents_read.read_preference == ReadPreference.PRIMARY
 
     # -- lifecycle ---------------------------------------------------------
 
