@@ -194,8 +194,13 @@ class LiveDocuments:
         interval = min(SWEEP_INTERVAL, self._settings.awareness_timeout / 10)
         while True:
             await asyncio.sleep(interval)
-            self.sweep()
-            await self.expire_awareness()
+            try:
+                self.sweep()
+                await self.expire_awareness()
+            except Exception:  # noqa: BLE001 - a failed pass must not end every later one
+                # (the task is kept, so an error ending it would never even be logged,
+                # and cursors would stop expiring for as long as the node runs)
+                log.exception("sweeping the loaded documents failed")
 
     async def expire_awareness(self) -> None:
         """Remove the awareness states nobody renewed in time, and say so."""

@@ -696,9 +696,14 @@ async def test_a_killed_nodes_cursors_expire_on_the_others(cluster, a, connect):
         assert {e.client_id for e in decode_update((await seen.join())["awareness"])} == ids
 
         c.kill()
-        while (got := await next_awareness(seen.client, timeout=timeout + 5)) != \
-                [Entry(carol.doc.client_id, 1, None)]:
+        removal = [Entry(carol.doc.client_id, 1, None)]
+        deadline, renewals = time.monotonic() + timeout * 5, []
+        while (got := await next_awareness(seen.client, timeout=timeout + 5)) != removal:
             assert all(e.state is not None for e in got), got  # (the others' renewals)
+            renewals.append(got)
+            assert time.monotonic() < deadline, (
+                f"no removal of carol's cursor after {len(renewals)} renewals, the last "
+                f"{renewals[-3:]}; node D's log:\n{d.log_tail(lines=60)}")
         assert time.monotonic() - announced >= timeout * 0.9
         assert time.monotonic() - announced < PURGE_DEADLINE / 3  # not the registry's purge
         newcomer = PycrdtPeer(await connect(d, "bob"), document_id)

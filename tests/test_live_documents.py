@@ -299,6 +299,34 @@ class TestAwarenessExpiry:
         assert renewals >= 3  # (it lived past the timeout by its renewals)
 
 
+    async def test_a_failed_sweep_does_not_end_the_expiry(self, server):
+        """A pass of the sweep that fails is logged, and the next one still expires."""
+        calls = 0
+
+        def has_members(document_id: str) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a broken pass")
+            return True
+
+        expired: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def told(document_id: str, removal: bytes) -> None:
+            expired.put_nowait(removal)
+
+        documents = LiveDocuments(server.app.raw_store, server.app.settings, has_members,
+                                  expired=told)
+        documents.awareness("doc").apply("conn", encode_update([Entry(7, 1, "{}")]))
+        documents.start()
+        try:
+            removal = await asyncio.wait_for(expired.get(), self.TIMEOUT * 5)
+        finally:
+            await documents.close()
+        assert decode_update(removal) == [Entry(7, 1, None)]
+        assert calls > 1
+
+
 async def test_history_get_at_a_version_and_restore(server):
     alice = await server.connect("alice")
     await document(alice, "one")
