@@ -33,6 +33,7 @@ from .membership import Membership
 from .metrics import Metrics, TimedStore, disconnect_label
 from .packet import MALFORMED_EVENT, CollabPacket
 from .permissions import RoleCache
+from .pipeline import current_turn
 from .proxy import TrustedProxies, public_origin
 from .ratelimit import TokenBucket
 from .registry.base import Registry
@@ -49,6 +50,9 @@ MAX_EXPIRY_DELAY = 24 * 3600.0
 #: changes sent from the store after a gap in another node's broadcasts, at most (past
 #: it, the oldest are not: those members join again, as after any long outage)
 MAX_FILLED = 1000
+#: the events whose handlers may overlap on one connection (collab/pipeline.py): a
+#: message's commit is most of its time, and a poster has the next one ready
+PIPELINED_EVENTS = frozenset({"chat:message"})
 
 
 class CollabApp:
@@ -91,6 +95,9 @@ class CollabApp:
             async_mode="tornado",
             client_manager=self.broadcaster,
             direct=self.broadcaster.send_direct,
+            pipelined=PIPELINED_EVENTS,
+            pipeline_depth=settings.max_pipelined_messages if store.writes_in_call_order
+            else 1,
             serializer=CollabPacket,
             # one connection's events run in order; connections run concurrently
             async_handlers=False,
@@ -349,6 +356,7 @@ class CollabApp:
 
         async def dispatch(sid: str, *args: Any) -> dict[str, Any]:
             start = time.perf_counter()
+            turn = current_turn()  # (a pipelined event's: it answers in its turn)
             conn = self.connections.get(sid)
             try:
                 if conn is None:
@@ -365,9 +373,11 @@ class CollabApp:
                     raise InvalidInput("Payload is nested too deeply") from None
                 result = await handler(self.context, conn, data)
             except Exception as exc:  # noqa: BLE001 - every failure becomes an ack
+                await turn.wait_to_answer()
                 return await self._fail(sid, event, exc, start)
             ok_counter.inc()
-            latency.observe(time.perf_counter() - start)
+            latency.observe(time.perf_counter() - start)  # (not the wait for its turn)
+            await turn.wait_to_answer()
             return {"ok": True, **result}
 
         return dispatch

@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     max_packet_bytes: Positive = 1_000_000
     max_document_bytes: Positive = 512 * 1024
     max_message_chars: Positive = 10_000
+    #: chat:message events of one connection in the store at once, in the order sent (on a
+    #: store that takes writes in call order: SQLite); 1 handles them one at a time
+    max_pipelined_messages: Positive = 8
     rate_limit_per_second: float = Field(50.0, ge=0)
     rate_limit_burst: int = Field(100, ge=0)
     #: per user, over all their connections on this node; 0 turns each off

@@ -237,6 +237,11 @@ class Server:
         if self.app.admin is not None:
             await self.app.admin.shutdown()
         await self.app.sio.shutdown()
+        running = self.app.sio.pipelined_running()
+        if running:  # (messages in the store: their commit and broadcast still go out)
+            _, left = await asyncio.wait(running, timeout=self.app.settings.shutdown_timeout)
+            if left:
+                log.warning("%d chat messages were still being stored at shutdown", len(left))
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(e.http.close_all_connections() for e in self._endpoints)),

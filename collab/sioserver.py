@@ -24,8 +24,9 @@ it behind for good, one per packet, with no token needed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import engineio
@@ -37,6 +38,7 @@ from socketio import packet
 from .environ import translate_request
 from .logs import ThrottledWarning
 from .packet import CollabPacket, MalformedPacket
+from .pipeline import Turn, context_with
 from .queues import LeanQueue
 from .transport import EngineIOWebSocket, close_session
 
@@ -171,8 +173,16 @@ class GuardedServer(socketio.AsyncServer):
     """An ``AsyncServer`` whose packet dispatch refuses malformed client packets."""
 
     def __init__(self, *args: Any, connect_timeout: float = CONNECT_TIMEOUT,
-                 direct: Callable[[str, str], bool] | None = None, **kwargs: Any) -> None:
+                 direct: Callable[[str, str], bool] | None = None,
+                 pipelined: Collection[str] = (), pipeline_depth: int = 1,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: the events of a connection that may run while its earlier ones still do,
+        #: up to ``pipeline_depth`` at once (collab/pipeline.py)
+        self._pipelined = frozenset(pipelined) if pipeline_depth > 1 else frozenset()
+        self._depth = pipeline_depth
+        #: eio sid -> its pipelined events running, oldest first, with their turns
+        self._running: dict[str, collections.deque[tuple[asyncio.Task, Turn]]] = {}
         self.connect_timeout = connect_timeout
         #: writes one encoded packet to a session without its Engine.IO queue when it
         #: can (the fast broadcast path's LocalBroadcaster.send_direct); False: it cannot
@@ -250,10 +260,60 @@ class GuardedServer(socketio.AsyncServer):
         elif kind == packet.ACK:
             await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
         elif kind == packet.DISCONNECT:
+            await self._pipelined_ended(eio_sid)
             await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
             self._arm_connect_deadline(eio_sid)  # the session stays: it must CONNECT again
         else:  # BINARY_EVENT, BINARY_ACK: wait for the attachments
             self._binary_packet[eio_sid] = pkt
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
+                            data: Any) -> None:
+        running = self._running.get(eio_sid)
+        if self._pipelined and id is not None and data and data[0] in self._pipelined:
+            if running is None:
+                running = self._running[eio_sid] = collections.deque()
+            while len(running) >= self._depth:  # (and so the reader waits: back pressure)
+                await asyncio.wait([running[0][0]])
+            self._running[eio_sid] = running  # (again, if all it held ended meanwhile)
+            turn = Turn(running[-1][1] if running else None)
+            task = asyncio.get_running_loop().create_task(
+                self._run_pipelined(turn, eio_sid, namespace, id, data),
+                context=context_with(turn))
+            running.append((task, turn))
+            # (a callback: it runs even for a task cancelled before its first step)
+            task.add_done_callback(lambda _: self._pipelined_done(eio_sid, running, turn))
+            return
+        await self._pipelined_ended(eio_sid)  # the others see them done
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _run_pipelined(self, turn: Turn, eio_sid: str, namespace: str | None,
+                             id: int | None, data: Any) -> None:
+        try:
+            await super()._handle_event(eio_sid, namespace, id, data)
+        except Exception:  # noqa: BLE001 - (the dispatcher answers every handler error)
+            log.exception("handling a pipelined event failed")
+
+    async def _pipelined_ended(self, eio_sid: str) -> None:
+        """Until the session's pipelined events have ended: any other packet of the
+        session waits for them, a DISCONNECT or the session's end too (they would
+        find it gone, and their messages would be dropped unanswered)."""
+        running = self._running.get(eio_sid)
+        if running:
+            me = asyncio.current_task()
+            tasks = [task for task, _ in running if task is not me]
+            if tasks:
+                await asyncio.wait(tasks)
+
+    def _pipelined_done(self, eio_sid: str, running: collections.deque, turn: Turn) -> None:
+        turn.ended()
+        while running and running[0][0].done():  # (they end in order; a cancel may not)
+            running.popleft()
+        if not running and self._running.get(eio_sid) is running:
+            del self._running[eio_sid]
+
+    def pipelined_running(self) -> list[asyncio.Task]:
+        """Every pipelined event still running: a shutdown lets them end."""
+        return [task for running in self._running.values() for task, _ in running]
 
     async def _attachment(self, eio_sid: str, pkt: CollabPacket, data: bytes) -> None:
         pkt.attachment_bytes += len(data)
@@ -313,6 +373,7 @@ class GuardedServer(socketio.AsyncServer):
         self._binary_packet.pop(eio_sid, None)
         self._skipping.discard(eio_sid)
         self.eio.end_pings(eio_sid)
+        await self._pipelined_ended(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:

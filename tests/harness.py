@@ -76,6 +76,7 @@ def leftovers(app: Any) -> dict[str, int]:
         "sio callbacks": len(manager.callbacks),
         "sio environ": len(sio.environ),
         "sio binary packets": len(sio._binary_packet),
+        "sio pipelined events": len(sio.pipelined_running()),
         "eio sockets": len(sio.eio.sockets),
     }
 

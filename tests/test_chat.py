@@ -6,7 +6,8 @@ import asyncio
 import re
 
 import pytest
-from harness import Client, make_settings
+from harness import Client, make_settings, make_token, settled
+from rawsocket import RawPolling
 
 CHAT_KEYS = {"id", "title", "created_by", "created_at", "members"}
 MESSAGE_KEYS = {"id", "chat_id", "seq", "user_id", "content", "created_at"}
@@ -439,6 +440,210 @@ async def test_one_connections_messages_keep_their_order(server):
     assert [m["content"] for m in sorted(stored, key=lambda m: m["seq"])] == [
         str(i) for i in range(10)
     ]
+
+
+class HeldMessages:
+    """The store's ``add_message`` with every call held until :meth:`release`, then
+    run in the order the calls came: how many of them are in the store at once."""
+
+    def __init__(self, store, monkeypatch) -> None:
+        self.real = store.add_message
+        self.calls: list[str] = []
+        self._release = asyncio.Event()
+        monkeypatch.setattr(store, "add_message", self._add)
+
+    async def _add(self, chat_id, user_id, content, client_id=None):
+        self.calls.append(content)
+        await self._release.wait()  # (waiters wake in the order they came)
+        return await self.real(chat_id, user_id, content, client_id)
+
+    async def until_called(self, count: int) -> None:
+        """Until ``count`` calls are held (nothing signals a call: this polls, bounded)."""
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(self.calls) < count:
+            assert asyncio.get_running_loop().time() < deadline, self.calls
+            await asyncio.sleep(0.005)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+def sent_in_order(client: Client, events: list[tuple[str, dict]]) -> tuple[list, asyncio.Future]:
+    """Emit ``events`` one after another without waiting: the acks as they arrive
+    (``(index, ack)``), and a future done when every one has."""
+    arrived: list[tuple[int, dict]] = []
+    done = asyncio.get_running_loop().create_future()
+
+    def answered(index: int):
+        def callback(ack: dict) -> None:
+            arrived.append((index, ack))
+            if len(arrived) == len(events) and not done.done():
+                done.set_result(None)
+        return callback
+
+    async def emit_all() -> None:
+        for index, (event, data) in enumerate(events):
+            await client.sio.emit(event, data, callback=answered(index))
+
+    asyncio.ensure_future(emit_all())
+    return arrived, done
+
+
+async def test_a_connections_messages_are_in_the_store_together_up_to_the_depth(
+        server, monkeypatch):
+    """A poster does not wait for each commit: its next messages join the store's
+    queue (max_pipelined_messages, 8 by default) while the first is written, in the
+    order sent; the ones past the depth wait for the reader, unread."""
+    depth = server.app.settings.max_pipelined_messages
+    assert server.app.store.writes_in_call_order and depth == 8
+    alice = await joined_owner(server)
+    bob = await joined(server, "bob")
+    held = HeldMessages(server.app.store, monkeypatch)
+    count = depth + 4
+    arrived, done = sent_in_order(alice, [
+        ("chat:message", {"chat_id": "c1", "content": str(i)}) for i in range(count)])
+    await held.until_called(depth)
+    await asyncio.sleep(0.2)  # (the rest could come now if nothing held them back)
+    assert held.calls == [str(i) for i in range(depth)]
+    held.release()
+    await asyncio.wait_for(done, 10)
+    assert held.calls == [str(i) for i in range(count)]
+    assert [index for index, _ in arrived] == list(range(count))  # acks in the order sent
+    assert [ack["message"]["seq"] for _, ack in arrived] == list(range(1, count + 1))
+    received = [(await bob.next("chat:message"))["message"] for _ in range(count)]
+    assert [m["content"] for m in received] == [str(i) for i in range(count)]
+
+
+async def test_a_failed_message_among_pipelined_ones_keeps_every_answer_in_order(server):
+    """A message refused (over the size limit, in a chat that does not exist) answers
+    in its place, with its ``error`` event after the acks before it, and the others
+    are stored in the order sent; a chat:history sent last sees every one of them."""
+    alice = await joined_owner(server)
+    errors: list[tuple[int, str]] = []
+    too_long = "x" * (server.app.settings.max_message_chars + 1)
+    events = [("chat:message", {"chat_id": "c1", "content": "0"}),
+              ("chat:message", {"chat_id": "c1", "content": too_long}),
+              ("chat:message", {"chat_id": "c1", "content": "2"}),
+              ("chat:message", {"chat_id": "nowhere", "content": "3"}),
+              ("chat:message", {"chat_id": "c1", "content": "4"}),
+              ("chat:history", {"chat_id": "c1"})]
+    arrived: list[tuple[int, dict]]
+
+    @alice.sio.on("error")
+    async def on_error(error: dict) -> None:
+        errors.append((len(arrived), error["code"]))
+
+    arrived, done = sent_in_order(alice, events)
+    await asyncio.wait_for(done, 10)
+    assert [index for index, _ in arrived] == list(range(len(events)))
+    acks = [ack for _, ack in arrived]
+    assert [ack["ok"] for ack in acks] == [True, False, True, False, True, True]
+    assert [acks[i]["error"]["code"] for i in (1, 3)] == ["PAYLOAD_TOO_LARGE", "NOT_FOUND"]
+    assert errors == [(1, "PAYLOAD_TOO_LARGE"), (3, "NOT_FOUND")]  # each before its own ack
+    assert [acks[i]["message"]["seq"] for i in (0, 2, 4)] == [1, 2, 3]
+    assert [m["content"] for m in acks[5]["messages"]] == ["0", "2", "4"]
+
+
+async def test_an_event_after_pipelined_messages_waits_for_them(server, monkeypatch):
+    """Any other event of the connection is handled once its messages have been
+    answered: a chat:leave sent right after them does not overtake their broadcasts."""
+    alice = await joined_owner(server)
+    held = HeldMessages(server.app.store, monkeypatch)
+    arrived, done = sent_in_order(alice, [
+        ("chat:message", {"chat_id": "c1", "content": "0"}),
+        ("chat:message", {"chat_id": "c1", "content": "1"}),
+        ("chat:leave", {"chat_id": "c1"})])
+    await held.until_called(2)
+    await asyncio.sleep(0.1)  # (the leave would be handled now if it did not wait)
+    assert arrived == [] and "chat_c1" in server.app.sio.rooms(alice.sid)
+    held.release()
+    await asyncio.wait_for(done, 10)
+    assert [index for index, _ in arrived] == [0, 1, 2]
+    assert [(await alice.next("chat:message"))["message"]["content"] for _ in range(2)] == \
+        ["0", "1"]  # (a member still when they were broadcast)
+
+
+async def test_messages_in_the_store_when_their_sender_leaves_are_stored(server,
+                                                                        monkeypatch):
+    """Nothing of a connection that closed with messages in the store is left behind,
+    and its messages are stored and broadcast all the same (unacknowledged: a client
+    that sends them again with their client_id gets them back, not again)."""
+    alice = await joined_owner(server)
+    bob = await joined(server, "bob")
+    held = HeldMessages(server.app.store, monkeypatch)
+    sent_in_order(alice, [("chat:message", {"chat_id": "c1", "content": str(i)})
+                          for i in range(3)])
+    await held.until_called(3)
+    await alice.disconnect()
+    held.release()
+    received = [(await bob.next("chat:message"))["message"]["content"] for _ in range(3)]
+    assert received == ["0", "1", "2"]
+    bobs = {"connections": 1, "users": 1, "registry": 1, "sio rooms": 3,
+            "sio environ": 1, "eio sockets": 1}  # (and nothing of alice's)
+    assert await settled(server.app, bobs) == bobs
+
+
+async def test_messages_sent_with_a_disconnect_in_one_polling_post_are_stored(server):
+    """A polling client sends what it queued in one POST: its messages, then its
+    DISCONNECT, handled in one go. The DISCONNECT waits for the messages."""
+    alice = await joined_owner(server)
+    bob = await joined(server, "bob")
+    polling = await RawPolling.connect(server.url, make_token("alice"))
+    try:
+        body = "\x1e".join(
+            [f'42{i + 1}["chat:message",{{"chat_id":"c1","content":"{i}"}}]' for i in range(3)]
+            + ["41"])  # (Engine.IO MESSAGE of a Socket.IO DISCONNECT)
+        assert (await polling.post(body))[0] == 200
+        received = [(await bob.next("chat:message"))["message"]["content"] for _ in range(3)]
+    finally:
+        await polling.close()
+    assert received == ["0", "1", "2"]
+    history = await alice.ok("chat:history", {"chat_id": "c1"})
+    assert [m["content"] for m in history["messages"]] == ["0", "1", "2"]
+
+
+async def test_a_shutdown_lets_messages_in_the_store_finish(tmp_path, monkeypatch):
+    from harness import Harness
+
+    from collab.server import Server
+
+    settings = make_settings(storage_url=f"sqlite:///{tmp_path / 'c.db'}")
+    first = Harness(await Server.start(settings))
+    try:
+        alice = await joined_owner(first)
+        held = HeldMessages(first.app.store, monkeypatch)
+        sent_in_order(alice, [("chat:message", {"chat_id": "c1", "content": str(i)})
+                              for i in range(3)])
+        await held.until_called(3)
+        stopping = asyncio.ensure_future(first.server.stop())
+        await alice.sio.wait()  # (the shutdown has disconnected everyone)
+        assert not stopping.done()  # it waits for the messages
+        held.release()
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        await first.close_clients()
+    again = Harness(await Server.start(settings))
+    try:
+        alice = await again.connect("alice")
+        history = await alice.ok("chat:history", {"chat_id": "c1"})
+        assert [m["content"] for m in history["messages"]] == ["0", "1", "2"]
+    finally:
+        await again.close_clients()
+        await again.server.stop()
+
+
+@pytest.mark.parametrize("settings", [make_settings(max_pipelined_messages=1)])
+async def test_a_depth_of_one_handles_messages_one_at_a_time(server, monkeypatch):
+    alice = await joined_owner(server)
+    held = HeldMessages(server.app.store, monkeypatch)
+    arrived, done = sent_in_order(alice, [
+        ("chat:message", {"chat_id": "c1", "content": str(i)}) for i in range(3)])
+    await held.until_called(1)
+    await asyncio.sleep(0.1)
+    assert held.calls == ["0"]
+    held.release()
+    await asyncio.wait_for(done, 10)
+    assert [ack["message"]["seq"] for _, ack in arrived] == [1, 2, 3]
 
 
 # -- since_seq recovery --------------------------------------------------------

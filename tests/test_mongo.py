@@ -263,6 +263,19 @@ async def test_50_messages_from_10_connections_get_seqs_1_to_50_in_order(server)
     assert (history["messages"], history["has_more"]) == (stored, False)
 
 
+async def test_one_connections_messages_sent_at_once_are_stored_in_the_order_sent(server):
+    """Mongo places a message (its seq) inside the call, not in call order: the
+    messages of one connection are not in the store together here, and keep their
+    order (on SQLite they are, collab/pipeline.py)."""
+    assert not server.app.store.writes_in_call_order
+    owner = await server.connect("alice")
+    await new_chat(owner)
+    acks = await asyncio.gather(*(
+        owner.call("chat:message", {"chat_id": "c1", "content": str(i)}) for i in range(20)))
+    assert [(ack["message"]["seq"], ack["message"]["content"]) for ack in acks] == \
+        [(i + 1, str(i)) for i in range(20)]
+
+
 # -- durability across a collab restart ------------------------------------------
 
 

@@ -8,6 +8,7 @@ from .. import schemas
 from ..errors import NotFound, PayloadTooLarge
 from ..packet import SafeJSON
 from ..permissions import require_chat_role
+from ..pipeline import current_turn
 from ..rooms import Room
 from ..store.base import Message, new_id
 
@@ -104,12 +105,18 @@ async def message(ctx: Context, conn: Connection, data: dict[str, Any]) -> dict[
     if len(data["content"]) > limit:
         raise PayloadTooLarge("Message content", limit)
     await require_chat_role(ctx.store, conn.identity, chat_id, "member", conn.roles)
+    # one connection's messages may be in the store together (collab/pipeline.py):
+    # each takes its place after the one sent before it
+    turn = current_turn()
+    await turn.wait_to_place()
     # Store calls overlap and may complete out of seq order; the broadcasts
     # leave in seq order all the same.
     with ctx.broadcasts.in_order(room(chat_id)) as slot:
-        stored, created = await ctx.store.add_message(
+        adding = ctx.store.add_message(
             chat_id, conn.user_id, data["content"], data.get("client_id")
         )
+        turn.placed()  # (the store queues the write in the await's first step)
+        stored, created = await adding
         if created:  # a repeated client_id is neither stored nor broadcast again
             await slot.publish("chat:message", {"message": stored}, position=stored["seq"])
     return {"message": stored}

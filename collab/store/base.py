@@ -116,6 +116,10 @@ class Store(abc.ABC):
     #: may go to a MongoDB secondary does not): only then may a connection keep a
     #: document role between events (collab/permissions.py)
     role_reads_current: bool = True
+    #: whether writes take their places (a message's seq) in the order the calls were
+    #: made, each queued before the call first suspends: only then may one
+    #: connection's messages be in the store together (collab/pipeline.py)
+    writes_in_call_order: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -134,6 +134,8 @@ def _message(row: sqlite3.Row) -> Message:
 class SqliteStore(Store):
     #: a document's queued changes share one transaction (and its commit)
     appends_in_batches = True
+    #: every write joins the group commit's queue in the call's first step (_tx)
+    writes_in_call_order = True
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = sqlite_path(url)
