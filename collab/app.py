@@ -99,7 +99,8 @@ class CollabApp:
             pipeline_depth=settings.max_pipelined_messages if store.writes_in_call_order
             else 1,
             serializer=CollabPacket,
-            # one connection's events run in order; connections run concurrently
+            # one connection's events run in order (its chat messages overlap in the
+            # store, in their order: collab/pipeline.py); connections run concurrently
             async_handlers=False,
             cors_allowed_origins=self.origin_allowed,
             max_http_buffer_size=settings.max_packet_bytes,
