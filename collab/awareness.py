@@ -18,6 +18,13 @@ What this adds for a server:
   of others announces nothing, since their clocks are not newer. When the connection
   goes, :meth:`RoomAwareness.remove_connection` gives the update that removes all of
   them at once, instead of the peers' 30-second timeout.
+* whose a state is: an entry for a client id whose present state another user's
+  connection announced is not accepted from a connection of a different user (not an
+  error: y-protocols peers send such entries all the time, re-sending what they
+  received and removing what timed out on their side). Without it any member could
+  replace or remove everyone else's cursor. The same user may take an id over (a
+  client that reconnected); another node's relay names no user, so a state relayed
+  from another node may still be taken over by any member here.
 * bounds: states per connection and per room, and bytes per state, refused whole
   (nothing of an update is applied when any entry is refused; another node's relay,
   which carries all of its connections' states, is bounded per room only); removed
@@ -133,6 +140,9 @@ class RoomAwareness:
         #: connection -> client ids it announced; and the reverse
         self._announced: dict[Hashable, set[int]] = {}
         self._owner: dict[int, Hashable] = {}
+        #: client id -> the user whose connection announced its present state (none
+        #: for a state relayed from another node)
+        self._user: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self._states)
@@ -146,12 +156,14 @@ class RoomAwareness:
         """The client ids ``conn_key`` announced and still holds."""
         return frozenset(self._announced.get(conn_key, ()))
 
-    def apply(self, conn_key: Hashable, data: bytes, *, relayed: bool = False) -> bytes | None:
-        """Apply an awareness update from connection ``conn_key``.
+    def apply(self, conn_key: Hashable, data: bytes, *, user: str | None = None,
+              relayed: bool = False) -> bytes | None:
+        """Apply an awareness update from connection ``conn_key`` of ``user``.
 
         Returns the accepted entries as an update to relay to the others, None when
         nothing was accepted. Malformed bytes are InvalidInput; an entry over a bound
-        is PayloadTooLarge; either way nothing of the update is applied. ``relayed``:
+        is PayloadTooLarge; either way nothing of the update is applied. An entry for
+        an id whose state is another user's is not accepted. ``relayed``:
         ``conn_key`` is another node, relaying what it accepted from all of its
         connections, so the bound per connection is not its to meet (the room's is).
         """
@@ -165,6 +177,8 @@ class RoomAwareness:
                     self.max_state_bytes:
                 raise PayloadTooLarge("Awareness state", self.max_state_bytes)
             cid = entry.client_id
+            if user is not None and self._user.get(cid, user) != user:
+                continue  # another user's client: a re-send or a takeover, not ours
             clock = clocks.get(cid, self._clock(cid))
             has = present.get(cid, cid in self._states)
             if clock < entry.clock or (clock == entry.clock and entry.state is None and has):
@@ -175,7 +189,7 @@ class RoomAwareness:
             return None
         self._check_bounds(conn_key, present, relayed)
         for entry in accepted:
-            self._commit(conn_key, entry)
+            self._commit(conn_key, entry, user)
         return encode_update(accepted)
 
     def remove_connection(self, conn_key: Hashable) -> bytes | None:
@@ -225,6 +239,7 @@ class RoomAwareness:
             del self._announced[owner]
         entry = self._states.pop(cid)
         del self._renewed[cid]
+        self._user.pop(cid, None)
         self._remember_removed(cid, entry.clock)
         return Entry(cid, entry.clock, None)
 
@@ -251,7 +266,7 @@ class RoomAwareness:
         if len(room) > self.max_states:
             raise PayloadTooLarge("Awareness states of one room", self.max_states)
 
-    def _commit(self, conn_key: Hashable, entry: Entry) -> None:
+    def _commit(self, conn_key: Hashable, entry: Entry, user: str | None) -> None:
         cid = entry.client_id
         owner = self._owner.pop(cid, None)
         if owner is not None:
@@ -262,10 +277,15 @@ class RoomAwareness:
         if entry.state is None:
             self._states.pop(cid, None)
             self._renewed.pop(cid, None)
+            self._user.pop(cid, None)
             self._remember_removed(cid, entry.clock)
             return
         self._removed.pop(cid, None)
         self._states[cid] = entry
+        if user is None:
+            self._user.pop(cid, None)
+        else:
+            self._user[cid] = user
         self._renewed[cid] = self._clock_now()
         self._owner[cid] = conn_key
         self._announced.setdefault(conn_key, set()).add(cid)

@@ -435,7 +435,8 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
                                self.key))
 
     async def _awareness(self, update: bytes) -> None:
-        accepted = self.endpoint.documents.awareness(self.document_id).apply(self.key, update)
+        accepted = self.endpoint.documents.awareness(self.document_id).apply(
+            self.key, update, user=self.identity.user_id)
         if accepted is not None:
             # back to the sender too, as y-websocket's own server does: a provider that
             # hears nothing for 30 s takes its connection for dead, and its own state's

@@ -180,6 +180,35 @@ def test_a_null_from_another_connection_removes_and_unannounces():
     assert room.announced("a") == frozenset() and room.remove_connection("a") is None
 
 
+def test_another_users_connection_cannot_replace_or_remove_a_state():
+    room = RoomAwareness()
+    room.apply("alice-tab", update((1, 3, {"name": "alice"})), user="alice")
+    assert room.apply("bob-tab", update((1, 4, {"name": "not alice"})), user="bob") is None
+    assert room.apply("bob-tab", update((1, 3, None)), user="bob") is None  # (his timeout)
+    assert room.states() == {1: (3, json.dumps({"name": "alice"}))}
+    assert room.announced("bob-tab") == frozenset()
+    # the rest of the update still counts
+    assert decoded(room.apply("bob-tab", update((1, 5, {}), (2, 1, {"name": "bob"})),
+                              user="bob")) == [(2, 1, {"name": "bob"})]
+
+
+def test_the_same_user_may_take_its_client_id_over():
+    room = RoomAwareness()
+    room.apply("old", update((1, 1, {"v": 1})), user="alice")
+    assert decoded(room.apply("new", update((1, 2, {"v": 2})), user="alice")) == \
+        [(1, 2, {"v": 2})]  # (the client reconnected)
+    assert room.announced("new") == {1}
+    room.remove_connection("new")
+    # once gone, the id is nobody's: a later client with it is accepted
+    assert room.apply("bob-tab", update((1, 3, {})), user="bob") is not None
+
+
+def test_a_state_relayed_from_another_node_names_no_user():
+    room = RoomAwareness()
+    room.apply(("node", "b"), update((1, 1, {"v": 1})), relayed=True)
+    assert room.apply("tab", update((1, 2, {"v": 2})), user="carol") is not None
+
+
 def test_encode_all_is_empty_for_an_empty_room():
     assert decode_update(RoomAwareness().encode_all()) == []
 

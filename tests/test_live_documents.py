@@ -248,6 +248,34 @@ async def test_awareness_is_relayed_and_removed_when_its_connection_leaves(serve
     assert decode_update(removed["update"]) == [Entry(a.doc.client_id, 1, None)]
 
 
+async def test_a_member_cannot_replace_or_remove_another_users_cursor(server):
+    """bob sends entries for alice's client id, newer and null: his ack is ok, nobody
+    hears of them, and a newcomer still gets alice's cursor as she set it."""
+    alice = await server.connect("alice")
+    await document(alice, bob="editor", carol="viewer")
+    a, b = PycrdtPeer(alice, "doc"), PycrdtPeer(await server.connect("bob"), "doc")
+    c = PycrdtPeer(await server.connect("carol"), "doc")
+    for peer in (a, b, c):
+        await peer.join()
+    mine = a.doc.client_id
+    await alice.ok("documents:awareness", {"document_id": "doc", "update": encode_update(
+        [Entry(mine, 1, '{"name":"alice"}')])})
+    assert decode_update((await c.client.next("documents:awareness"))["update"]) == \
+        [Entry(mine, 1, '{"name":"alice"}')]
+    for entry in (Entry(mine, 9, '{"name":"bob, as alice"}'), Entry(mine, 1, None)):
+        await b.client.ok("documents:awareness",
+                          {"document_id": "doc", "update": encode_update([entry])})
+    await b.client.ok("documents:awareness", {"document_id": "doc", "update": encode_update(
+        [Entry(b.doc.client_id, 1, '{"name":"bob"}')])})  # (his own: that one is heard)
+    assert decode_update((await c.client.next("documents:awareness"))["update"]) == \
+        [Entry(b.doc.client_id, 1, '{"name":"bob"}')]
+    late = PycrdtPeer(await server.connect("carol"), "doc")
+    states = decode_update((await late.join())["awareness"])
+    assert sorted(states, key=lambda e: e.client_id) == sorted(
+        [Entry(mine, 1, '{"name":"alice"}'), Entry(b.doc.client_id, 1, '{"name":"bob"}')],
+        key=lambda e: e.client_id)
+
+
 class TestAwarenessExpiry:
     """awareness_timeout=0.6 (y-protocols' 30 s, shortened): a state not renewed in time
     is removed, and the room's live members are told."""

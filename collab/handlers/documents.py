@@ -200,7 +200,8 @@ async def awareness(ctx: Context, conn: Connection, data: dict[str, Any]) -> dic
     document_id = data["document_id"]
     _require_live(ctx, conn, document_id)
     await require_document_role(ctx.store, conn.identity, document_id, "viewer", conn.roles)
-    accepted = ctx.documents.awareness(document_id).apply(conn.sid, data["update"])
+    accepted = ctx.documents.awareness(document_id).apply(conn.sid, data["update"],
+                                                          user=conn.user_id)
     if accepted is not None:
         await ctx.broadcasts.send(
             room(document_id).live, "documents:awareness",
