@@ -268,26 +268,24 @@ class GuardedServer(socketio.AsyncServer):
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
                             data: Any) -> None:
-        running = self._running.get(eio_sid)
         if self._pipelined and id is not None and data and data[0] in self._pipelined:
-            if running is None:
-                running = self._running[eio_sid] = collections.deque()
+            running = self._running.get(eio_sid) or collections.deque()
             while len(running) >= self._depth:  # (and so the reader waits: back pressure)
                 await asyncio.wait([running[0][0]])
             self._running[eio_sid] = running  # (again, if all it held ended meanwhile)
             turn = Turn(running[-1][1] if running else None)
             task = asyncio.get_running_loop().create_task(
-                self._run_pipelined(turn, eio_sid, namespace, id, data),
-                context=context_with(turn))
+                self._run_pipelined(eio_sid, namespace, id, data), context=context_with(turn))
             running.append((task, turn))
             # (a callback: it runs even for a task cancelled before its first step)
             task.add_done_callback(lambda _: self._pipelined_done(eio_sid, running, turn))
             return
-        await self._pipelined_ended(eio_sid)  # the others see them done
+        if eio_sid in self._running:
+            await self._pipelined_ended(eio_sid)  # the others see them done
         await super()._handle_event(eio_sid, namespace, id, data)
 
-    async def _run_pipelined(self, turn: Turn, eio_sid: str, namespace: str | None,
-                             id: int | None, data: Any) -> None:
+    async def _run_pipelined(self, eio_sid: str, namespace: str | None, id: int | None,
+                             data: Any) -> None:
         try:
             await super()._handle_event(eio_sid, namespace, id, data)
         except Exception:  # noqa: BLE001 - (the dispatcher answers every handler error)
