@@ -291,7 +291,8 @@ class CollabApp:
         elif envelope.event == "documents:awareness":
             try:  # (the states of that node's connections, kept for this node's joiners)
                 self.documents.awareness(room.id).apply(
-                    ("node", envelope.host), envelope.attachments[0], relayed=True)
+                    ("node", envelope.host), envelope.attachments[0],
+                    user=envelope.user_id or None, relayed=True)
             except CollabError:
                 pass  # that node accepted it under its own bounds; relayed all the same
 
@@ -302,11 +303,11 @@ class CollabApp:
         if room is None or room.mode != LIVE or not self.documents.has_awareness(room.id):
             return
         here = self.broadcaster.local_members(name)
-        states = self.documents.awareness(room.id).encode_announced(here)
-        if states is not None:
+        announced = self.documents.awareness(room.id).encode_announced(here)
+        for user_id, states in announced.items():
             await self.broadcasts.send(room, "documents:awareness",
                                        {"document_id": room.id, "update": states},
-                                       skip_sid=here)
+                                       skip_sid=here, sender=user_id or "")
 
     async def _missed(self, name: str, positions: list[int]) -> None:
         """Another node's changes whose broadcasts never came: a live member cannot do

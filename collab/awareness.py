@@ -23,8 +23,8 @@ What this adds for a server:
   error: y-protocols peers send such entries all the time, re-sending what they
   received and removing what timed out on their side). Without it any member could
   replace or remove everyone else's cursor. The same user may take an id over (a
-  client that reconnected); another node's relay names no user, so a state relayed
-  from another node may still be taken over by any member here.
+  client that reconnected). Another node's relay names the user its states came
+  from (the origin node checked them), so every node knows whose each state is.
 * bounds: states per connection and per room, and bytes per state, refused whole
   (nothing of an update is applied when any entry is refused; another node's relay,
   which carries all of its connections' states, is bounded per room only); removed
@@ -140,8 +140,8 @@ class RoomAwareness:
         #: connection -> client ids it announced; and the reverse
         self._announced: dict[Hashable, set[int]] = {}
         self._owner: dict[int, Hashable] = {}
-        #: client id -> the user whose connection announced its present state (none
-        #: for a state relayed from another node)
+        #: client id -> the user whose connection announced its present state (here
+        #: or, as its relay said, on another node)
         self._user: dict[int, str] = {}
 
     def __len__(self) -> int:
@@ -164,8 +164,9 @@ class RoomAwareness:
         nothing was accepted. Malformed bytes are InvalidInput; an entry over a bound
         is PayloadTooLarge; either way nothing of the update is applied. An entry for
         an id whose state is another user's is not accepted. ``relayed``:
-        ``conn_key`` is another node, relaying what it accepted from all of its
-        connections, so the bound per connection is not its to meet (the room's is).
+        ``conn_key`` is another node, relaying what it accepted from its connections
+        (of ``user``), so the bound per connection is not its to meet (the room's is)
+        nor whose the state is its to check (it did).
         """
         entries = decode_update(data)
         # decide every entry against a scratch view, then commit all or nothing
@@ -177,7 +178,7 @@ class RoomAwareness:
                     self.max_state_bytes:
                 raise PayloadTooLarge("Awareness state", self.max_state_bytes)
             cid = entry.client_id
-            if user is not None and self._user.get(cid, user) != user:
+            if user is not None and not relayed and self._user.get(cid, user) != user:
                 continue  # another user's client: a re-send or a takeover, not ours
             clock = clocks.get(cid, self._clock(cid))
             has = present.get(cid, cid in self._states)
@@ -212,12 +213,16 @@ class RoomAwareness:
         removed = [self._drop(cid) for cid in stale]
         return encode_update(removed) if removed else None
 
-    def encode_announced(self, conn_keys: Collection[Hashable]) -> bytes | None:
-        """The present states the connections ``conn_keys`` announced, as one update
-        (None if none): what a node sends again when another node asks."""
+    def encode_announced(self, conn_keys: Collection[Hashable]) -> dict[str | None, bytes]:
+        """The present states the connections ``conn_keys`` announced, one update per
+        user they are of (none if there are none): what a node sends again when
+        another node asks, each relayed as that user's."""
         keys = set(conn_keys)
-        entries = [e for e in self._current() if self._owner[e.client_id] in keys]
-        return encode_update(entries) if entries else None
+        by_user: dict[str | None, list[Entry]] = {}
+        for entry in self._current():
+            if self._owner[entry.client_id] in keys:
+                by_user.setdefault(self._user.get(entry.client_id), []).append(entry)
+        return {user: encode_update(entries) for user, entries in by_user.items()}
 
     def encode_all(self) -> bytes:
         """Every present state as one update, for a live join's ack: never one that

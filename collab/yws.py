@@ -443,5 +443,6 @@ class YjsHandler(tornado.websocket.WebSocketHandler):
             # renewal every 15 s is what a lone client hears
             await self.endpoint.broadcasts.send(
                 self.room.live, "documents:awareness",
-                {"document_id": self.document_id, "update": accepted})
+                {"document_id": self.document_id, "update": accepted},
+                sender=self.identity.user_id)
 

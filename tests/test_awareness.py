@@ -203,10 +203,28 @@ def test_the_same_user_may_take_its_client_id_over():
     assert room.apply("bob-tab", update((1, 3, {})), user="bob") is not None
 
 
-def test_a_state_relayed_from_another_node_names_no_user():
+def test_a_relay_says_whose_its_states_are():
+    """Another node's relay names the user its states came from: a member here of
+    another user cannot take them over; the relay itself is not checked (its node did)."""
     room = RoomAwareness()
-    room.apply(("node", "b"), update((1, 1, {"v": 1})), relayed=True)
-    assert room.apply("tab", update((1, 2, {"v": 2})), user="carol") is not None
+    room.apply(("node", "b"), update((1, 1, {"v": 1})), user="bob", relayed=True)
+    assert room.apply("tab", update((1, 2, {"v": 2})), user="carol") is None
+    assert room.apply(("node", "c"), update((1, 2, {"v": 2})), user="carol",
+                      relayed=True) is not None
+    room.apply(("node", "d"), update((2, 1, {})), relayed=True)  # (an older node: no user)
+    assert room.apply("tab", update((2, 2, {"v": 2})), user="carol") is not None
+
+
+def test_announced_states_are_encoded_per_user():
+    room = RoomAwareness()
+    room.apply("a1", update((1, 1, {"a": 1})), user="alice")
+    room.apply("a2", update((2, 1, {"a": 2})), user="alice")
+    room.apply("b1", update((3, 1, {"b": 1})), user="bob")
+    room.apply(("node", "x"), update((4, 1, {})), user="carol", relayed=True)
+    announced = room.encode_announced(["a1", "a2", "b1"])
+    assert {user: decoded(states) for user, states in announced.items()} == {
+        "alice": [(1, 1, {"a": 1}), (2, 1, {"a": 2})], "bob": [(3, 1, {"b": 1})]}
+    assert room.encode_announced(["nobody"]) == {}
 
 
 def test_encode_all_is_empty_for_an_empty_room():

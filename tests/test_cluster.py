@@ -665,6 +665,35 @@ async def test_a_newcomer_sees_every_cursor_a_busy_node_relays(a, b, connect):
     assert sorted(e.client_id for e in states) == sorted(m.doc.client_id for m in members)
 
 
+async def test_a_member_on_another_node_cannot_take_over_a_cursor(a, b, connect):
+    """Node B learns whose alice's cursor is from node A (here from its answer to B's
+    ask, since B had no member when she set it): bob's entries for her client id, a
+    newer state and a null, are not taken on node B and never reach node A."""
+    alice = await connect(a, "alice")
+    document_id = await shared_document(alice, "bob")
+    here = PycrdtPeer(alice, document_id)
+    await here.join()
+    mine = '{"name":"alice"}'
+    await alice.ok("documents:awareness", cursor(here, 1, mine))
+    bob = PycrdtPeer(await connect(b, "bob"), document_id)
+    states = decode_update((await bob.join())["awareness"])
+    if not states:  # node A's answer arrives just after the ack
+        states = await next_awareness(bob.client)
+    assert states == [Entry(here.doc.client_id, 1, mine)]
+    for entry in (Entry(here.doc.client_id, 7, '{"name":"bob"}'),
+                  Entry(here.doc.client_id, 1, None)):
+        await bob.client.ok("documents:awareness", {
+            "document_id": document_id, "update": encode_update([entry])})
+    await bob.client.ok("documents:awareness", cursor(bob, 1, '{"name":"bob"}'))
+    assert await next_awareness(alice) == [Entry(bob.doc.client_id, 1, '{"name":"bob"}')]
+    expected = sorted([Entry(here.doc.client_id, 1, mine),
+                       Entry(bob.doc.client_id, 1, '{"name":"bob"}')], key=lambda e: e.client_id)
+    for node in (a, b):
+        late = PycrdtPeer(await connect(node, "bob"), document_id)
+        joined = decode_update((await late.join())["awareness"])
+        assert sorted(joined, key=lambda e: e.client_id) == expected, node
+
+
 async def test_a_killed_nodes_cursors_expire_on_the_others(cluster, a, connect):
     """Node C dies (SIGKILL): nobody sends the removal of its members' cursors, so node D
     removes them once they are not renewed within awareness_timeout (shortened here),

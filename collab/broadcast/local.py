@@ -188,9 +188,11 @@ class LocalBroadcaster(IndexedManager):
         return [*self.rooms.get("/", {}).get(room, ()), *self.receivers.get(room, ())]
 
     async def broadcast(self, room: Room, event: str, data: Any, *,
-                        position: int | None = None, skip_sid: Any = None) -> None:
+                        position: int | None = None, skip_sid: Any = None,
+                        sender: str = "") -> None:
         """Send ``event`` to the room's members; ``position`` orders a stored item's
-        broadcasts across nodes (one node delivers them in call order already)."""
+        broadcasts across nodes (one node delivers them in call order already);
+        ``sender`` is for other nodes (there are none)."""
         if position is not None:
             skip_sid = self.skipping(room.name, position, skip_sid)
         self.to_receivers(room.name, event, data, skip_sid)

@@ -40,11 +40,13 @@ class Broadcasts:
         """Rooms with a stored item in line (for tests: 0 once everything went out)."""
         return len(self._sequencer)
 
-    async def send(self, room: Room, event: str, data: Any, *, skip_sid: Any = None) -> None:
+    async def send(self, room: Room, event: str, data: Any, *, skip_sid: Any = None,
+                   sender: str = "") -> None:
         """Send an event that has no position (presence, typing) to everyone in ``room``,
-        on every node."""
+        on every node; ``sender``: the user it came from, for the other nodes (whose an
+        awareness state is)."""
         self._metrics.broadcast(event)
-        await self._broadcaster.broadcast(room, event, data, skip_sid=skip_sid)
+        await self._broadcaster.broadcast(room, event, data, skip_sid=skip_sid, sender=sender)
 
     async def send_here(self, room: Room, event: str, data: Any, *,
                         position: int | None = None) -> None:

@@ -143,7 +143,8 @@ class RedisBroadcaster(LocalBroadcaster):
         return not self._publish_failing
 
     async def broadcast(self, room: Room, event: str, data: Any, *,
-                        position: int | None = None, skip_sid: Any = None) -> None:
+                        position: int | None = None, skip_sid: Any = None,
+                        sender: str = "") -> None:
         encoded = self.server.packet_class(
             sio_packet.EVENT, namespace="/", data=[event, data]).encode()
         packet, attachments = (encoded[0], tuple(encoded[1:])) if isinstance(encoded, list) \
@@ -151,7 +152,7 @@ class RedisBroadcaster(LocalBroadcaster):
         skip = tuple(skip_sid) if isinstance(skip_sid, list | tuple) \
             else (() if skip_sid is None else (skip_sid,))
         envelope = Envelope(self.host_id, EMIT, room.name, position, skip, event, packet,
-                            attachments)
+                            attachments, sender)
         self._post(channel_for(room.name), envelope.encode(), envelope.metric_kind, None)
         if position is None:
             await self._deliver(room.name, envelope)

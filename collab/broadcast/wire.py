@@ -66,7 +66,7 @@ class Envelope:
     packet: str = ""
     #: binary attachments of the packet, in order
     attachments: tuple[bytes, ...] = ()
-    #: a revocation's user
+    #: a revocation's user; the user an awareness broadcast came from
     user_id: str = ""
 
     @property

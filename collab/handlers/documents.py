@@ -205,7 +205,8 @@ async def awareness(ctx: Context, conn: Connection, data: dict[str, Any]) -> dic
     if accepted is not None:
         await ctx.broadcasts.send(
             room(document_id).live, "documents:awareness",
-            {"document_id": document_id, "update": accepted}, skip_sid=conn.sid)
+            {"document_id": document_id, "update": accepted}, skip_sid=conn.sid,
+            sender=conn.user_id)
     return {}
 
 
